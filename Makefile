@@ -1,0 +1,49 @@
+# citysense: `make run` to see it work, `make test` to check it, `make lint` for style.
+# Both install what is missing first (Debian packages, then .venv with the project).
+
+VENV    := .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench deps system-deps venv clean stack-up stack-down
+
+deps: system-deps venv
+
+system-deps:
+	@scripts/system-deps.sh
+
+venv: $(STAMP)
+
+# Reinstall only when the dependency list changes; the project itself is editable.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+run: deps
+	$(BIN)/citysense run
+
+test: deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+stack-up: deps
+	$(BIN)/citysense stack up
+
+stack-down: venv
+	$(BIN)/citysense stack down
+
+clean:
+	-$(BIN)/citysense stack down
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

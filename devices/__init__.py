@@ -1,0 +1,1 @@
+"""What devices say: device kinds, payload schemas, the topic grammar and the registry."""

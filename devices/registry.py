@@ -1,0 +1,274 @@
+"""The registry of areas and devices (SPEC §4), loaded from YAML and checked at load.
+
+Operator files are validated strictly (unknown keys are errors) and every problem names the
+file, the entry and the field, so a typo in a 500-device file is found in one read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from devices.kinds import Kind, Level
+from devices.topics import ID_PATTERN
+
+AreaId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
+DeviceId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Area(_Strict):
+    """An administrative area or grid cell."""
+
+    id: AreaId
+    name: str = Field(min_length=1, max_length=64)
+    name_en: str | None = Field(None, max_length=128)
+    level: Level
+    parent: AreaId | None = None
+
+
+class _DeviceBase(_Strict):
+    id: DeviceId
+    name: str = Field(min_length=1, max_length=64)
+    name_en: str | None = Field(None, max_length=128)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    grid: AreaId
+    report_interval_s: float = Field(60, gt=0, le=86_400)
+
+    def attribute(self, name: str) -> float | None:
+        """A numeric attribute that rules may reference, or None if this kind has none."""
+        value = getattr(self, name, None)
+        return float(value) if isinstance(value, int | float) else None
+
+
+class GateDevice(_DeviceBase):
+    """A community access gate or vehicle barrier."""
+
+    kind: Literal[Kind.GATE]
+    community: str = Field(min_length=1, max_length=64)
+    gate_type: Literal["pedestrian", "vehicle"] = "pedestrian"
+
+
+class RiverDevice(_DeviceBase):
+    """A river monitoring station with its flood levels (elevations, metres)."""
+
+    kind: Literal[Kind.RIVER]
+    river: str = Field(min_length=1, max_length=64)
+    normal_level_m: float = Field(ge=-100, le=9000)
+    warning_level_m: float = Field(ge=-100, le=9000)
+    guarantee_level_m: float = Field(ge=-100, le=9000)
+
+    @model_validator(mode="after")
+    def _levels_ordered(self) -> RiverDevice:
+        if not self.normal_level_m < self.warning_level_m < self.guarantee_level_m:
+            raise ValueError("need normal_level_m < warning_level_m < guarantee_level_m")
+        return self
+
+
+class RoadDevice(_DeviceBase):
+    """A road camera on a rural road."""
+
+    kind: Literal[Kind.ROAD]
+    road: str = Field(min_length=1, max_length=64)
+    speed_limit_kmh: float = Field(gt=0, le=200)
+    lanes: int = Field(2, ge=1, le=16)
+
+
+Device = Annotated[GateDevice | RiverDevice | RoadDevice, Field(discriminator="kind")]
+_DEVICE = TypeAdapter[GateDevice | RiverDevice | RoadDevice](Device)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a registry file."""
+
+    file: str
+    entry: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.entry}: {self.field}: {self.message}"
+
+
+class RegistryError(ValueError):
+    """A registry file that cannot be used; ``problems`` lists everything found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        shown = "\n  ".join(str(p) for p in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{len(problems)} problem(s) in the registry:\n  {shown}{more}")
+
+
+@dataclass(frozen=True, slots=True)
+class AreaPath:
+    """The chain of areas above a grid cell, grid first."""
+
+    areas: tuple[Area, ...]
+
+    def id_at(self, level: Level) -> str | None:
+        """The id of the area at ``level`` on this path."""
+        return next((a.id for a in self.areas if a.level is level), None)
+
+    def tags(self) -> dict[str, str]:
+        """InfluxDB tags for the path: ``grid``, ``village``, ``township``, ``county``."""
+        return {a.level.value: a.id for a in self.areas if a.level is not Level.CITY}
+
+
+class Registry:
+    """Areas and devices by id, with each device's area path resolved once at load."""
+
+    def __init__(
+        self, areas: Iterable[Area], devices: Iterable[GateDevice | RiverDevice | RoadDevice]
+    ):
+        self.areas: dict[str, Area] = {a.id: a for a in areas}
+        self.devices: dict[str, GateDevice | RiverDevice | RoadDevice] = {d.id: d for d in devices}
+        self._paths = {d.id: self.path_of(d.grid) for d in self.devices.values()}
+
+    def path_of(self, area_id: str) -> AreaPath:
+        """The area and its ancestors, nearest first."""
+        chain: list[Area] = []
+        current: str | None = area_id
+        while current is not None:
+            area = self.areas[current]
+            chain.append(area)
+            current = area.parent
+        return AreaPath(tuple(chain))
+
+    def device_path(self, device_id: str) -> AreaPath:
+        """The area path of a device's grid cell."""
+        return self._paths[device_id]
+
+    def devices_in(self, area_id: str) -> Iterator[GateDevice | RiverDevice | RoadDevice]:
+        """Devices whose grid lies inside ``area_id`` (at any level)."""
+        for device in self.devices.values():
+            if any(a.id == area_id for a in self._paths[device.id].areas):
+                yield device
+
+    def children(self, area_id: str) -> list[Area]:
+        """Areas directly below ``area_id``."""
+        return [a for a in self.areas.values() if a.parent == area_id]
+
+
+def _problems_from(file: str, entry: str, error: ValidationError) -> list[Problem]:
+    out = []
+    for e in error.errors(include_url=False):
+        # A discriminated union puts the chosen tag in the location: drop it for readers.
+        loc = [str(p) for p in e["loc"] if p not in {k.value for k in Kind}]
+        out.append(Problem(file, entry, ".".join(loc) or "(entry)", e["msg"]))
+    return out
+
+
+def _entry_name(section: str, index: int, raw: Any) -> str:
+    ident = raw.get("id") if isinstance(raw, dict) else None
+    return f"{section}[{index}]" + (f" (id={ident})" if ident is not None else "")
+
+
+def _parse_entries(
+    file: str, section: str, raw: Any, parse: Any, problems: list[Problem]
+) -> list[Any]:
+    if not isinstance(raw, list):
+        problems.append(Problem(file, section, "(section)", "must be a list"))
+        return []
+    parsed = []
+    for i, item in enumerate(raw):
+        try:
+            parsed.append(parse(item))
+        except ValidationError as e:
+            problems.extend(_problems_from(file, _entry_name(section, i, item), e))
+    return parsed
+
+
+def _check_areas(file: str, areas: list[Area], problems: list[Problem]) -> None:
+    by_id: dict[str, Area] = {}
+    for i, area in enumerate(areas):
+        entry = f"areas[{i}] (id={area.id})"
+        if area.id in by_id:
+            problems.append(Problem(file, entry, "id", "duplicate area id"))
+        by_id[area.id] = area
+    for i, area in enumerate(areas):
+        entry = f"areas[{i}] (id={area.id})"
+        expected = area.level.parent_level
+        if expected is None:
+            if area.parent is not None:
+                problems.append(Problem(file, entry, "parent", "a city has no parent"))
+            continue
+        parent = by_id.get(area.parent) if area.parent else None
+        if parent is None:
+            problems.append(Problem(file, entry, "parent", f"no area {area.parent!r}"))
+        elif parent.level is not expected:
+            problems.append(
+                Problem(
+                    file,
+                    entry,
+                    "parent",
+                    f"a {area.level} needs a {expected} parent, {parent.id} is a {parent.level}",
+                )
+            )
+
+
+def _check_devices(
+    file: str, devices: list[Any], areas: dict[str, Area], problems: list[Problem]
+) -> None:
+    seen: set[str] = set()
+    for i, device in enumerate(devices):
+        entry = f"devices[{i}] (id={device.id})"
+        if device.id in seen:
+            problems.append(Problem(file, entry, "id", "duplicate device id"))
+        seen.add(device.id)
+        grid = areas.get(device.grid)
+        if grid is None:
+            problems.append(Problem(file, entry, "grid", f"no area {device.grid!r}"))
+        elif grid.level is not Level.GRID:
+            problems.append(Problem(file, entry, "grid", f"{device.grid} is a {grid.level}"))
+
+
+def parse_registry(data: Any, file: str = "<registry>") -> Registry:
+    """Build a Registry from parsed YAML; raise RegistryError listing every problem."""
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise RegistryError([Problem(file, "(top)", "(file)", "must be a mapping")])
+    for key in set(data) - {"areas", "devices"}:
+        problems.append(Problem(file, "(top)", str(key), "unknown section"))
+    areas = _parse_entries(file, "areas", data.get("areas"), Area.model_validate, problems)
+    devices = _parse_entries(
+        file, "devices", data.get("devices"), _DEVICE.validate_python, problems
+    )
+    _check_areas(file, areas, problems)
+    _check_devices(file, devices, {a.id: a for a in areas}, problems)
+    if problems:
+        raise RegistryError(problems)
+    return Registry(areas, devices)
+
+
+def load_registry(path: Path) -> Registry:
+    """Load and check a registry YAML file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RegistryError([Problem(str(path), "(file)", "(yaml)", str(e))]) from None
+    except OSError as e:
+        raise RegistryError(
+            [Problem(str(path), "(file)", "(read)", e.strerror or str(e))]
+        ) from None
+    return parse_registry(data, str(path))
+
+
+def dump_registry(registry: Registry) -> dict[str, Any]:
+    """The registry as plain data, in the file's shape (for synthetic registries and --json)."""
+    return {
+        "areas": [a.model_dump(mode="json", exclude_none=True) for a in registry.areas.values()],
+        "devices": [
+            d.model_dump(mode="json", exclude_none=True) for d in registry.devices.values()
+        ],
+    }

@@ -1,0 +1,1 @@
+"""The citysense service: MQTT consumer, pipeline, InfluxDB writer, dead letters and CLI."""

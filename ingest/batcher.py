@@ -1,0 +1,97 @@
+"""Batching by size and age, owned by one piece (as Telegraf's running_output does).
+
+Sealed batches wait in a bounded line for the writer; when the line is full, ``add`` waits,
+so a slow database slows the consumer instead of growing memory. A batch is sealed before
+anything awaits, so cancelling a waiting producer loses no line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Batch:
+    """Lines to write together, and how many of them belong to each measurement."""
+
+    lines: list[str] = field(default_factory=list)
+    per_measurement: Counter[str] = field(default_factory=Counter)
+
+
+class Batcher:
+    """Collects lines; seals a batch at ``size`` lines or ``interval_s`` after its first."""
+
+    def __init__(self, size: int, interval_s: float, max_pending: int) -> None:
+        self._size = size
+        self._interval_s = interval_s
+        self._max_pending = max_pending
+        self._open = Batch()
+        self._opened_at = 0.0
+        self._sealed: deque[Batch] = deque()
+        self._writing = 0  # lines handed to the writer and not yet done
+        self._ready = asyncio.Event()  # a sealed batch is waiting, or we are closing
+        self._room = asyncio.Event()  # the sealed line has room again
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        """Lines accepted and not yet confirmed written or refused."""
+        return len(self._open.lines) + sum(len(b.lines) for b in self._sealed) + self._writing
+
+    @property
+    def pending_batches(self) -> int:
+        """Sealed batches waiting for the writer."""
+        return len(self._sealed)
+
+    async def add(self, line: str, measurement: str) -> None:
+        """Add a line; wait while too many sealed batches are waiting for the writer."""
+        if not self._open.lines:
+            self._opened_at = asyncio.get_running_loop().time()
+        self._open.lines.append(line)
+        self._open.per_measurement[measurement] += 1
+        if len(self._open.lines) >= self._size:
+            self._seal()
+        while len(self._sealed) > self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+
+    def _seal(self) -> None:
+        if self._open.lines:
+            self._sealed.append(self._open)
+            self._open = Batch()
+            self._ready.set()
+
+    async def run_timer(self) -> None:
+        """Seal the open batch when it is ``interval_s`` old; return once closed."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            due = self._opened_at + self._interval_s
+            if self._open.lines and loop.time() >= due:
+                self._seal()
+                due = loop.time() + self._interval_s
+            idle = self._interval_s / 4
+            await asyncio.sleep(max(0.01, due - loop.time()) if self._open.lines else idle)
+
+    async def next_batch(self) -> Batch | None:
+        """The oldest sealed batch, waiting for one; None once closed and drained."""
+        while not self._sealed:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        batch = self._sealed.popleft()
+        self._writing += len(batch.lines)
+        self._room.set()
+        return batch
+
+    def done(self, batch: Batch) -> None:
+        """The writer has finished with ``batch`` (written or refused)."""
+        self._writing -= len(batch.lines)
+
+    def close(self) -> None:
+        """Seal what is open and let the writer drain; no more lines are expected."""
+        self._seal()
+        self._closed = True
+        self._ready.set()

@@ -1,0 +1,319 @@
+"""The ``citysense`` command: one console script, one subcommand per job.
+
+This is an entry point, so it may import every package: the simulator's options and run
+function are wired here, keeping ``simulator`` free of ``ingest``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from devices.kinds import Kind
+from devices.registry import Registry, RegistryError, load_registry
+from ingest.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("citysense")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as e:
+        sys.exit(f"citysense: bad CITYSENSE_* setting:\n{e}")
+
+
+def _registry(path: Path) -> Registry:
+    try:
+        return load_registry(path)
+    except RegistryError as e:
+        sys.exit(f"citysense: {e}")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    cells = [list(map(str, header)), *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _until_signalled(main: Callable[[asyncio.Event], Any]) -> Any:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so it can shut down in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await main(stop)
+
+
+# --- stack -----------------------------------------------------------------------------------
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """Start, stop or show the local Mosquitto and InfluxDB."""
+    from ingest import stack
+
+    settings = _settings()
+    if args.action == "up":
+        procs = stack.up(settings, REPO_ROOT)
+        rows = [(p.name, p.pid, p.address, p.log_path) for p in procs]
+    elif args.action == "down":
+        stopped = stack.down(settings)
+        if args.json:
+            _print_json({"stopped": stopped})
+        else:
+            print("stopped: " + (", ".join(stopped) or "nothing was running"))
+        return 0
+    else:
+        rows = [
+            (p.name, p.pid, p.address, "up" if alive else "down")
+            for p, alive in stack.status(settings)
+        ]
+    if args.json:
+        _print_json([dict(zip(("name", "pid", "address", "detail"), r, strict=True)) for r in rows])
+    else:
+        _print_table(rows, ("service", "pid", "address", "log" if args.action == "up" else "state"))
+    return 0
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the ingest service until SIGINT/SIGTERM."""
+    from ingest.service import serve
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    registry = _registry(settings.registry)
+    log.info(
+        "registry %s: %d areas, %d devices; MQTT %s:%d; InfluxDB %s database %r",
+        settings.registry,
+        len(registry.areas),
+        len(registry.devices),
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.influx_url,
+        settings.influx_database,
+    )
+    log.info("to see the data: %s", operator_query_hint(settings))
+    asyncio.run(_until_signalled(lambda stop: serve(settings, registry, stop)))
+    return 0
+
+
+def operator_query_hint(settings: Settings) -> str:
+    """The InfluxQL an operator would run to see what arrived in the last five minutes."""
+    query = (
+        "SELECT count(seq) FROM gate, river, road, gate_event, road_event WHERE time > now() - 5m"
+    )
+    return (
+        f"influx -host {settings.influx_host} -port {settings.influx_port} "
+        f"-database {settings.influx_database} -execute '{query}'"
+    )
+
+
+# --- devices, dead letters, registry ---------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List registry devices with their attributes and area path."""
+    settings = _settings()
+    registry = _registry(args.registry or settings.registry)
+    devices = [d for d in registry.devices.values() if args.kind is None or d.kind == args.kind]
+    if args.json:
+        _print_json(
+            [
+                {**d.model_dump(mode="json"), "area_path": registry.device_path(d.id).tags()}
+                for d in devices
+            ]
+        )
+        return 0
+    rows = []
+    for d in devices:
+        path = registry.device_path(d.id)
+        place = " / ".join(a.name for a in reversed(path.areas[:-1]))
+        rows.append((d.id, d.kind, d.name, place, f"{d.lat:.4f},{d.lon:.4f}", d.report_interval_s))
+    _print_table(rows, ("id", "kind", "name", "place", "lat,lon", "every_s"))
+    return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    """List dead letters, newest first, with a count per reason."""
+    from ingest.deadletters import DeadLetterStore
+
+    settings = _settings()
+    path = settings.data_dir / "deadletters.sqlite3"
+    if not path.exists():
+        letters, counts = [], {}
+    else:
+        store = DeadLetterStore(path)
+        letters, counts = store.list(reason=args.reason, limit=args.limit), store.counts()
+        store.close()
+    if args.json:
+        _print_json({"counts": counts, "dead_letters": [d.model_dump() for d in letters]})
+        return 0
+    print("by reason: " + (", ".join(f"{r}={n}" for r, n in sorted(counts.items())) or "none"))
+    rows = [
+        (
+            d.id,
+            datetime.fromtimestamp(d.received_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            d.reason,
+            d.topic,
+            d.detail[:60],
+            d.payload[:40].replace("\n", " "),
+        )
+        for d in letters
+    ]
+    _print_table(rows, ("id", "received (UTC)", "reason", "topic", "detail", "payload"))
+    return 0
+
+
+def cmd_registry_check(args: argparse.Namespace) -> int:
+    """Validate a registry file without running anything."""
+    try:
+        registry = load_registry(args.file)
+    except RegistryError as e:
+        print(e, file=sys.stderr)
+        return 1
+    per_kind = {k.value: sum(d.kind == k for d in registry.devices.values()) for k in Kind}
+    print(
+        f"{args.file}: OK, {len(registry.areas)} areas, {len(registry.devices)} devices {per_kind}"
+    )
+    return 0
+
+
+# --- simulate and run ------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Publish simulated device traffic; print what was sent."""
+    from simulator import (
+        MqttTarget,
+        ScenarioError,
+        SimulationError,
+        config_from_args,
+        registry_for_run,
+        run_simulation,
+    )
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    try:
+        config = config_from_args(args)
+        registry = registry_for_run(config, lambda: _registry(settings.registry))
+    except (ValidationError, ScenarioError) as e:
+        sys.exit(f"citysense simulate: {e}")
+    target = MqttTarget(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+    )
+
+    async def simulate(stop: asyncio.Event) -> Any:
+        task = asyncio.create_task(run_simulation(config, registry, target))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()  # a no-op when the run ended by itself; else it says goodbye and reports
+        stopper.cancel()
+        return await task
+
+    try:
+        report = asyncio.run(_until_signalled(simulate))
+    except (SimulationError, ScenarioError) as e:
+        sys.exit(f"citysense simulate: {e}")
+    print(report.to_json() if config.as_json else report.table(), flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole thing: local stack, ingest service and simulator, until Ctrl-C."""
+    from ingest.demo import run_demo
+
+    settings = _settings()
+    _setup_logging(settings.log_level)
+    return run_demo(settings, REPO_ROOT, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="citysense", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="start/stop the local Mosquitto and InfluxDB")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("serve", help="run the ingest service")
+    p.set_defaults(func=cmd_serve)
+
+    from simulator import add_arguments
+
+    p = sub.add_parser("simulate", help="publish simulated device traffic")
+    add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("run", help="stack + service + simulator until Ctrl-C (make run)")
+    p.add_argument("--rate", type=float, default=20.0, help="simulated messages/s (default 20)")
+    p.add_argument(
+        "--scenario",
+        default="flood,pollution,accident,tailgating",
+        help="simulator scenarios (default flood,pollution,accident,tailgating)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("devices", help="registry devices")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("list", help="list devices with attributes and area path")
+    q.add_argument("--kind", choices=[k.value for k in Kind])
+    q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("deadletters", help="rejected messages")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("list", help="list dead letters, newest first")
+    q.add_argument("--reason")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_deadletters)
+
+    p = sub.add_parser("registry", help="registry files")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("check", help="validate a registry file")
+    q.add_argument("file", type=Path)
+    q.set_defaults(func=cmd_registry_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``citysense`` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The dead-letter store: rejected messages kept in SQLite for operators to inspect.
+
+Rows are written in batches from the pipeline's flush task through a worker thread, so a
+long run of bad input costs one INSERT per batch, never a blocking call on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+# Enough of a payload to see what was wrong; an oversize one is not kept whole.
+MAX_KEPT_BYTES = 4096
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, id);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeadLetter:
+    """A rejection on its way to the store."""
+
+    received_ms: int
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+
+
+class DeadLetter(BaseModel):
+    """A stored rejection, as listed to operators."""
+
+    id: int
+    received_ms: int
+    topic: str
+    reason: str
+    detail: str
+    payload: str  # UTF-8 with replacement characters; the first MAX_KEPT_BYTES only
+    payload_size: int
+
+
+class DeadLetterStore:
+    """SQLite-backed store of rejected messages, pruned to the newest ``max_rows``."""
+
+    def __init__(self, path: Path, max_rows: int = 100_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._max_rows = max_rows
+        # One connection, used by one task at a time (the flush task, via a worker thread).
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")  # readers (CLI, API) never block writes
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def add_many(self, rows: Iterable[NewDeadLetter]) -> int:
+        """Insert rows in one transaction; return how many."""
+        values = [
+            (r.received_ms, r.topic, r.reason, r.detail, r.payload[:MAX_KEPT_BYTES], len(r.payload))
+            for r in rows
+        ]
+        if not values:
+            return 0
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO dead_letter"
+                " (received_ms, topic, reason, detail, payload, payload_size)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+            self._db.execute(
+                "DELETE FROM dead_letter WHERE id <= (SELECT MAX(id) FROM dead_letter) - ?",
+                (self._max_rows,),
+            )
+        return len(values)
+
+    def list(self, *, reason: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Newest first, optionally of one reason."""
+        query = (
+            "SELECT id, received_ms, topic, reason, detail, payload, payload_size FROM dead_letter"
+        )
+        params: tuple[object, ...] = ()
+        if reason is not None:
+            query += " WHERE reason = ?"
+            params = (reason,)
+        query += " ORDER BY id DESC LIMIT ?"
+        rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [
+            DeadLetter(
+                id=r[0],
+                received_ms=r[1],
+                topic=r[2],
+                reason=r[3],
+                detail=r[4],
+                payload=bytes(r[5]).decode("utf-8", errors="replace"),
+                payload_size=r[6],
+            )
+            for r in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per reason."""
+        rows = self._db.execute("SELECT reason, COUNT(*) FROM dead_letter GROUP BY reason")
+        return dict(Counter({reason: n for reason, n in rows}))
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+class DeadLetterBuffer:
+    """Rejections on their way to the store, committed in batches by one task.
+
+    Bounded: past ``max_rows`` waiting rows, ``add`` waits for the commit, so a flood of bad
+    input slows the consumer rather than growing memory.
+    """
+
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        on_commit: Callable[[int], None],
+        interval_s: float = 0.25,
+        max_rows: int = 2000,
+    ) -> None:
+        self._store = store
+        self._on_commit = on_commit
+        self._interval_s = interval_s
+        self._max_rows = max_rows
+        self._rows: list[NewDeadLetter] = []
+        self._committing = 0
+        self._due = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Rows not yet committed."""
+        return len(self._rows) + self._committing
+
+    async def add(self, row: NewDeadLetter) -> None:
+        """Queue a row; wait if too many are already waiting."""
+        self._rows.append(row)
+        if len(self._rows) >= self._max_rows:
+            self._due.set()
+            while len(self._rows) >= self._max_rows:
+                self._flushed.clear()
+                await self._flushed.wait()
+
+    async def run(self) -> None:
+        """Commit waiting rows every ``interval_s`` (sooner when many); return once closed."""
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self._interval_s)
+            self._due.clear()
+            await self.flush()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Commit everything waiting now."""
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        self._committing = len(rows)
+        try:
+            committed = await asyncio.to_thread(self._store.add_many, rows)
+        except sqlite3.Error:
+            # Keep the rows and try again next round; the service must not die on a full disk.
+            log.exception("could not store %d dead letters; will retry", len(rows))
+            self._rows[:0] = rows
+            return
+        finally:
+            self._committing = 0
+        self._on_commit(committed)
+        self._flushed.set()
+
+    def close(self) -> None:
+        """Stop after one last flush."""
+        self._closed = True
+        self._due.set()

@@ -1,0 +1,85 @@
+"""The one settings model of citysense, read from ``CITYSENSE_*`` environment variables.
+
+Every process (``stack``, ``serve``, ``simulate``, the tests) reads the same model, so moving
+``CITYSENSE_MQTT_PORT``, ``CITYSENSE_INFLUX_URL`` and ``CITYSENSE_DATA_DIR`` moves a whole
+second stack elsewhere.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class InfluxDialect(StrEnum):
+    """Which InfluxDB write endpoint to use."""
+
+    AUTO = "auto"  # decided from /ping's X-Influxdb-Version
+    V1 = "v1"  # POST /write?db=&rp= (InfluxDB 1.x)
+    V2 = "v2"  # POST /api/v2/write through influxdb-client (1.8+, 2.x, 3.x, VictoriaMetrics)
+
+
+class Settings(BaseSettings):
+    """citysense configuration; each field is ``CITYSENSE_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYSENSE_", extra="forbid")
+
+    # MQTT broker
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_client_id: str = Field(
+        "citysense-ingest-1", description="fixed per ingest process: the broker keeps its session"
+    )
+    mqtt_share_group: str = Field("citysense", description="shared-subscription group name")
+
+    # InfluxDB
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_dialect: InfluxDialect = InfluxDialect.AUTO
+    influx_database: str = "citysense"
+    influx_retention_policy: str = ""
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_token: SecretStr | None = None
+    influx_org: str = "citysense"
+    influx_bucket: str = "citysense"
+
+    # Files
+    registry: Path = Path("config/registry.yaml")
+    rules: Path = Path("config/rules.yaml")
+    data_dir: Path = Path(".data")
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+
+    # Pipeline
+    batch_size: int = Field(5000, ge=1, description="flush a batch at this many points")
+    batch_interval_s: float = Field(0.5, gt=0, description="... or when its oldest is this old")
+    max_pending_batches: int = Field(
+        4, ge=1, description="batches waiting for InfluxDB before the consumer stops reading"
+    )
+    max_payload_bytes: int = Field(16_384, ge=64)
+    future_skew_s: float = Field(300, ge=0, description="reject ts further ahead than this")
+    max_age_s: float = Field(30 * 86400, gt=0, description="reject ts older than this")
+    plate_key: SecretStr = Field(
+        SecretStr("citysense-dev-plate-key"), description="HMAC key for plate hashes"
+    )
+    deadletter_max_rows: int = Field(100_000, ge=1, description="oldest rows pruned beyond this")
+    status_interval_s: float = Field(5.0, gt=0, description="seconds between status log lines")
+    log_level: str = "INFO"
+
+    @property
+    def influx_port(self) -> int:
+        """The TCP port of ``influx_url``."""
+        return urlsplit(self.influx_url).port or 8086
+
+    @property
+    def influx_host(self) -> str:
+        """The host of ``influx_url``."""
+        return urlsplit(self.influx_url).hostname or "127.0.0.1"

@@ -1,0 +1,38 @@
+"""Device simulators and scenarios (SPEC §7 ``citysense simulate``).
+
+Devices publish realistic telemetry, events and status over MQTT, each with its own
+connection, ``seq`` counter and last will; scenarios inject the trouble alert rules look for.
+The simulator depends only on ``devices`` and third-party libraries.
+
+The CLI calls::
+
+    add_arguments(parser)                       # on the "simulate" subparser
+    config = config_from_args(args)
+    registry = registry_for_run(config, lambda: load_registry(path))
+    report = asyncio.run(run_simulation(config, registry, MqttTarget(host=..., port=...)))
+    print(report.to_json() if config.as_json else report.table())
+"""
+
+from simulator.arguments import add_arguments, config_from_args
+from simulator.config import MqttTarget, SimulationConfig
+from simulator.dryrun import dry_run
+from simulator.report import SentReport
+from simulator.runner import SimulationError, run_simulation
+from simulator.scenarios import SCENARIOS, ScenarioError
+from simulator.synthetic import registry_for_run, synthetic_registry, write_registry
+
+__all__ = [
+    "SCENARIOS",
+    "MqttTarget",
+    "ScenarioError",
+    "SentReport",
+    "SimulationConfig",
+    "SimulationError",
+    "add_arguments",
+    "config_from_args",
+    "dry_run",
+    "registry_for_run",
+    "run_simulation",
+    "synthetic_registry",
+    "write_registry",
+]

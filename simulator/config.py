@@ -1,0 +1,86 @@
+"""What a simulation run is asked to do, and where it publishes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from devices.kinds import Kind
+from simulator.scenarios import ANY_SCENARIO, SCENARIOS
+
+DEFAULT_SCENARIO_AT_S = 5.0  # when an open-ended run starts its scenarios
+SCENARIO_AT_FRACTION = 0.1  # when a timed run starts them: 10% in, after a normal baseline
+
+
+class MqttTarget(BaseModel):
+    """The broker the simulated devices connect to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)  # kept out of logs and tracebacks
+
+
+class SimulationConfig(BaseModel):
+    """A simulation run; the fields match the ``citysense simulate`` options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    devices: Annotated[int, Field(ge=1)] | None = None  # None: every device of the kinds
+    rate: float = Field(10.0, gt=0, le=1_000_000)  # messages per second, all devices together
+    duration: float = Field(0.0, ge=0)  # seconds; 0 runs until cancelled
+    scenarios: tuple[str, ...] = ()
+    scenario_at: Annotated[float, Field(ge=0)] | None = None  # None: see scenario_start_s
+    scenario_device: dict[str, str] = Field(default_factory=dict)  # scenario (or "*") → id
+    kinds: tuple[Kind, ...] = tuple(Kind)
+    seed: int = 0
+    synthetic: Annotated[int, Field(ge=1, le=1_000_000)] | None = None  # make N devices
+    write_registry: Path | None = None  # where to save the registry the run used
+    as_json: bool = False  # print the report as JSON rather than a table
+    connect_concurrency: int = Field(32, ge=1, le=10_000)  # connections opening at once
+    publish_timeout_s: float = Field(10.0, gt=0)  # wait for a PUBACK at most this long
+
+    @field_validator("scenarios")
+    @classmethod
+    def _known_scenarios(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in names if n not in SCENARIOS]
+        if unknown:
+            raise ValueError(
+                f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+            )
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("kinds")
+    @classmethod
+    def _some_kinds(cls, kinds: tuple[Kind, ...]) -> tuple[Kind, ...]:
+        if not kinds:
+            raise ValueError("need at least one device kind")
+        return tuple(dict.fromkeys(kinds))
+
+    @model_validator(mode="after")
+    def _scenarios_fit(self) -> SimulationConfig:
+        unknown = set(self.scenario_device) - set(self.scenarios) - {ANY_SCENARIO}
+        if unknown:
+            raise ValueError(f"scenario_device names scenarios not asked for: {sorted(unknown)}")
+        if self.scenarios and self.duration and self.scenario_start_s >= self.duration:
+            raise ValueError(
+                f"scenarios would start at {self.scenario_start_s:g} s, "
+                f"after the run ends at {self.duration:g} s"
+            )
+        return self
+
+    @property
+    def scenario_start_s(self) -> float:
+        """When scenarios start: --scenario-at, else 10% into a timed run, else 5 s in."""
+        if self.scenario_at is not None:
+            return self.scenario_at
+        return SCENARIO_AT_FRACTION * self.duration if self.duration else DEFAULT_SCENARIO_AT_S
+
+    @property
+    def until_s(self) -> float | None:
+        """When the run ends, in seconds after it starts; None if it runs until cancelled."""
+        return self.duration or None

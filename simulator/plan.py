@@ -1,0 +1,78 @@
+"""A run worked out before anything is sent: devices, their schedules, scenario targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from devices.registry import Registry
+from simulator.actions import Timed
+from simulator.config import SimulationConfig
+from simulator.device import SimulatedDevice
+from simulator.report import ScenarioRun, SentReport
+from simulator.scenarios import Assignment, ScenarioError, assign
+from simulator.schedule import TickPlan, spread, timeline
+from simulator.selection import select_devices
+from simulator.stochastic import device_rng
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePlan:
+    """One device and its regular schedule."""
+
+    sim: SimulatedDevice
+    ticks: TickPlan
+    seed: int
+
+    def timeline(self, until_s: float | None) -> Iterator[Timed]:
+        """Everything the device will do, in time order: its ticks and its scenario cues."""
+        rng = device_rng(self.seed, self.sim.id, "schedule")
+        return timeline(self.ticks.times(rng), self.sim.cued(), until_s)
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """The whole run."""
+
+    config: SimulationConfig
+    devices: tuple[DevicePlan, ...]
+    assignments: tuple[Assignment, ...]
+
+    def new_report(self) -> SentReport:
+        """An empty report describing this run."""
+        return SentReport(
+            devices=len(self.devices),
+            rate=self.config.rate,
+            duration_s=self.config.duration,
+            scenarios=[
+                ScenarioRun(
+                    name=a.scenario.name,
+                    device_id=a.device_id,
+                    start_s=a.start_s,
+                    summary=a.scenario.summary,
+                )
+                for a in self.assignments
+            ],
+        )
+
+
+def plan_run(config: SimulationConfig, registry: Registry) -> RunPlan:
+    """Select the devices, spread the rate over them and bind the scenarios.
+
+    Raises ScenarioError if the registry has no device to simulate or a scenario cannot find
+    its device.
+    """
+    devices = select_devices(registry, config.kinds, config.devices)
+    if not devices:
+        kinds = ", ".join(k.value for k in config.kinds)
+        raise ScenarioError(f"the registry has no device of the kinds {kinds}")
+    assignments = assign(config.scenarios, devices, config.scenario_start_s, config.scenario_device)
+    plans = spread(len(devices), config.rate)
+    return RunPlan(
+        config=config,
+        devices=tuple(
+            DevicePlan(SimulatedDevice(d, config.seed, assignments), ticks, config.seed)
+            for d, ticks in zip(devices, plans, strict=True)
+        ),
+        assignments=tuple(assignments),
+    )

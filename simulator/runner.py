@@ -1,0 +1,221 @@
+"""The MQTT publisher: one connection per device, the whole run owned by one TaskGroup.
+
+A run has two phases. First every device connects (a bounded number at a time, so 1000 devices
+do not hit the broker at once) and publishes its retained online status. When the last one is
+up the clock starts and each device follows its own timeline. At the end (duration reached, or
+the run cancelled) each device still connected publishes its retained offline status and
+disconnects cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiomqtt
+
+from devices.registry import Registry
+from simulator.actions import Drop, Emit, Tick
+from simulator.config import MqttTarget, SimulationConfig
+from simulator.device import Outgoing, SimulatedDevice
+from simulator.link import DeviceLink
+from simulator.plan import DevicePlan, RunPlan, plan_run
+from simulator.report import SentReport
+
+GOODBYE_TIMEOUT_S = 5.0  # a stopping run does not wait longer than this for a dead broker
+RECONNECT_MAX_DELAY_S = 10.0
+
+
+class SimulationError(RuntimeError):
+    """The run could not go ahead: the broker is unreachable or refused the devices."""
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def run_simulation(
+    config: SimulationConfig, registry: Registry, mqtt: MqttTarget
+) -> SentReport:
+    """Publish for the configured devices until the duration is reached or the task is cancelled.
+
+    Cancellation (Ctrl-C under ``asyncio.run``) is the normal way to end an open-ended run: it
+    is absorbed after every device has said goodbye, and the report comes back with
+    ``interrupted`` set. Raises SimulationError if devices cannot connect, ScenarioError if a
+    scenario has no device to act on.
+    """
+    plan = plan_run(config, registry)
+    run = _Run(plan, mqtt)
+    try:
+        await run.go()
+    except asyncio.CancelledError:
+        # Stopping is what the canceller asked for, and it is done: hand back the report
+        # rather than propagating, so the caller can print what was sent.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        run.report.interrupted = True
+    run.finish()
+    return run.report
+
+
+class _Run:
+    """State shared by the device tasks of one run."""
+
+    def __init__(self, plan: RunPlan, target: MqttTarget):
+        self.plan = plan
+        self.config = plan.config
+        self.target = target
+        self.report = plan.new_report()
+        self._loop = asyncio.get_running_loop()
+        self._connecting = asyncio.Semaphore(self.config.connect_concurrency)
+        self._connected = 0
+        self._everyone_up = asyncio.Event()
+        self._start: float | None = None  # loop time when the timelines start
+        self._end: float | None = None
+        # A tick this far behind schedule is skipped (after a reconnect, or on an overloaded
+        # machine) rather than sent in a burst that would distort the rate.
+        interval = plan.devices[0].ticks.interval_s if plan.devices else 0.0
+        self._max_late_s = max(1.0, interval)
+
+    async def go(self) -> None:
+        """Run every device to the end, in one TaskGroup."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for device in self.plan.devices:
+                    tasks.create_task(self._device(device), name=f"simulate {device.sim.id}")
+        except ExceptionGroup as group:
+            mqtt_errors, others = group.split(aiomqtt.MqttError)
+            if others is not None or mqtt_errors is None:
+                raise
+            first = mqtt_errors.exceptions[0]
+            where = f"{self.target.host}:{self.target.port}"
+            raise SimulationError(f"MQTT broker {where}: {first}") from group
+
+    def finish(self) -> None:
+        """Close the books: how long the run lasted."""
+        if self._start is not None:
+            self.report.elapsed_s = round((self._end or self._loop.time()) - self._start, 3)
+
+    async def _device(self, plan: DevicePlan) -> None:
+        sim = plan.sim
+        link = DeviceLink(self.target, sim.id, sim.will(), self.config.publish_timeout_s)
+        try:
+            async with self._connecting:
+                # Failing here fails the run: a wrong port or password is not worth retrying.
+                await link.open()
+                await self._send(link, sim.status(_wall_ms(), online=True))
+            await self._ready()
+            await self._follow(link, plan)
+        finally:
+            await self._goodbye(link, sim)
+
+    async def _ready(self) -> None:
+        """Wait until every device is connected; the last one to connect starts the clock."""
+        self._connected += 1
+        if self._connected == len(self.plan.devices):
+            self._start = self._loop.time()
+            self.report.started_at_ms = _wall_ms()
+            self._everyone_up.set()
+        await self._everyone_up.wait()
+
+    async def _follow(self, link: DeviceLink, plan: DevicePlan) -> None:
+        """Do what the device's timeline says, on time."""
+        sim = plan.sim
+        until = self.config.until_s
+        for offset, action in plan.timeline(until):
+            late = await self._sleep_until(offset)
+            if isinstance(action, Drop):
+                await link.drop()
+                return
+            if isinstance(action, Tick) and late > self._max_late_s:
+                self.report.skipped += 1
+                continue
+            await self._act(link, sim, action, offset)
+        if until is not None:
+            # Stay connected to the end, so every device says goodbye at about the same time.
+            await self._sleep_until(until)
+            self._end = self._loop.time()
+
+    async def _act(
+        self, link: DeviceLink, sim: SimulatedDevice, action: Tick | Emit, offset: float
+    ) -> None:
+        if not link.is_open and not await self._reconnect(link, sim):
+            return
+        message = sim.act(action, offset, _wall_ms())
+        if message is None:
+            return
+        try:
+            await self._send(link, message)
+        except aiomqtt.MqttError:
+            # The message is lost (its seq leaves a gap, as a real device's would); reconnect
+            # now so the next tick finds the connection up.
+            self.report.failed += 1
+            await link.abandon()
+            await self._reconnect(link, sim)
+
+    async def _sleep_until(self, offset: float) -> float:
+        """Sleep until ``offset`` seconds into the run; return how late we are then."""
+        assert self._start is not None  # _ready() ran first
+        delay = self._start + offset - self._loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return max(0.0, self._loop.time() - self._start - offset)
+
+    def _past_end(self) -> bool:
+        until = self.config.until_s
+        return (
+            until is not None
+            and self._start is not None
+            and (self._loop.time() - self._start >= until)
+        )
+
+    async def _reconnect(self, link: DeviceLink, sim: SimulatedDevice) -> bool:
+        """Reconnect with backoff until it works or the run is over; say online again."""
+        delay = 0.5
+        while not self._past_end():
+            await asyncio.sleep(delay)
+            try:
+                async with self._connecting:
+                    await link.open()
+                    await self._send(link, sim.status(_wall_ms(), online=True))
+            except aiomqtt.MqttError:
+                await link.abandon()
+                delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
+                continue
+            self.report.reconnects += 1
+            return True
+        return False
+
+    async def _send(self, link: DeviceLink, message: Outgoing) -> None:
+        """Publish and count the message once the broker has acknowledged it.
+
+        A cancellation does not abandon a message in flight: the broker may already have it,
+        so wait for its PUBACK (bounded by the publish timeout) and count it before stopping,
+        and the report stays exactly what subscribers received. The shield also keeps the
+        cancellation from reaching aiomqtt's asyncio.wait_for, which on Python 3.11 can
+        swallow it when the PUBACK arrives at the same moment (CPython gh-86296) and leave a
+        device publishing after it was told to stop.
+        """
+        in_flight = asyncio.ensure_future(link.publish(message))
+        try:
+            await asyncio.shield(in_flight)
+        except asyncio.CancelledError:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await in_flight
+                self.report.record(message)
+            raise
+        self.report.record(message)
+
+    async def _goodbye(self, link: DeviceLink, sim: SimulatedDevice) -> None:
+        """Retained offline status, then DISCONNECT; also runs when the run is cancelled."""
+        if not link.is_open:
+            return
+        try:
+            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                await self._send(link, sim.status(_wall_ms(), online=False))
+                await link.close()
+        except (aiomqtt.MqttError, TimeoutError):
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await link.abandon()
