@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 import aiomqtt
@@ -13,7 +14,24 @@ from simulator.config import MqttTarget
 from simulator.device import Outgoing
 
 QOS = 1  # SPEC §3: at least once for telemetry, events and status
-DISCONNECTION_WAIT_S = 2.0
+DISCONNECTION_WAIT_S = 2.0  # how long to wait for aiomqtt to notice a connection is gone
+
+
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    """Return when the client's connection ends, however it ends.
+
+    aiomqtt offers no public "disconnected" awaitable, but its message iterator ends with
+    MqttError exactly then. Reading the error here also keeps asyncio from logging "Future
+    exception was never retrieved" for every lost connection. A publisher never subscribes,
+    so the iterator yields nothing before that.
+    """
+    with contextlib.suppress(aiomqtt.MqttError):
+        async for _ in client.messages:
+            pass
+
+
+def _acknowledged(in_flight: asyncio.Future[None]) -> bool:
+    return in_flight.done() and not in_flight.cancelled() and in_flight.exception() is None
 
 
 class DeviceLink:
@@ -25,12 +43,13 @@ class DeviceLink:
         self._will = will
         self._timeout_s = timeout_s
         self._client: aiomqtt.Client | None = None
+        self._lost: asyncio.Task[None] | None = None  # ends when the connection does
         self._stack = AsyncExitStack()
 
     @property
     def is_open(self) -> bool:
-        """Whether a connection is up (as far as this side knows)."""
-        return self._client is not None
+        """Whether a connection is up, as far as this side knows."""
+        return self._client is not None and self._lost is not None and not self._lost.done()
 
     async def open(self) -> None:
         """Connect with a clean session and the retained offline status as last will."""
@@ -51,36 +70,82 @@ class DeviceLink:
         # can swallow one on Python 3.11, CPython gh-86296.)
         entering = asyncio.ensure_future(self._stack.enter_async_context(client))
         try:
-            self._client = await asyncio.shield(entering)
+            await asyncio.shield(entering)
         except asyncio.CancelledError:
             with contextlib.suppress(aiomqtt.MqttError):
                 await entering
             await self.close()
             raise
+        self._client = client
+        self._lost = asyncio.ensure_future(_until_disconnected(client))
 
-    async def publish(self, message: Outgoing) -> None:
-        """Publish at QoS 1 and wait for the broker's PUBACK; raise aiomqtt.MqttError if none."""
-        if self._client is None:
+    async def publish(self, message: Outgoing, acknowledged: Callable[[Outgoing], None]) -> None:
+        """Publish at QoS 1 and call ``acknowledged`` when the broker's PUBACK arrives.
+
+        Raises aiomqtt.MqttError without a PUBACK: on timeout, or as soon as the connection is
+        lost (aiomqtt alone would wait out the whole timeout on a dead connection).
+
+        A cancellation does not abandon a message in flight: the broker may already have it,
+        so its PUBACK is still awaited (bounded as above) and counted before the cancellation
+        propagates; a report then matches what subscribers received. Waiting with
+        ``asyncio.wait`` rather than inside aiomqtt's ``asyncio.wait_for`` also keeps a
+        cancellation from being swallowed (Python 3.11, CPython gh-86296), which would leave
+        the device publishing after it was told to stop.
+        """
+        client, lost = self._client, self._lost
+        if client is None or lost is None:
             raise aiomqtt.MqttError("not connected")
-        await self._client.publish(
-            message.topic, message.body(), qos=QOS, retain=message.retain, timeout=self._timeout_s
+        in_flight = asyncio.ensure_future(
+            client.publish(
+                message.topic,
+                message.body(),
+                qos=QOS,
+                retain=message.retain,
+                timeout=self._timeout_s,
+            )
         )
+        try:
+            await asyncio.wait((in_flight, lost), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await self._settle(in_flight, lost)
+            if _acknowledged(in_flight):
+                acknowledged(message)
+            raise
+        await self._settle(in_flight, lost)
+        if not _acknowledged(in_flight):
+            failure = None if in_flight.cancelled() else in_flight.exception()
+            if isinstance(failure, aiomqtt.MqttError):
+                raise failure
+            raise aiomqtt.MqttError("connection lost before the PUBACK") from failure
+        acknowledged(message)
+
+    @staticmethod
+    async def _settle(in_flight: asyncio.Future[None], lost: asyncio.Future[None]) -> None:
+        """Wait for the publish to end, or for the connection to; then stop waiting for it."""
+        if not in_flight.done():
+            await asyncio.wait((in_flight, lost), return_when=asyncio.FIRST_COMPLETED)
+        if not in_flight.done():
+            in_flight.cancel()
+            await asyncio.wait((in_flight,))
 
     async def close(self) -> None:
-        """Disconnect cleanly (DISCONNECT, so the broker discards the will)."""
-        client, self._client = self._client, None
+        """Disconnect cleanly (DISCONNECT, so the broker discards the will); safe to repeat.
+
+        Also tidies up after a connection that already broke.
+        """
+        self._client = None
         try:
             await self._stack.aclose()
         except aiomqtt.MqttError:
-            # The connection was already broken: nothing left to close.
-            if client is not None:
-                await _reap(client)
-        self._stack = AsyncExitStack()
+            pass  # the connection was already broken: nothing left to close
+        finally:
+            self._stack = AsyncExitStack()
+            await self._stop_watching()
 
     async def drop(self) -> None:
         """Lose the connection the way a power cut does: no DISCONNECT, so the will goes out.
 
-        aiomqtt has no public way to do this, so shut the underlying socket down directly;
+        aiomqtt has no public way to do this, so shut its paho client's socket down directly;
         the broker then sees the TCP connection end without a DISCONNECT packet.
         """
         client, self._client = self._client, None
@@ -90,30 +155,16 @@ class DeviceLink:
         if isinstance(sock, socket.socket):  # plain TCP; TLS sockets are socket subclasses
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        await _reap(client)
-        # Leave the client's context: it sees the connection is gone and sends nothing more.
-        with contextlib.suppress(aiomqtt.MqttError):
-            await self._stack.aclose()
-        self._stack = AsyncExitStack()
+        # Once aiomqtt has noticed, leaving its context sends nothing more.
+        await self._stop_watching()
+        await self.close()
 
-    async def abandon(self) -> None:
-        """Forget a connection that failed, consuming its error so asyncio does not log it."""
-        client, self._client = self._client, None
-        if client is not None:
-            await _reap(client)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await self._stack.aclose()
-        self._stack = AsyncExitStack()
-
-
-async def _reap(client: aiomqtt.Client) -> None:
-    """Wait briefly for the client to notice it is disconnected, and retrieve the error.
-
-    aiomqtt stores a lost connection as an exception on a future that only its message
-    iterator reads; without this, asyncio logs "Future exception was never retrieved". A
-    publisher never subscribes, so the iterator yields nothing and just ends with that error.
-    """
-    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-        async with asyncio.timeout(DISCONNECTION_WAIT_S):
-            async for _ in client.messages:
-                pass
+    async def _stop_watching(self) -> None:
+        lost, self._lost = self._lost, None
+        if lost is None:
+            return
+        try:
+            await asyncio.wait((lost,), timeout=DISCONNECTION_WAIT_S)
+        finally:
+            if not lost.done():
+                lost.cancel()

@@ -152,7 +152,6 @@ class _Run:
             # The message is lost (its seq leaves a gap, as a real device's would); reconnect
             # now so the next tick finds the connection up.
             self.report.failed += 1
-            await link.abandon()
             await self._reconnect(link, sim)
 
     async def _sleep_until(self, offset: float) -> float:
@@ -173,6 +172,7 @@ class _Run:
 
     async def _reconnect(self, link: DeviceLink, sim: SimulatedDevice) -> bool:
         """Reconnect with backoff until it works or the run is over; say online again."""
+        await link.close()
         delay = 0.5
         while not self._past_end():
             await asyncio.sleep(delay)
@@ -181,7 +181,7 @@ class _Run:
                     await link.open()
                     await self._send(link, sim.status(_wall_ms(), online=True))
             except aiomqtt.MqttError:
-                await link.abandon()
+                await link.close()
                 delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
                 continue
             self.report.reconnects += 1
@@ -189,33 +189,13 @@ class _Run:
         return False
 
     async def _send(self, link: DeviceLink, message: Outgoing) -> None:
-        """Publish and count the message once the broker has acknowledged it.
-
-        A cancellation does not abandon a message in flight: the broker may already have it,
-        so wait for its PUBACK (bounded by the publish timeout) and count it before stopping,
-        and the report stays exactly what subscribers received. The shield also keeps the
-        cancellation from reaching aiomqtt's asyncio.wait_for, which on Python 3.11 can
-        swallow it when the PUBACK arrives at the same moment (CPython gh-86296) and leave a
-        device publishing after it was told to stop.
-        """
-        in_flight = asyncio.ensure_future(link.publish(message))
-        try:
-            await asyncio.shield(in_flight)
-        except asyncio.CancelledError:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await in_flight
-                self.report.record(message)
-            raise
-        self.report.record(message)
+        """Publish; the report counts the message when the broker acknowledges it."""
+        await link.publish(message, self.report.record)
 
     async def _goodbye(self, link: DeviceLink, sim: SimulatedDevice) -> None:
         """Retained offline status, then DISCONNECT; also runs when the run is cancelled."""
-        if not link.is_open:
-            return
-        try:
-            async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                await self._send(link, sim.status(_wall_ms(), online=False))
-                await link.close()
-        except (aiomqtt.MqttError, TimeoutError):
+        if link.is_open:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                await link.abandon()
+                async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+                    await self._send(link, sim.status(_wall_ms(), online=False))
+        await link.close()

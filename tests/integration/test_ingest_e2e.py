@@ -78,17 +78,18 @@ async def settle(state: ServiceState, expected: int, timeout_s: float = 20) -> N
     raise AssertionError(f"not settled after {timeout_s} s: {ledger.summary(-1)}")
 
 
-def make_settings(tmp_path: Path, mqtt_port: int, **influx: Any) -> Settings:
-    return Settings(
-        mqtt_port=mqtt_port,
-        mqtt_client_id=f"citysense-test-{uuid.uuid4().hex[:8]}",
-        mqtt_share_group=f"g{uuid.uuid4().hex[:8]}",
-        registry=REGISTRY_FILE,
-        data_dir=tmp_path,
-        batch_interval_s=0.1,
-        status_interval_s=1,
-        **influx,
-    )
+def make_settings(tmp_path: Path, mqtt_port: int, **overrides: Any) -> Settings:
+    """Settings for one test: its own session, share group and data dir; fast batches."""
+    values: dict[str, Any] = {
+        "mqtt_port": mqtt_port,
+        "mqtt_client_id": f"citysense-test-{uuid.uuid4().hex[:8]}",
+        "mqtt_share_group": f"g{uuid.uuid4().hex[:8]}",
+        "registry": REGISTRY_FILE,
+        "data_dir": tmp_path,
+        "batch_interval_s": 0.1,
+        "status_interval_s": 1,
+    }
+    return Settings(**(values | overrides))
 
 
 def first_of(registry: Registry, kind: str) -> str:
