@@ -129,7 +129,7 @@ def operator_query_hint(settings: Settings) -> str:
     )
     return (
         f"influx -host {settings.influx_host} -port {settings.influx_port} "
-        f"-database {settings.influx_database} -execute '{query}'"
+        f"-database {settings.influx_database} -precision rfc3339 -execute '{query}'"
     )
 
 

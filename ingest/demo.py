@@ -21,7 +21,9 @@ log = logging.getLogger("citysense.run")
 
 
 def _child(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "ingest.cli", *args])
+    # A session of its own: Ctrl-C reaches only us, and we stop the children in order
+    # (the simulator says goodbye first, then the service stores it and drains).
+    return subprocess.Popen([sys.executable, "-m", "ingest.cli", *args], start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:

@@ -1,0 +1,68 @@
+"""The listing commands, as a script would use them (--json)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.cli import main
+from ingest.deadletters import DeadLetterStore, NewDeadLetter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_devices_list_json_has_attributes_and_area_path(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CITYSENSE_REGISTRY", str(REPO / "config" / "registry.yaml"))
+    devices = run_json(capsys, "devices", "list", "--kind", "river", "--json")
+    assert isinstance(devices, list) and len(devices) >= 8
+    assert {d["kind"] for d in devices} == {"river"}
+    first = devices[0]
+    assert first["warning_level_m"] < first["guarantee_level_m"]
+    assert set(first["area_path"]) == {"grid", "village", "township", "county"}
+
+
+def test_deadletters_list_json_counts_per_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DeadLetterStore(tmp_path / "deadletters.sqlite3")
+    store.add_many(
+        [
+            NewDeadLetter(1, "iot/river/r1/telemetry", "invalid_json", "bad", b"{x"),
+            NewDeadLetter(2, "iot/river/r1/telemetry", "schema", "ph: wrong", b'{"ph":"7"}'),
+            NewDeadLetter(3, "iot/river/zz/telemetry", "invalid_json", "bad", b"\xff"),
+        ]
+    )
+    store.close()
+    monkeypatch.setenv("CITYSENSE_DATA_DIR", str(tmp_path))
+    listing = run_json(capsys, "deadletters", "list", "--json")
+    assert isinstance(listing, dict)
+    assert listing["counts"] == {"invalid_json": 2, "schema": 1}
+    assert [d["id"] for d in listing["dead_letters"]] == [3, 2, 1]  # newest first
+    assert listing["dead_letters"][0]["payload"] == "\ufffd"  # kept, shown safely
+    only = run_json(capsys, "deadletters", "list", "--reason", "schema", "--json")
+    assert isinstance(only, dict) and [d["reason"] for d in only["dead_letters"]] == ["schema"]
+
+
+def test_registry_check_names_file_entry_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "registry.yaml"
+    bad.write_text(
+        "areas:\n"
+        "  - {id: c, name: 市, level: city}\n"
+        "devices:\n"
+        "  - {id: r1, kind: river, name: 站, lat: 27, lon: 111, grid: nowhere, river: 资江,\n"
+        "     normal_level_m: 1, warning_level_m: 3, guarantee_level_m: 2}\n"
+    )
+    assert main(["registry", "check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: devices[0] (id=r1)" in err
+    assert "normal_level_m < warning_level_m < guarantee_level_m" in err
+    assert main(["registry", "check", str(REPO / "config" / "registry.yaml")]) == 0

@@ -1,0 +1,112 @@
+"""The example city loads and is complete; broken registries are refused with precise errors."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devices.kinds import Kind, Level
+from devices.registry import RegistryError, RiverDevice, load_registry, parse_registry
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "registry.yaml"
+
+
+def test_example_city_meets_the_minimums() -> None:
+    registry = load_registry(EXAMPLE)
+    per_level = {lv: sum(a.level is lv for a in registry.areas.values()) for lv in Level}
+    assert per_level[Level.CITY] == 1
+    assert per_level[Level.COUNTY] >= 2
+    assert per_level[Level.TOWNSHIP] >= 4
+    assert per_level[Level.VILLAGE] >= 8
+    assert per_level[Level.GRID] >= 16
+    assert len(registry.devices) >= 60
+    assert all(any(d.kind is k for d in registry.devices.values()) for k in Kind)
+    grids = {a.id for a in registry.areas.values() if a.level is Level.GRID}
+    assert grids == {d.grid for d in registry.devices.values()}  # every grid has a device
+    for device in registry.devices.values():
+        assert set(registry.device_path(device.id).tags()) == {
+            "grid",
+            "village",
+            "township",
+            "county",
+        }
+        if isinstance(device, RiverDevice):
+            assert device.attribute("warning_level_m") == device.warning_level_m
+
+
+def test_devices_in_an_area_at_any_level() -> None:
+    registry = load_registry(EXAMPLE)
+    city = next(a for a in registry.areas.values() if a.level is Level.CITY)
+    assert len(list(registry.devices_in(city.id))) == len(registry.devices)
+    county = registry.children(city.id)[0]
+    inside = list(registry.devices_in(county.id))
+    assert 0 < len(inside) < len(registry.devices)
+    assert all(registry.device_path(d.id).id_at(Level.COUNTY) == county.id for d in inside)
+
+
+AREAS: list[dict[str, Any]] = [
+    {"id": "c", "name": "市", "level": "city"},
+    {"id": "co", "name": "区", "level": "county", "parent": "c"},
+    {"id": "t", "name": "镇", "level": "township", "parent": "co"},
+    {"id": "v", "name": "村", "level": "village", "parent": "t"},
+    {"id": "g", "name": "网格", "level": "grid", "parent": "v"},
+]
+RIVER = {
+    "id": "r1",
+    "kind": "river",
+    "name": "站",
+    "lat": 27.2,
+    "lon": 111.4,
+    "grid": "g",
+    "river": "资江",
+    "normal_level_m": 207.5,
+    "warning_level_m": 211.5,
+    "guarantee_level_m": 213.5,
+}
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(RegistryError) as raised:
+        parse_registry(data, "city.yaml")
+    return [str(p) for p in raised.value.problems]
+
+
+def test_unknown_grid_is_named() -> None:
+    found = problems({"areas": AREAS, "devices": [RIVER, {**RIVER, "id": "r2", "grid": "zz"}]})
+    assert found == ["city.yaml: devices[1] (id=r2): grid: no area 'zz'"]
+
+
+def test_river_levels_out_of_order() -> None:
+    found = problems({"areas": AREAS, "devices": [{**RIVER, "warning_level_m": 214.0}]})
+    assert len(found) == 1 and found[0].startswith("city.yaml: devices[0] (id=r1): ")
+    assert "warning_level_m < guarantee_level_m" in found[0]
+
+
+def test_unknown_key_and_wrong_type_are_named() -> None:
+    found = problems(
+        {
+            "areas": AREAS,
+            "devices": [{**RIVER, "colour": "red"}, {**RIVER, "id": "r3", "lat": "north"}],
+        }
+    )
+    assert "city.yaml: devices[0] (id=r1): colour: Extra inputs are not permitted" in found
+    assert any(p.startswith("city.yaml: devices[1] (id=r3): lat: ") for p in found)
+
+
+def test_hierarchy_must_step_one_level_at_a_time() -> None:
+    bad = [*AREAS, {"id": "v2", "name": "村", "level": "village", "parent": "co"}]
+    found = problems({"areas": bad, "devices": []})
+    assert found == [
+        "city.yaml: areas[5] (id=v2): parent: a village needs a township parent, co is a county"
+    ]
+
+
+def test_device_on_a_village_not_a_grid() -> None:
+    found = problems({"areas": AREAS, "devices": [{**RIVER, "grid": "v"}]})
+    assert found == ["city.yaml: devices[0] (id=r1): grid: v is a village"]
+
+
+def test_duplicate_ids() -> None:
+    found = problems({"areas": [*AREAS, AREAS[-1]], "devices": [RIVER, RIVER]})
+    assert "city.yaml: areas[5] (id=g): id: duplicate area id" in found
+    assert "city.yaml: devices[1] (id=r1): id: duplicate device id" in found
