@@ -25,6 +25,10 @@ def influx_query(url: str, database: str, query: str, epoch: str | None = None) 
 
 def vm_export(url: str, match: str) -> list[dict[str, Any]]:
     """What VictoriaMetrics stored for a series selector (``/api/v1/export``, JSON lines)."""
+    # Samples sit in an in-memory buffer for up to a few seconds before they are searchable;
+    # /internal/force_flush (meant for tests) makes them visible now.
+    with urllib.request.urlopen(f"{url}/internal/force_flush", timeout=10):
+        pass
     query = urllib.parse.urlencode({"match[]": match})
     with urllib.request.urlopen(f"{url}/api/v1/export?{query}", timeout=10) as resp:
         return [json.loads(line) for line in resp.read().decode().splitlines() if line]
