@@ -7,27 +7,35 @@ The simulator depends only on ``devices`` and third-party libraries.
 The CLI calls::
 
     add_arguments(parser)                       # on the "simulate" subparser
-    config = config_from_args(args)
-    registry = registry_for_run(config, lambda: load_registry(path))
-    report = asyncio.run(run_simulation(config, registry, MqttTarget(host=..., port=...)))
+    try:
+        config = config_from_args(args)
+        registry = registry_for_run(config, lambda: load_registry(path))
+        report = asyncio.run(run_simulation(config, registry, MqttTarget(host=..., port=...)))
+    except SimulatorError as e:                 # bad options, no device for a scenario, no broker
+        ...print e, exit 2
     print(report.to_json() if config.as_json else report.table())
+
+Ctrl-C ends an open-ended run cleanly: ``run_simulation`` returns the report, interrupted.
 """
 
 from simulator.arguments import add_arguments, config_from_args
 from simulator.config import MqttTarget, SimulationConfig
 from simulator.dryrun import dry_run
+from simulator.errors import ConfigError, ScenarioError, SimulationError, SimulatorError
 from simulator.report import SentReport
-from simulator.runner import SimulationError, run_simulation
-from simulator.scenarios import SCENARIOS, ScenarioError
+from simulator.runner import run_simulation
+from simulator.scenarios import SCENARIOS
 from simulator.synthetic import registry_for_run, synthetic_registry, write_registry
 
 __all__ = [
     "SCENARIOS",
+    "ConfigError",
     "MqttTarget",
     "ScenarioError",
     "SentReport",
     "SimulationConfig",
     "SimulationError",
+    "SimulatorError",
     "add_arguments",
     "config_from_args",
     "dry_run",

@@ -6,8 +6,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from devices.kinds import Kind
 from simulator.config import SimulationConfig
+from simulator.errors import ConfigError
 from simulator.scenarios import ANY_SCENARIO, SCENARIOS
 
 
@@ -103,8 +106,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimulationConfig:
-    """The SimulationConfig for parsed options; raises pydantic.ValidationError if invalid."""
+    """The SimulationConfig for parsed options; raises ConfigError saying what is wrong."""
     scenarios: Sequence[Sequence[str]] = args.scenario or []
+    try:
+        return _config(args, scenarios)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'options'}: "
+            + err["msg"].removeprefix("Value error, ")
+            for err in e.errors(include_url=False)
+        )
+        raise ConfigError(problems) from None
+
+
+def _config(args: argparse.Namespace, scenarios: Sequence[Sequence[str]]) -> SimulationConfig:
     return SimulationConfig(
         devices=args.devices,
         rate=args.rate,

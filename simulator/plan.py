@@ -9,8 +9,9 @@ from devices.registry import Registry
 from simulator.actions import Timed
 from simulator.config import SimulationConfig
 from simulator.device import SimulatedDevice
+from simulator.errors import ScenarioError
 from simulator.report import ScenarioRun, SentReport
-from simulator.scenarios import Assignment, ScenarioError, assign
+from simulator.scenarios import Assignment, assign
 from simulator.schedule import TickPlan, spread, timeline
 from simulator.selection import select_devices
 from simulator.stochastic import device_rng

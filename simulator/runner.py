@@ -19,16 +19,13 @@ from devices.registry import Registry
 from simulator.actions import Drop, Emit, Tick
 from simulator.config import MqttTarget, SimulationConfig
 from simulator.device import Outgoing, SimulatedDevice
+from simulator.errors import SimulationError
 from simulator.link import DeviceLink
 from simulator.plan import DevicePlan, RunPlan, plan_run
 from simulator.report import SentReport
 
 GOODBYE_TIMEOUT_S = 5.0  # a stopping run does not wait longer than this for a dead broker
 RECONNECT_MAX_DELAY_S = 10.0
-
-
-class SimulationError(RuntimeError):
-    """The run could not go ahead: the broker is unreachable or refused the devices."""
 
 
 def _wall_ms() -> int:

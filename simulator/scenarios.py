@@ -17,6 +17,7 @@ from devices.kinds import Kind
 from devices.registry import GateDevice, RiverDevice, RoadDevice
 from simulator.actions import Drop, Emit, Timed
 from simulator.behaviour import Condition
+from simulator.errors import ScenarioError
 
 AnyDevice = GateDevice | RiverDevice | RoadDevice
 
@@ -100,10 +101,6 @@ SCENARIOS: Mapping[str, Scenario] = {
 }
 
 ANY_SCENARIO = "*"  # key of a --scenario-device choice that applies to every scenario
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot be run with the chosen devices."""
 
 
 @dataclass(frozen=True, slots=True)
