@@ -300,3 +300,37 @@ async def test_service_shuts_down_in_order_and_loses_nothing(
     assert state.ledger.written_total == len(good)
     stored = influx_query(influxdb.url, database, "SELECT count(seq) FROM river")
     assert stored[0]["values"][0][1] == 2
+
+
+async def test_consumer_reconnects_after_a_broker_restart(
+    tmp_path: Path, influxdb: Any, registry: Registry
+) -> None:
+    from ingest.stack import free_port, start_mosquitto
+
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    broker = start_mosquitto(port, broker_dir, REPO / "mosquitto.conf")
+    database = f"restart_{uuid.uuid4().hex[:8]}"
+    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    settings = make_settings(tmp_path, port, influx_url=influxdb.url, influx_database=database)
+    before = known_good(registry, now_ms() - 60_000)
+    after = known_good(registry, now_ms() - 30_000)
+    try:
+        async with running_service(settings, registry) as state:
+            await asyncio.to_thread(publish, port, before)
+            await settle(state, len(before))
+            await asyncio.to_thread(broker.stop)
+            broker = await asyncio.to_thread(
+                start_mosquitto, port, broker_dir, REPO / "mosquitto.conf"
+            )
+            for _ in range(300):  # reconnect backoff is jittered, at most a few seconds here
+                if state.consumer is not None and state.consumer.connected:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(publish, port, after)
+            await settle(state, len(before) + len(after))
+            assert state.ledger.written_total == len(before) + len(after)
+    finally:
+        broker.stop()
+    stored = influx_query(influxdb.url, database, "SELECT count(seq) FROM gate_event")
+    assert stored[0]["values"][0][1] == 4

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import shutil
-import signal
-import socket
-import subprocess
 import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+import paho.mqtt.publish as paho_publish
 import pytest
 
 from devices.kinds import Channel, Kind
+from devices.registry import Registry
 from devices.topics import parse_device_topic
+from ingest.stack import free_port, start_mosquitto
 from simulator import (
     MqttTarget,
     SimulationConfig,
@@ -32,7 +29,9 @@ from simulator import (
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 30.0
+DEVICES_MAX = 10  # tests use at most this many synthetic devices
 
 
 @dataclass
@@ -41,72 +40,33 @@ class Broker:
 
     host: str
     port: int
-    username: str | None = None
-    password: str | None = None
 
     def target(self) -> MqttTarget:
-        return MqttTarget(
-            host=self.host, port=self.port, username=self.username, password=self.password
-        )
+        return MqttTarget(host=self.host, port=self.port)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def city(devices: int, seed: int) -> Registry:
+    """Synthetic devices; ids come from the same small pool so teardown can tidy them."""
+    assert devices <= DEVICES_MAX
+    return synthetic_registry(devices, seed=seed)
 
 
-def _wait_listening(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"mosquitto did not listen on {port}")
+@pytest.fixture
+def broker(mosquitto: Any) -> Iterator[Broker]:
+    """The session's Mosquitto (tests/conftest.py), run with the repository's mosquitto.conf.
 
-
-@contextlib.contextmanager
-def _mosquitto(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A throwaway Mosquitto on 127.0.0.1:port, anonymous, no persistence."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    conf = workdir / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    log = (workdir / f"mosquitto-{port}.log").open("wb")
-    process = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_listening(port)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def broker(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Broker]:
-    """The suite's ``mosquitto`` fixture (tests/conftest.py) if there is one, else our own."""
-    try:
-        shared: Any = request.getfixturevalue("mosquitto")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        yield Broker(
-            host=getattr(shared, "host", "127.0.0.1"),
-            port=shared.port,
-            username=getattr(shared, "username", None),
-            password=getattr(shared, "password", None),
-        )
-        return
-    port = _free_port()
-    with _mosquitto(port, tmp_path_factory.mktemp("mosquitto")):
-        yield Broker("127.0.0.1", port)
+    Afterwards the retained statuses our devices left are cleared (an empty retained message
+    deletes one), so later subscribers on the shared broker, such as an ingest service under
+    test, are not handed statuses of devices their registry does not know.
+    """
+    broker = Broker("127.0.0.1", mosquitto.port)
+    yield broker
+    topics = [f"iot/{d.kind.value}/{d.id}/status" for d in city(DEVICES_MAX, 0).devices.values()]
+    paho_publish.multiple(
+        [{"topic": t, "payload": b"", "qos": 1, "retain": True} for t in topics],
+        hostname=broker.host,
+        port=broker.port,
+    )
 
 
 @dataclass
@@ -128,8 +88,6 @@ class Listener:
         self._lock = threading.Condition()
         self._subscribed = threading.Event()
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, clean_session=True)
-        if self.broker.username:
-            self._client.username_pw_set(self.broker.username, self.broker.password)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = self._on_message
@@ -181,7 +139,7 @@ async def _retained_statuses(broker: Broker, settle_s: float = 0.5) -> dict[str,
 
 
 async def test_what_arrives_is_what_the_report_says(broker: Broker) -> None:
-    registry = synthetic_registry(10, seed=5)
+    registry = city(10, seed=5)
     config = SimulationConfig(devices=10, rate=50.0, duration=3.0, seed=5)
     with Listener(broker) as listener:
         run = asyncio.create_task(run_simulation(config, registry, broker.target()))
@@ -223,7 +181,7 @@ async def test_what_arrives_is_what_the_report_says(broker: Broker) -> None:
 
 
 async def test_offline_scenario_makes_the_broker_send_the_last_will(broker: Broker) -> None:
-    registry = synthetic_registry(4, seed=6)
+    registry = city(4, seed=6)
     config = SimulationConfig(rate=20.0, duration=2.5, scenarios=("offline",), scenario_at=1.0)
     target = "iot/gate/syn-gate-0001/status"  # first device in registry order
     with Listener(broker) as listener:
@@ -248,7 +206,7 @@ async def test_offline_scenario_makes_the_broker_send_the_last_will(broker: Brok
 
 
 async def test_cancelling_stops_cleanly_and_still_returns_the_report(broker: Broker) -> None:
-    registry = synthetic_registry(6, seed=7)
+    registry = city(6, seed=7)
     config = SimulationConfig(rate=30.0, duration=0)  # until cancelled
     with Listener(broker) as listener:
         run = asyncio.create_task(run_simulation(config, registry, broker.target()))
@@ -269,7 +227,7 @@ async def test_cancelling_stops_cleanly_and_still_returns_the_report(broker: Bro
 
 
 async def test_silent_device_stays_online_but_says_nothing(broker: Broker) -> None:
-    registry = synthetic_registry(3, seed=8)
+    registry = city(3, seed=8)
     config = SimulationConfig(rate=15.0, duration=2.5, scenarios=("silent",), scenario_at=1.0)
     with Listener(broker) as listener:
         run = asyncio.create_task(run_simulation(config, registry, broker.target()))
@@ -290,25 +248,31 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
     config = SimulationConfig(rate=5.0, duration=1.0)
     with pytest.raises(SimulationError, match=r"127\.0\.0\.1:\d+"):
         async with asyncio.timeout(RUN_TIMEOUT_S):
-            await run_simulation(config, synthetic_registry(3), MqttTarget(port=_free_port()))
+            await run_simulation(config, synthetic_registry(3), MqttTarget(port=free_port()))
 
 
 async def test_devices_reconnect_after_a_broker_restart(tmp_path: Path) -> None:
-    port = _free_port()
-    registry = synthetic_registry(4, seed=9)
+    # A broker of our own: the session's must not be restarted under the other tests.
+    port = free_port()
+    registry = city(4, seed=9)
     config = SimulationConfig(rate=20.0, duration=4.5)
-    with _mosquitto(port, tmp_path):
+    first = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf")
+    try:
         run = asyncio.create_task(run_simulation(config, registry, MqttTarget(port=port)))
         await asyncio.sleep(1.2)
+    finally:
+        first.stop()
     # The broker is gone for most of a second, then back on the same port.
     await asyncio.sleep(0.8)
-    with _mosquitto(port, tmp_path):
-        broker = Broker("127.0.0.1", port)
+    second = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf")
+    try:
         await asyncio.sleep(1.2)
-        during = await _retained_statuses(broker, settle_s=0.3)
+        during = await _retained_statuses(Broker("127.0.0.1", port), settle_s=0.3)
         async with asyncio.timeout(RUN_TIMEOUT_S):
             report = await run
+    finally:
+        second.stop()
     assert report.reconnects == 4
-    assert all(s["online"] is True for s in during.values()) and len(during) == 4
+    assert len(during) == 4 and all(s["online"] is True for s in during.values())
     assert report.count(channel=Channel.STATUS) == 4 + 4 + 4  # online, online again, offline
     assert report.achieved_rate > 0.5 * config.rate
