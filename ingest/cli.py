@@ -210,8 +210,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Publish simulated device traffic; print what was sent."""
     from simulator import (
         MqttTarget,
-        ScenarioError,
-        SimulationError,
+        SimulatorError,
         config_from_args,
         registry_for_run,
         run_simulation,
@@ -222,8 +221,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         registry = registry_for_run(config, lambda: _registry(settings.registry))
-    except (ValidationError, ScenarioError) as e:
-        sys.exit(f"citysense simulate: {e}")
+    except (ValidationError, SimulatorError) as e:
+        print(f"citysense simulate: {e}", file=sys.stderr)
+        return 2
     target = MqttTarget(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
@@ -241,8 +241,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(_until_signalled(simulate))
-    except (SimulationError, ScenarioError) as e:
-        sys.exit(f"citysense simulate: {e}")
+    except SimulatorError as e:
+        print(f"citysense simulate: {e}", file=sys.stderr)
+        return 2
     print(report.to_json() if config.as_json else report.table(), flush=True)
     return 0
 
