@@ -35,6 +35,7 @@ class MqttConsumer:
         self._settings = settings
         self._handle = handle
         self.connected = False
+        self.sessions = 0  # successful connect-and-subscribe rounds; > 1 means it reconnected
 
     def _client(self) -> aiomqtt.Client:
         s = self._settings
@@ -58,6 +59,7 @@ class MqttConsumer:
                 async with self._client() as client:
                     await client.subscribe(topic_filter, qos=1)
                     self.connected = True
+                    self.sessions += 1
                     attempt = 0
                     log.info(
                         "subscribed to %s on %s:%d as %s",
