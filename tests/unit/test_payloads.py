@@ -8,53 +8,11 @@ from devices.kinds import Channel, Kind
 from devices.payloads import GateEvent, RiverTelemetry, Status, schema_for
 from devices.registry import parse_registry
 from ingest.decode import Decoded, Decoder, Reason, Rejection
+from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 NOW = 1_795_000_000_000  # 2026-11-19T...Z, epoch ms
 
-REGISTRY = parse_registry(
-    {
-        "areas": [
-            {"id": "c", "name": "市", "level": "city"},
-            {"id": "co", "name": "区", "level": "county", "parent": "c"},
-            {"id": "t", "name": "街道", "level": "township", "parent": "co"},
-            {"id": "v", "name": "社区", "level": "village", "parent": "t"},
-            {"id": "g", "name": "网格", "level": "grid", "parent": "v"},
-        ],
-        "devices": [
-            {
-                "id": "r1",
-                "kind": "river",
-                "name": "站",
-                "lat": 27.2,
-                "lon": 111.4,
-                "grid": "g",
-                "river": "资江",
-                "normal_level_m": 207.5,
-                "warning_level_m": 211.5,
-                "guarantee_level_m": 213.5,
-            },
-            {
-                "id": "g1",
-                "kind": "gate",
-                "name": "门",
-                "lat": 27.2,
-                "lon": 111.4,
-                "grid": "g",
-                "community": "小区",
-            },
-            {
-                "id": "d1",
-                "kind": "road",
-                "name": "路",
-                "lat": 27.2,
-                "lon": 111.4,
-                "grid": "g",
-                "road": "S219",
-                "speed_limit_kmh": 60,
-            },
-        ],
-    }
-)
+REGISTRY = parse_registry({"areas": SMALL_AREAS, "devices": SMALL_DEVICES})
 
 
 def decoder() -> Decoder:

@@ -7,6 +7,7 @@ import pytest
 
 from devices.kinds import Kind, Level
 from devices.registry import RegistryError, RiverDevice, load_registry, parse_registry
+from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "registry.yaml"
 
@@ -44,25 +45,8 @@ def test_devices_in_an_area_at_any_level() -> None:
     assert all(registry.device_path(d.id).id_at(Level.COUNTY) == county.id for d in inside)
 
 
-AREAS: list[dict[str, Any]] = [
-    {"id": "c", "name": "市", "level": "city"},
-    {"id": "co", "name": "区", "level": "county", "parent": "c"},
-    {"id": "t", "name": "镇", "level": "township", "parent": "co"},
-    {"id": "v", "name": "村", "level": "village", "parent": "t"},
-    {"id": "g", "name": "网格", "level": "grid", "parent": "v"},
-]
-RIVER = {
-    "id": "r1",
-    "kind": "river",
-    "name": "站",
-    "lat": 27.2,
-    "lon": 111.4,
-    "grid": "g",
-    "river": "资江",
-    "normal_level_m": 207.5,
-    "warning_level_m": 211.5,
-    "guarantee_level_m": 213.5,
-}
+AREAS = SMALL_AREAS
+RIVER = SMALL_DEVICES[0]
 
 
 def problems(data: dict[str, Any]) -> list[str]:
