@@ -203,6 +203,21 @@ def cmd_registry_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    """Validate a rule file (against the registry) without running anything."""
+    from rules import RulesError, load_rules
+
+    settings = _settings()
+    registry = _registry(args.registry or settings.registry)
+    try:
+        rules = load_rules(args.file, registry)
+    except RulesError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK, {len(rules)} rules checked against {len(registry.devices)} devices")
+    return 0
+
+
 # --- simulate and run ------------------------------------------------------------------------
 
 
@@ -306,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("check", help="validate a registry file")
     q.add_argument("file", type=Path)
     q.set_defaults(func=cmd_registry_check)
+
+    p = sub.add_parser("rules", help="rule files")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("check", help="validate a rule file against the registry")
+    q.add_argument("file", type=Path)
+    q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    q.set_defaults(func=cmd_rules_check)
     return parser
 
 

@@ -66,3 +66,15 @@ def test_registry_check_names_file_entry_and_field(
     assert f"{bad}: devices[0] (id=r1)" in err
     assert "normal_level_m < warning_level_m < guarantee_level_m" in err
     assert main(["registry", "check", str(REPO / "config" / "registry.yaml")]) == 0
+
+
+def test_rules_check_accepts_the_defaults_and_names_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CITYSENSE_REGISTRY", str(REPO / "config" / "registry.yaml"))
+    assert main(["rules", "check", str(REPO / "config" / "rules.yaml")]) == 0
+    assert "OK, 13 rules" in capsys.readouterr().out
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - {id: x, type: threshold}\n")
+    assert main(["rules", "check", str(bad)]) == 1
+    assert f"{bad}: rules[0] (id=x): severity: Field required" in capsys.readouterr().err

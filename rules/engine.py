@@ -1,0 +1,306 @@
+"""The rule engine: validated messages and the passing of time in, transitions out.
+
+Pure: no I/O, no asyncio, no clock. The caller feeds each valid message with its device time
+(``observe``) and, every second or so, its own notion of now (``tick``) for the rules that fire
+on the absence of messages (silence, ``clear_after``, sliding windows, flap settling).
+
+Cheap per message: rules are compiled once into evaluators and indexed by (kind, channel), so a
+message meets only the rules that read its kind and channel, each knowing which fields it reads.
+Time-driven work sits in a heap of deadlines, so ``tick`` touches only what is due.
+
+Duplicates: a message whose (``seq``, ``ts``) was among the device's recent 64 is a redelivery
+and is dropped before any rule sees it. Both are compared because a device that restarts counts
+``seq`` from 1 again; messages without ``seq`` cannot be recognised and are evaluated.
+
+State: everything per (rule, device) and per device is plain data (``rules.state``);
+``snapshot()`` returns it as JSON-ready data and ``Engine.restore`` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any
+
+from devices.kinds import Channel, Kind
+from devices.payloads import DeviceMessage
+from devices.registry import Registry
+from rules.evaluator import AnyDevice, Evaluator, resolve
+from rules.events import EventCountEvaluator, EventEvaluator
+from rules.model import (
+    AnyRule,
+    EventCountRule,
+    EventRule,
+    RateOfChangeRule,
+    SilenceRule,
+    ThresholdRule,
+    WaterQualityRule,
+)
+from rules.quality import QualityEvaluator
+from rules.rate import RateEvaluator
+from rules.schema import event_names
+from rules.silence import SilenceEvaluator
+from rules.state import (
+    SNAPSHOT_FORMAT,
+    DeviceState,
+    SilenceState,
+    SnapshotError,
+    decode_device,
+    encode,
+)
+from rules.threshold import ThresholdEvaluator
+from rules.transition import Transition
+
+RECENT_SEQS = 64  # (seq, ts) pairs remembered per device to drop redeliveries
+Route = tuple[Kind, Channel, str | None]
+
+
+def compile_rule(rule: AnyRule) -> Evaluator[Any]:
+    """The evaluator for one rule."""
+    if isinstance(rule, ThresholdRule):
+        return ThresholdEvaluator(rule)
+    if isinstance(rule, RateOfChangeRule):
+        return RateEvaluator(rule)
+    if isinstance(rule, EventRule):
+        return EventEvaluator(rule)
+    if isinstance(rule, EventCountRule):
+        return EventCountEvaluator(rule)
+    if isinstance(rule, WaterQualityRule):
+        return QualityEvaluator(rule)
+    if isinstance(rule, SilenceRule):
+        return SilenceEvaluator(rule)
+    raise TypeError(f"not a rule: {rule!r}")
+
+
+class Engine:
+    """Evaluates rules over devices' messages on device time; see the module docstring."""
+
+    def __init__(self, rules: Iterable[AnyRule], registry: Registry) -> None:
+        self.rules: tuple[AnyRule, ...] = tuple(rules)
+        self.registry = registry
+        self._evaluators: list[Evaluator[Any]] = [compile_rule(r) for r in self.rules]
+        self._by_id = {ev.rule_id: i for i, ev in enumerate(self._evaluators)}
+        if len(self._by_id) != len(self._evaluators):
+            raise ValueError("rule ids must be unique")
+        # (kind, channel, event name or None) → the rules that read it, in rule order. Event
+        # rules are filed under their event names only, so a "pass" never meets "forced_open".
+        index: dict[Route, list[tuple[int, Evaluator[Any]]]] = {}
+        for i, ev in enumerate(self._evaluators):
+            for kind, channel in dict.fromkeys(ev.routes()):
+                if channel is not Channel.EVENT:
+                    index.setdefault((kind, channel, None), []).append((i, ev))
+                    continue
+                for event in sorted(event_names(kind) or ()):
+                    if ev.events is None or event in ev.events:
+                        index.setdefault((kind, channel, event), []).append((i, ev))
+        self._index = {route: tuple(evs) for route, evs in index.items()}
+        self._states: list[dict[str, Any]] = [{} for _ in self._evaluators]
+        self._devices: dict[str, DeviceState] = {}
+        self._seen: dict[str, set[tuple[int, int]]] = {}
+        self._heap: list[tuple[int, int, str]] = []
+        self._due: dict[tuple[int, str], int] = {}
+        self._armed: set[str] = set()  # silence rules whose unseen devices are being watched
+        self._armable = sum(
+            1
+            for ev in self._evaluators
+            if isinstance(ev, SilenceEvaluator) and ev.spec.watch_unseen
+        )
+
+    # -- messages -------------------------------------------------------------------------
+
+    def observe(
+        self, device: AnyDevice, channel: Channel, message: DeviceMessage, ts_ms: int
+    ) -> list[Transition]:
+        """Evaluate one valid message from ``device`` at device time ``ts_ms``."""
+        dev = self._devices.get(device.id)
+        if dev is None:
+            dev = self._devices[device.id] = DeviceState()
+            self._seen[device.id] = set()
+        seq = message.seq
+        if seq is not None and not self._first_delivery(device.id, dev, seq, ts_ms):
+            return []
+        if dev.newest_ts is None or ts_ms > dev.newest_ts:
+            dev.newest_ts = ts_ms
+        newest = dev.newest_ts
+        event = getattr(message, "event", None) if channel is Channel.EVENT else None
+        evaluators = self._index.get((device.kind, channel, event))
+        if not evaluators:
+            return []
+        out: list[Transition] = []
+        for i, ev in evaluators:
+            if ev.only is not None and device.id not in ev.only:
+                continue
+            states = self._states[i]
+            st = states.get(device.id)
+            if st is None:
+                st = states[device.id] = ev.new_state()
+            found = ev.observe(st, device, channel, message, ts_ms, newest)
+            if found:
+                out.extend(found)
+            if ev.needs_deadline:
+                self._schedule(i, ev, st, device)
+        return out
+
+    def _first_delivery(self, device_id: str, dev: DeviceState, seq: int, ts: int) -> bool:
+        seen = self._seen[device_id]
+        key = (seq, ts)
+        if key in seen:
+            return False
+        seen.add(key)
+        dev.seen.append([seq, ts])
+        if len(dev.seen) > RECENT_SEQS:
+            old_seq, old_ts = dev.seen.pop(0)
+            seen.discard((old_seq, old_ts))
+        return True
+
+    # -- time -----------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> list[Transition]:
+        """Everything due by ``now_ms`` (the caller's clock): silence, clear_after, windows."""
+        if len(self._armed) < self._armable:
+            self._arm_unseen(now_ms)
+        out: list[Transition] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            when, i, device_id = heapq.heappop(heap)
+            key = (i, device_id)
+            if self._due.get(key) != when:
+                continue  # superseded by an earlier deadline
+            del self._due[key]
+            device = self.registry.devices.get(device_id)
+            st = self._states[i].get(device_id)
+            if device is None or st is None:
+                continue
+            ev = self._evaluators[i]
+            due = ev.deadline(st, device)
+            if due is not None and due <= now_ms:
+                out.extend(ev.expire(st, device, now_ms))
+            self._schedule(i, ev, st, device)
+        return out
+
+    def _schedule(self, i: int, ev: Evaluator[Any], st: Any, device: AnyDevice) -> None:
+        due = ev.deadline(st, device)
+        if due is None:
+            return
+        key = (i, device.id)
+        current = self._due.get(key)
+        # Deadlines mostly move later (silence, on every message): keep the earlier heap entry
+        # and re-check when it comes up rather than pushing one entry per message.
+        if current is None or due < current:
+            self._due[key] = due
+            heapq.heappush(self._heap, (due, i, device.id))
+
+    def _arm_unseen(self, now_ms: int) -> None:
+        for i, ev in enumerate(self._evaluators):
+            if not isinstance(ev, SilenceEvaluator) or not ev.spec.watch_unseen:
+                continue
+            if ev.rule_id in self._armed:
+                continue
+            self._armed.add(ev.rule_id)
+            states = self._states[i]
+            for device in self.registry.devices.values():
+                if device.id in states or not ev.spec.applies_to(device.kind, device.id):
+                    continue
+                states[device.id] = SilenceState(last_seen=now_ms, heard=False)
+                self._schedule(i, ev, states[device.id], device)
+
+    # -- people ---------------------------------------------------------------------------
+
+    def resolve(self, rule_id: str, device_id: str, ts_ms: int) -> bool:
+        """A person resolved the alert: the next trigger opens a new one. Return if it was open.
+
+        The condition itself is left as it is: a level still above warning reopens only after
+        it has cleared and risen again; an event rule reopens on its next matching event.
+        """
+        i = self._by_id.get(rule_id)
+        st = self._states[i].get(device_id) if i is not None else None
+        if st is None:
+            return False
+        return resolve(st.life, ts_ms)
+
+    def is_open(self, rule_id: str, device_id: str) -> bool:
+        """Whether the engine holds an open condition for (rule, device)."""
+        i = self._by_id.get(rule_id)
+        st = self._states[i].get(device_id) if i is not None else None
+        return bool(st is not None and st.life.open)
+
+    def open_conditions(self) -> list[tuple[str, str]]:
+        """Every open (rule id, device id), for reconciling with the alert store."""
+        return [
+            (ev.rule_id, device_id)
+            for i, ev in enumerate(self._evaluators)
+            for device_id, st in self._states[i].items()
+            if st.life.open
+        ]
+
+    # -- restart --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state as JSON-ready plain data (a copy); see ``restore``.
+
+        Shape::
+
+            {"format": 1,
+             "devices": {device_id: {"newest_ts": int | None, "seen": [[seq, ts], ...]}},
+             "rules": {rule_id: {"type": form, "states": {device_id: {...form state...}}}},
+             "armed": [rule_id, ...]}
+
+        A form state is its ``rules.state`` dataclass as a dict, with ``life`` the Lifecycle.
+        """
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "devices": {device_id: encode(dev) for device_id, dev in self._devices.items()},
+            "rules": {
+                ev.rule_id: {
+                    "type": ev.rule.type,
+                    "states": {d: ev.encode(st) for d, st in self._states[i].items()},
+                }
+                for i, ev in enumerate(self._evaluators)
+                if self._states[i]
+            },
+            "armed": sorted(self._armed),
+        }
+
+    @classmethod
+    def restore(cls, rules: Iterable[AnyRule], registry: Registry, snapshot: Any) -> Engine:
+        """An engine that continues from ``snapshot``.
+
+        State is kept for rules whose id and form are unchanged (their other settings may have
+        changed and apply from now on) and for devices still in the registry; the rest is
+        dropped. Raise SnapshotError for a snapshot of another format or a malformed one.
+        """
+        engine = cls(rules, registry)
+        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
+            found = snapshot.get("format") if isinstance(snapshot, dict) else type(snapshot)
+            raise SnapshotError(f"not an engine snapshot of format {SNAPSHOT_FORMAT}: {found!r}")
+        devices = snapshot.get("devices", {})
+        rules_data = snapshot.get("rules", {})
+        if not isinstance(devices, dict) or not isinstance(rules_data, dict):
+            raise SnapshotError("devices and rules must be mappings")
+        for device_id, data in devices.items():
+            if device_id not in registry.devices:
+                continue
+            dev = decode_device(data)
+            engine._devices[device_id] = dev
+            engine._seen[device_id] = {(int(s), int(t)) for s, t in dev.seen}
+        for rule_id, data in rules_data.items():
+            i = engine._by_id.get(rule_id)
+            if i is None or not isinstance(data, dict):
+                continue
+            ev = engine._evaluators[i]
+            if data.get("type") != ev.rule.type:
+                continue
+            states = data.get("states", {})
+            if not isinstance(states, dict):
+                raise SnapshotError(f"rules.{rule_id}.states must be a mapping")
+            for device_id, raw in states.items():
+                device = registry.devices.get(device_id)
+                if device is None:
+                    continue
+                st = ev.decode(raw)
+                engine._states[i][device_id] = st
+                if ev.needs_deadline:
+                    engine._schedule(i, ev, st, device)
+        armed = snapshot.get("armed", [])
+        engine._armed = {a for a in armed if isinstance(a, str) and a in engine._by_id}
+        return engine

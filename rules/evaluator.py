@@ -1,0 +1,230 @@
+"""What every rule form's evaluator shares: routing, the open/update/clear lifecycle, flaps.
+
+An evaluator is the compiled form of one rule: it knows which (kind, channel) pairs it reads and
+what it reads from them, and turns a message (or the passing of time) plus its plain-data state
+into transitions. It never keeps state of its own between calls: everything is in the state
+object the engine hands it, so a snapshot of those is a snapshot of the engine.
+
+Lifecycle: ``activate`` opens the condition, or updates it when it is already open (repeats do
+not open twice); ``deactivate`` clears it, unless the rule's flap settings say it opened and
+cleared too often within the flap window, in which case it stays open and says "flapping";
+``settle`` closes a flapping condition once it has stayed clear long enough for the flap window
+to hold no more than ``max_transitions`` changes.
+"""
+
+from __future__ import annotations
+
+import bisect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic
+
+from devices.kinds import Channel, Kind
+from devices.payloads import DeviceMessage
+from devices.registry import GateDevice, RiverDevice, RoadDevice
+from rules.durations import format_duration
+from rules.model import AnyRule
+from rules.state import Lifecycle, S, decode, encode
+from rules.transition import Action, Reason, Transition
+
+AnyDevice = GateDevice | RiverDevice | RoadDevice
+Value = float | str | None
+
+
+class Evaluator(ABC, Generic[S]):
+    """The compiled form of one rule."""
+
+    state_type: ClassVar[type[Any]]
+
+    def __init__(self, rule: AnyRule) -> None:
+        self.rule = rule
+        self.rule_id = rule.id
+        self.only = frozenset(rule.devices) if rule.devices is not None else None
+        self.flap = rule.flap
+        self.events: frozenset[str] | None = None  # event rules: the only events they read
+        # Whether time alone can change the condition (a form's timeout, or flap settling);
+        # forms with timeouts set it too.
+        self.needs_deadline = self.flap is not None
+
+    # -- what the engine calls ------------------------------------------------------------
+
+    @abstractmethod
+    def routes(self) -> list[tuple[Kind, Channel]]:
+        """The (kind, channel) pairs whose messages this rule reads."""
+
+    def new_state(self) -> S:
+        """Fresh state for a device the rule has not seen."""
+        state: S = self.state_type()
+        return state
+
+    @abstractmethod
+    def observe(
+        self,
+        st: S,
+        device: AnyDevice,
+        channel: Channel,
+        message: DeviceMessage,
+        ts: int,
+        newest: int,
+    ) -> list[Transition]:
+        """Transitions caused by one (new, not duplicate) message at device time ``ts``.
+
+        ``newest`` is the device's newest time so far, this message included.
+        """
+
+    def form_deadline(self, st: S, device: AnyDevice) -> int | None:
+        """When time alone would change this form's condition, or None."""
+        return None
+
+    def form_expire(self, st: S, device: AnyDevice, now: int) -> list[Transition]:
+        """Transitions due by ``now`` from the passing of time alone."""
+        return []
+
+    def deadline(self, st: S, device: AnyDevice) -> int | None:
+        """The earliest time ``expire`` has something to do."""
+        form = self.form_deadline(st, device)
+        settle = self.settle_at(st.life)
+        if form is None:
+            return settle
+        return form if settle is None else min(form, settle)
+
+    def expire(self, st: S, device: AnyDevice, now: int) -> list[Transition]:
+        """Everything due by ``now``: the form's own timeouts, then flap settling."""
+        out = self.form_expire(st, device, now)
+        settled = self.settle(st.life, device.id, now)
+        if settled is not None:
+            out.append(settled)
+        return out
+
+    def encode(self, st: S) -> dict[str, Any]:
+        """The state as plain data."""
+        return encode(st)
+
+    def decode(self, data: Any) -> S:
+        """State from plain data."""
+        state: S = decode(self.state_type, data)
+        return state
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def emit(
+        self, device_id: str, action: Action, ts: int, value: Value, detail: str, reason: Reason
+    ) -> Transition:
+        """A transition of this rule."""
+        return Transition(self.rule_id, device_id, action, ts, value, detail, reason)
+
+    def _flip(self, life: Lifecycle, ts: int) -> None:
+        if self.flap is None:
+            return
+        bisect.insort(life.flips, ts)
+        # count > max_transitions needs at most max_transitions + 1 of the newest.
+        keep = self.flap.max_transitions + 1
+        if len(life.flips) > keep:
+            del life.flips[: len(life.flips) - keep]
+
+    def activate(
+        self, life: Lifecycle, device_id: str, ts: int, value: Value, detail: str, reason: Reason
+    ) -> Transition:
+        """The condition holds: open it, or update it if it is open already."""
+        if not life.active:
+            life.active = True
+            self._flip(life, ts)
+        if not life.open:
+            life.open = True
+            life.opened_ts = ts
+            life.repeats = 0
+            life.flapping = False
+            return self.emit(device_id, "open", ts, value, detail, reason)
+        life.repeats += 1
+        return self.emit(device_id, "update", _after(ts, life), value, detail, reason)
+
+    def deactivate(
+        self, life: Lifecycle, device_id: str, ts: int, value: Value, detail: str, reason: Reason
+    ) -> Transition | None:
+        """The condition no longer holds: clear it, or hold it open if it is flapping."""
+        if not life.active:
+            return None
+        life.active = False
+        self._flip(life, ts)
+        if not life.open:  # resolved by hand while it held: nothing to clear
+            return None
+        if self.flap is not None:
+            recent = sum(1 for t in life.flips if t > ts - self.flap.window)
+            if recent > self.flap.max_transitions:
+                life.flapping = True
+                window = format_duration(self.flap.window)
+                return self.emit(
+                    device_id,
+                    "update",
+                    _after(ts, life),
+                    value,
+                    f"flapping ({recent} opens and clears within {window}), held open: {detail}",
+                    Reason.FLAPPING,
+                )
+        return self._close(life, device_id, ts, value, detail, reason)
+
+    def _close(
+        self, life: Lifecycle, device_id: str, ts: int, value: Value, detail: str, reason: Reason
+    ) -> Transition:
+        ts = _after(ts, life)
+        life.open = False
+        life.flapping = False
+        life.cleared_ts = ts if life.cleared_ts is None else max(ts, life.cleared_ts)
+        return self.emit(device_id, "clear", ts, value, detail, reason)
+
+    def settle_at(self, life: Lifecycle) -> int | None:
+        """When a flapping, currently clear condition may close, or None."""
+        if self.flap is None or not (life.open and life.flapping and not life.active):
+            return None
+        m = self.flap.max_transitions
+        if len(life.flips) <= m:
+            return life.flips[-1] if life.flips else 0
+        return life.flips[-(m + 1)] + self.flap.window
+
+    def settle(self, life: Lifecycle, device_id: str, now: int) -> Transition | None:
+        """Close a flapping condition that has stayed clear long enough."""
+        at = self.settle_at(life)
+        if at is None or now < at:
+            return None
+        ts = max(at, life.flips[-1]) if life.flips else at
+        window = format_duration(self.flap.window if self.flap else 0)
+        return self._close(
+            life, device_id, ts, None, f"stopped flapping: clear through {window}", Reason.SETTLED
+        )
+
+
+def _after(ts: int, life: Lifecycle) -> int:
+    """An update or clear is never stamped before the open it belongs to (late messages)."""
+    return ts if life.opened_ts is None or ts >= life.opened_ts else life.opened_ts
+
+
+def resolve(life: Lifecycle, ts: int) -> bool:
+    """A person resolved the alert: close it, so the next trigger opens a new one.
+
+    Whether the condition still holds is kept: a threshold still exceeded does not reopen at
+    once, it reopens when it clears and triggers again; an event rule reopens on its next event.
+    Return whether it was open.
+    """
+    was_open = life.open
+    life.open = False
+    life.flapping = False
+    life.cleared_ts = ts if life.cleared_ts is None else max(ts, life.cleared_ts)
+    return was_open
+
+
+def compare(x: float, op: str, ref: float) -> bool:
+    """``x op ref`` for the four comparison operators a rule may use."""
+    if op == ">":
+        return x > ref
+    if op == ">=":
+        return x >= ref
+    if op == "<":
+        return x < ref
+    return x <= ref
+
+
+def number(message: DeviceMessage, field: str) -> float | None:
+    """A numeric field of a message, or None if absent (bools are not numbers)."""
+    value = getattr(message, field, None)
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)

@@ -1,0 +1,94 @@
+"""Load a rule file: YAML → validated rules → cross-checks → a RuleSet, or every problem at once.
+
+Mirrors ``devices.registry.load_registry``: a file is parsed with ``yaml.safe_load`` (no tags
+that construct objects, nothing executed), each rule is validated on its own so one bad rule
+does not hide the next, and ``RulesError`` lists each problem as file: rule: field: message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from devices.registry import Registry
+from rules.checks import check_rule
+from rules.model import FORMS, RULE, AnyRule, RuleSet
+from rules.problems import Problem, RulesError
+
+_TAG_ERRORS = frozenset({"union_tag_not_found", "union_tag_invalid", "model_attributes_type"})
+
+
+def _entry(index: int, raw: Any) -> str:
+    ident = raw.get("id") if isinstance(raw, dict) else None
+    return f"rules[{index}]" + (f" (id={ident})" if ident is not None else "")
+
+
+def _problems_from(file: str, entry: str, error: ValidationError) -> list[Problem]:
+    out = []
+    for e in error.errors(include_url=False):
+        if e["type"] in _TAG_ERRORS and not e["loc"]:
+            message = f"{e['msg']}; the forms are {', '.join(FORMS)}"
+            if e["type"] == "model_attributes_type":
+                message = "a rule must be a mapping"
+            out.append(Problem(file, entry, "type", message))
+            continue
+        # The discriminated union puts the form's tag first in the location: drop it.
+        loc = [str(p) for p in e["loc"]]
+        if loc and loc[0] in FORMS:
+            loc = loc[1:]
+        out.append(Problem(file, entry, ".".join(loc) or "(rule)", e["msg"]))
+    return out
+
+
+def parse_rules(data: Any, file: str = "<rules>", registry: Registry | None = None) -> RuleSet:
+    """Build a RuleSet from parsed YAML; raise RulesError listing every problem.
+
+    With a ``registry``, also check that the devices a rule names exist and that every device
+    it watches has the attributes it compares against.
+    """
+    if not isinstance(data, dict):
+        raise RulesError([Problem(file, "(top)", "(file)", "must be a mapping with a rules list")])
+    problems = [
+        Problem(file, "(top)", str(key), "unknown section; a rule file has only `rules`")
+        for key in data
+        if key != "rules"
+    ]
+    raw_rules = data.get("rules")
+    if not isinstance(raw_rules, list):
+        problems.append(Problem(file, "(top)", "rules", "must be a list of rules"))
+        raise RulesError(problems)
+    rules: list[AnyRule] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_rules):
+        entry = _entry(i, raw)
+        try:
+            rule = RULE.validate_python(raw)
+        except ValidationError as e:
+            problems.extend(_problems_from(file, entry, e))
+            continue
+        if rule.id in seen:
+            problems.append(
+                Problem(file, entry, "id", f"duplicate rule id (first at rules[{seen[rule.id]}])")
+            )
+        else:
+            seen[rule.id] = i
+        problems.extend(Problem(file, entry, f, m) for f, m in check_rule(rule, registry))
+        rules.append(rule)
+    if problems:
+        raise RulesError(problems)
+    return RuleSet(rules, file)
+
+
+def load_rules(path: Path | str, registry: Registry | None = None) -> RuleSet:
+    """Load and check a rule file (against ``registry`` too, when given)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RulesError([Problem(str(path), "(file)", "(yaml)", str(e))]) from None
+    except OSError as e:
+        raise RulesError([Problem(str(path), "(file)", "(read)", e.strerror or str(e))]) from None
+    return parse_rules(data, str(path), registry)

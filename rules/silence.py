@@ -1,0 +1,162 @@
+"""Silence: a device that says nothing, says it is offline, or stops reporting one sensor.
+
+Three causes, told apart in the transition's reason:
+- ``silent``: no message of any kind for ``k`` × the device's ``report_interval_s``, measured
+  from the device time of its newest message to the ``now`` the caller passes to ``tick``;
+- ``offline``: a status ``online: false`` (the device's own, or the broker's last will) newer
+  than every other message from the device;
+- ``channel_quiet``: the device keeps sending telemetry but a watched field (``channels``) has
+  been missing from it for ``k`` × ``report_interval_s`` of device time. A channel is watched on
+  a device only after the device has reported it once, so a station without a water-quality
+  analyser never counts as quiet.
+One condition per (rule, device): a change of cause while it is open is an ``update``
+(offline beats silent beats channel_quiet); any newer message clears silent and offline
+(``back_online``), the quiet fields reporting again clears channel_quiet (``channel_resumed``).
+
+Late and out-of-order messages: the newest times only move forward (each is a maximum), and a
+message no newer than the newest one seen changes no condition: a late message proves nothing
+about now, and an old retained status must not flip the device back.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from devices.kinds import Channel, Kind
+from devices.payloads import DeviceMessage, Status
+from rules.durations import format_duration
+from rules.evaluator import AnyDevice, Evaluator
+from rules.model import SilenceRule
+from rules.schema import numeric_fields
+from rules.state import SilenceState
+from rules.transition import Reason, Transition
+
+# Causes as stored in the state (plain strings), and which outranks which.
+_QUIET, _SILENT, _OFFLINE = (
+    Reason.CHANNEL_QUIET.value,
+    Reason.SILENT.value,
+    Reason.OFFLINE.value,
+)
+_RANK = {None: 0, _QUIET: 1, _SILENT: 2, _OFFLINE: 3}
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds")
+
+
+class SilenceEvaluator(Evaluator[SilenceState]):
+    """Compiled ``type: silence``."""
+
+    state_type = SilenceState
+
+    def __init__(self, rule: SilenceRule) -> None:
+        super().__init__(rule)
+        self.spec = rule
+        self.needs_deadline = True
+        self.k = rule.k
+        self.channels: dict[Kind, tuple[str, ...]] = {
+            kind: tuple(c for c in rule.channels if c in numeric_fields(kind, Channel.TELEMETRY))
+            for kind in rule.kinds
+        }
+
+    def routes(self) -> list[tuple[Kind, Channel]]:
+        return [(kind, channel) for kind in self.spec.kinds for channel in Channel]
+
+    def limit_ms(self, device: AnyDevice) -> int:
+        """How long without a message (or a channel) counts as silence for ``device``."""
+        return round(self.k * device.report_interval_s * 1000)
+
+    def observe(
+        self,
+        st: SilenceState,
+        device: AnyDevice,
+        channel: Channel,
+        message: DeviceMessage,
+        ts: int,
+        newest: int,
+    ) -> list[Transition]:
+        newer = st.last_seen is None or ts > st.last_seen or not st.heard
+        if channel is Channel.TELEMETRY:
+            for name in self.channels.get(device.kind, ()):
+                if getattr(message, name, None) is not None:
+                    st.channels[name] = max(ts, st.channels.get(name, ts))
+            st.last_telemetry = ts if st.last_telemetry is None else max(ts, st.last_telemetry)
+        if isinstance(message, Status):
+            # Equal times count for a status: "offline" stamped with the last report's time
+            # is the later statement.
+            newer = newer or ts == st.last_seen
+            if newer:
+                if not message.online and self.spec.offline_status:
+                    st.offline_ts = ts
+                elif message.online:
+                    st.offline_ts = None
+        elif newer and st.offline_ts is not None and ts > st.offline_ts:
+            st.offline_ts = None
+        st.last_seen = ts if st.last_seen is None else max(ts, st.last_seen)
+        st.heard = True
+        if not newer:
+            return []
+        reason = message.reason if isinstance(message, Status) else None
+        return self._settle_cause(st, device, ts, reason)
+
+    def _settle_cause(
+        self, st: SilenceState, device: AnyDevice, ts: int, status_reason: str | None
+    ) -> list[Transition]:
+        limit = self.limit_ms(device)
+        quiet: list[str] = []
+        last = st.last_telemetry
+        if last is not None and st.channels and last - min(st.channels.values()) >= limit:
+            quiet = sorted(name for name, seen in st.channels.items() if last - seen >= limit)
+        cause: str | None
+        if st.offline_ts is not None:
+            cause = _OFFLINE
+        elif quiet:
+            cause = _QUIET
+        else:
+            cause = None
+        life = st.life
+        if cause is None:
+            was = st.cause
+            st.cause, st.quiet = None, []
+            if not life.active:
+                return []
+            if was == _QUIET:
+                detail, why = "the quiet channels report again", Reason.CHANNEL_RESUMED
+            else:
+                detail, why = "device back online", Reason.BACK_ONLINE
+            cleared = self.deactivate(life, device.id, ts, None, detail, why)
+            return [cleared] if cleared is not None else []
+        if cause == st.cause and quiet == st.quiet and life.active:
+            return []
+        st.cause, st.quiet = cause, quiet
+        if cause == _OFFLINE:
+            said = f" ({status_reason})" if status_reason else ""
+            return [
+                self.activate(
+                    life, device.id, ts, "offline", f"device reported offline{said}", Reason.OFFLINE
+                )
+            ]
+        detail = (
+            f"{', '.join(quiet)} not reported for {format_duration(limit)} "
+            "while the device still reports"
+        )
+        return [self.activate(life, device.id, ts, ", ".join(quiet), detail, Reason.CHANNEL_QUIET)]
+
+    def form_deadline(self, st: SilenceState, device: AnyDevice) -> int | None:
+        if st.last_seen is None or _RANK[st.cause] >= _RANK[_SILENT]:
+            return None
+        return st.last_seen + self.limit_ms(device)
+
+    def form_expire(self, st: SilenceState, device: AnyDevice, now: int) -> list[Transition]:
+        due = self.form_deadline(st, device)
+        if due is None or now < due or st.last_seen is None:
+            return []
+        st.cause = _SILENT
+        limit = format_duration(self.limit_ms(device))
+        if st.heard:
+            detail = f"no message for {limit}; last at {_iso(st.last_seen)}"
+        else:
+            detail = f"no message for {limit} since watching began"
+        interval = format_duration(round(device.report_interval_s * 1000))
+        detail += f" ({self.k:g} × report interval {interval})"
+        return [self.activate(st.life, device.id, due, "silent", detail, Reason.SILENT)]

@@ -1,0 +1,136 @@
+"""Per-(rule, device) and per-device state: plain data only, so it survives a restart.
+
+Every class here is a dataclass of ints, floats, strings, bools, None, lists and dicts with
+string keys; ``encode`` turns one into JSON-ready data and ``decode`` rebuilds it. The engine's
+snapshot is made of these and nothing else (no rule objects, no clocks, no closures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot this engine cannot restore (other format, or malformed)."""
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """The condition of one rule on one device, shared by every form.
+
+    ``active`` is whether the rule's condition holds now; ``open`` whether an alert is open for
+    it. They differ while flap suppression holds a cleared condition open, and after a manual
+    resolve while the condition still holds.
+    """
+
+    open: bool = False
+    active: bool = False
+    opened_ts: int | None = None
+    cleared_ts: int | None = None  # the last clear (automatic or manual)
+    repeats: int = 0  # updates since it opened
+    flapping: bool = False
+    flips: list[int] = field(default_factory=list)  # recent times `active` changed (flap only)
+
+
+@dataclass(slots=True)
+class ThresholdState:
+    """Threshold: the newest reading's time and how long trigger/clear have held."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    last_ts: int | None = None
+    pending_since: int | None = None  # first reading of the current run above the trigger
+    clear_since: int | None = None  # first reading of the current run inside the clear range
+    above: bool = False  # the newest reading met the trigger
+
+
+@dataclass(slots=True)
+class RateState:
+    """Rate of change: the readings in the window as [ts_ms, value] pairs, oldest first."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    last_ts: int | None = None
+    points: list[list[float]] = field(default_factory=list)
+    fit: list[float] = field(default_factory=list)  # running sums (windows.Fit); [] = recompute
+    above: bool = False
+
+
+@dataclass(slots=True)
+class EventState:
+    """Event match: when the newest matching event happened."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    last_match: int | None = None
+
+
+@dataclass(slots=True)
+class EventCountState:
+    """Event count: times of the matching events in the window, oldest first."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    times: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class QualityState:
+    """Water quality: the newest sample's time and the worst class of the open episode."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    last_ts: int | None = None
+    worst: int | None = None
+
+
+@dataclass(slots=True)
+class SilenceState:
+    """Silence: when the device and each watched channel last spoke, and what is wrong now."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    last_seen: int | None = None  # newest ts of any message (or when watching began)
+    heard: bool = False  # a message has arrived (False: armed by watch_unseen only)
+    offline_ts: int | None = None  # an offline status newer than every other message
+    last_telemetry: int | None = None
+    channels: dict[str, int] = field(default_factory=dict)  # field → newest ts reporting it
+    cause: str | None = None  # Reason value while active: silent, offline or channel_quiet
+    quiet: list[str] = field(default_factory=list)  # quiet channels, while channel_quiet
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Per device, across rules: its newest device time and recent (seq, ts) for duplicates."""
+
+    newest_ts: int | None = None
+    seen: list[list[int]] = field(default_factory=list)  # [seq, ts], oldest first, bounded
+
+
+FormState = ThresholdState | RateState | EventState | EventCountState | QualityState | SilenceState
+S = TypeVar("S", ThresholdState, RateState, EventState, EventCountState, QualityState, SilenceState)
+
+
+def encode(state: FormState | DeviceState) -> dict[str, Any]:
+    """JSON-ready plain data (a deep copy)."""
+    return dataclasses.asdict(state)
+
+
+def decode(cls: type[S], data: Any) -> S:
+    """Rebuild a form state from ``encode``'s output; raise SnapshotError if it does not fit."""
+    if not isinstance(data, dict):
+        raise SnapshotError(f"{cls.__name__}: expected a mapping")
+    try:
+        fields = dict(data)
+        life = Lifecycle(**fields.pop("life", {}))
+        return cls(life=life, **fields)
+    except TypeError as e:
+        raise SnapshotError(f"{cls.__name__}: {e}") from None
+
+
+def decode_device(data: Any) -> DeviceState:
+    """Rebuild a DeviceState."""
+    if not isinstance(data, dict):
+        raise SnapshotError("DeviceState: expected a mapping")
+    try:
+        return DeviceState(**data)
+    except TypeError as e:
+        raise SnapshotError(f"DeviceState: {e}") from None
