@@ -11,7 +11,7 @@ from devices.registry import RoadDevice
 from simulator.behaviour import Condition, Conditions, Stamp
 from simulator.localtime import local_hour
 from simulator.plates import fake_plate
-from simulator.stochastic import Drift, bump, clamp, pick, plateau, poisson
+from simulator.stochastic import Drift, bump, chance, clamp, pick, plateau, poisson
 
 CAPACITY_PER_LANE_H = 1600.0  # vehicles per lane-hour a two-lane county road can carry
 JAM_ONSET_S = 90.0  # how long after an accident the traffic behind it has fully stalled
@@ -33,6 +33,8 @@ def vehicles_per_lane_hour(hour: float) -> float:
     )
 
 
+EVENTS_PER_HOUR_QUIET = 3.0  # speeding, illegal parking, pedestrians seen by one camera
+EVENTS_PER_HOUR_BUSY_EXTRA = 5.0  # added at the rush-hour peak
 PEAK_PER_LANE_H = max(vehicles_per_lane_hour(h / 20) for h in range(24 * 20))
 
 
@@ -47,6 +49,7 @@ class RoadBehaviour:
     occupancy_noise: Drift
     speed_noise: Drift
     last_ms: int | None = None
+    last_tick_ms: int | None = None  # any message, for event rates in time
     speed_kmh: float | None = None  # last average speed, for congestion events
 
     @classmethod
@@ -64,8 +67,11 @@ class RoadBehaviour:
     def on_tick(self, stamp: Stamp, active: Conditions) -> DeviceMessage:
         """Traffic figures for the interval, or now and then something the camera saw."""
         busy = vehicles_per_lane_hour(local_hour(stamp.ts)) / PEAK_PER_LANE_H
-        # A few percent of messages are events, more when the road is busy.
-        if self.rng.random() < 0.03 + 0.1 * busy:
+        dt_s = 0.0 if self.last_tick_ms is None else max(0.0, (stamp.ts - self.last_tick_ms) / 1000)
+        self.last_tick_ms = stamp.ts
+        # Events come at a rate in time (3 to 8 an hour, more when busy), not a share of the
+        # messages: a faster --rate must not turn a quiet road into a speeding hot spot.
+        if chance(self.rng, EVENTS_PER_HOUR_QUIET + EVENTS_PER_HOUR_BUSY_EXTRA * busy, dt_s / 3600):
             return self._spontaneous_event(stamp, busy, jammed=Condition.JAM in active)
         return self._telemetry(stamp, active.get(Condition.JAM))
 
@@ -114,7 +120,7 @@ class RoadBehaviour:
         if jam_s is not None:
             stalled = min(1.0, jam_s / JAM_ONSET_S)
             per_lane_h *= 1 - 0.85 * stalled  # only a trickle squeezes past the wreck
-            occupancy += (self.rng.uniform(72.0, 90.0) - occupancy) * stalled
+            occupancy += (self.rng.uniform(82.0, 95.0) - occupancy) * stalled
             speed += (self.rng.uniform(3.0, 9.0) - speed) * stalled
             queue = max(queue, min(MAX_QUEUE_M, 30.0 + QUEUE_GROWTH_M_S * jam_s))
         count = poisson(self.rng, per_lane_h * d.lanes * dt_s / 3600)
