@@ -160,10 +160,10 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     """List dead letters, newest first, with a count per reason."""
-    from ingest.deadletters import DeadLetterStore
+    from ingest.deadletters import DeadLetterStore, store_path
 
     settings = _settings()
-    path = settings.data_dir / "deadletters.sqlite3"
+    path = store_path(settings.data_dir)
     if not path.exists():
         letters, counts = [], {}
     else:

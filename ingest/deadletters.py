@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,11 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, id);
 """
+
+
+def store_path(data_dir: Path) -> Path:
+    """Where the dead-letter database lives in a data directory."""
+    return data_dir / "deadletters.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +125,7 @@ class DeadLetterStore:
     def counts(self) -> dict[str, int]:
         """Rows per reason."""
         rows = self._db.execute("SELECT reason, COUNT(*) FROM dead_letter GROUP BY reason")
-        return dict(Counter({reason: n for reason, n in rows}))
+        return {reason: n for reason, n in rows}
 
     def close(self) -> None:
         """Close the database."""

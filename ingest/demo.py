@@ -38,7 +38,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 
 def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> int:
     """Bring everything up, print where to look, and wait for Ctrl-C."""
-    already_up = all(alive for _, alive in stack.status(settings)) and stack.status(settings)
+    recorded = stack.status(settings)
+    already_up = bool(recorded) and all(alive for _, alive in recorded)
     procs = stack.up(settings, repo_root)
     for p in procs:
         log.info("%s is at %s (log %s)", p.name, p.address, p.log_path)

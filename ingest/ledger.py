@@ -20,6 +20,10 @@ class Ledger:
     dead_lettered: int = 0  # rows committed to the dead-letter store
     spooled: int = 0  # on disk awaiting replay (the delivery issue adds the spool)
 
+    def add_dead_lettered(self, rows: int) -> None:
+        """Count rows the dead-letter store has committed."""
+        self.dead_lettered += rows
+
     @property
     def written_total(self) -> int:
         """Points confirmed by InfluxDB."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from devices.registry import Registry
 from ingest.batcher import Batcher
 from ingest.consumer import MqttConsumer
-from ingest.deadletters import DeadLetterBuffer, DeadLetterStore
+from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
 from ingest.decode import Decoder
 from ingest.delivery import Deliverer, drain
 from ingest.ledger import Ledger
@@ -38,19 +38,13 @@ class ServiceState:
 
     ledger: Ledger = field(default_factory=Ledger)
     consumer: MqttConsumer | None = None
-    pipeline_in_flight: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def deadletter_path(settings: Settings) -> str:
-    """Where the dead-letter database lives."""
-    return str(settings.data_dir / "deadletters.sqlite3")
-
-
-async def _open_sink_retrying(settings: Settings) -> LineSink:
-    # InfluxDB may still be starting: keep trying rather than dying at start-up.
+async def _open_sink_retrying(settings: Settings, stop: asyncio.Event) -> LineSink | None:
+    """The InfluxDB sink, retrying while InfluxDB is still starting; None if stopped first."""
     attempt = 0
-    while True:
+    while not stop.is_set():
         try:
             return await open_sink(settings)
         except OSError as e:
@@ -62,7 +56,9 @@ async def _open_sink_retrying(settings: Settings) -> LineSink:
                 e,
                 delay,
             )
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return None
 
 
 async def serve(
@@ -71,12 +67,12 @@ async def serve(
     """Run the ingest service until ``stop`` is set; return its final state."""
     state = state or ServiceState()
     ledger = state.ledger
-    store = DeadLetterStore(settings.data_dir / "deadletters.sqlite3", settings.deadletter_max_rows)
-    sink = await _open_sink_retrying(settings)
+    sink = await _open_sink_retrying(settings, stop)
+    if sink is None:
+        return state
+    store = DeadLetterStore(store_path(settings.data_dir), settings.deadletter_max_rows)
     batcher = Batcher(settings.batch_size, settings.batch_interval_s, settings.max_pending_batches)
-    dead_letters = DeadLetterBuffer(
-        store, lambda n: setattr(ledger, "dead_lettered", ledger.dead_lettered + n)
-    )
+    dead_letters = DeadLetterBuffer(store, ledger.add_dead_lettered)
     decoder = Decoder(
         registry,
         max_payload_bytes=settings.max_payload_bytes,
