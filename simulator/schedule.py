@@ -47,6 +47,13 @@ def spread(devices: int, rate: float, jitter: float = DEFAULT_JITTER) -> list[Ti
     return [TickPlan(interval, interval * (i + 0.5) / devices, jitter) for i in range(devices)]
 
 
+def at_most_every(plan: TickPlan, interval_s: float) -> TickPlan:
+    """``plan``, ticking at least every ``interval_s`` (a device's own reporting interval)."""
+    if plan.interval_s <= interval_s:
+        return plan
+    return TickPlan(interval_s, plan.phase_s % interval_s, plan.jitter)
+
+
 def timeline(
     ticks: Iterator[float], cued: Iterator[Timed], until_s: float | None
 ) -> Iterator[Timed]:

@@ -98,3 +98,13 @@ def test_selection_gives_a_short_kind_s_turns_to_the_others() -> None:
     registry = synthetic_registry(7, [Kind.GATE, Kind.GATE, Kind.GATE, Kind.RIVER], seed=1)
     kinds = [d.kind for d in select_devices(registry, [Kind.GATE, Kind.RIVER, Kind.ROAD], 6)]
     assert kinds.count(Kind.RIVER) == 1 and kinds.count(Kind.GATE) == 5
+
+
+def test_no_device_ticks_less_often_than_its_report_interval() -> None:
+    from simulator.schedule import at_most_every
+
+    slow = spread(60, 0.5)[7]  # 120 s between ticks at this rate
+    capped = at_most_every(slow, 30.0)
+    assert capped.interval_s == 30.0 and 0 <= capped.phase_s < 30.0
+    fast = spread(60, 10.0)[7]
+    assert at_most_every(fast, 30.0) is fast
