@@ -176,6 +176,9 @@ class Engine:
             if due is not None and due <= now_ms:
                 out.extend(ev.expire(st, device, now_ms))
             self._schedule(i, ev, st, device)
+        # Heap order depends on when entries were pushed (a restart rebuilds the heap); device
+        # time is the order that means something, and makes a restart change nothing.
+        out.sort(key=lambda t: (t.ts_ms, t.rule_id, t.device_id))
         return out
 
     def _schedule(self, i: int, ev: Evaluator[Any], st: Any, device: AnyDevice) -> None:

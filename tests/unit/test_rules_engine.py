@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.payloads import DeviceMessage
+from devices.payloads import DeviceMessage, GateEvent, RiverTelemetry
 from rules.engine import Engine
 from rules.state import SnapshotError
 from rules.transition import Transition
@@ -264,3 +264,25 @@ def test_any_arrival_order_keeps_one_open_condition_and_restarts_change_nothing(
     check_lifecycle(straight)
     restart_at = data.draw(st.integers(0, len(items)))
     assert run(Feeder(rules), items, restart_at) == straight
+
+
+def test_restart_keeps_the_order_of_deadlines_due_in_one_tick() -> None:
+    """Found by the property test: r1's silence came after g1's only without a restart."""
+
+    def river(ts: int, seq: int) -> RiverTelemetry:
+        return RiverTelemetry(ts=ts, seq=seq, water_level_m=210.0)
+
+    items: list[tuple[str, DeviceMessage, int]] = [
+        ("g1", GateEvent(ts=T0 + 3_660_000, seq=0, event="tailgating"), 0),
+        ("g1", GateEvent(ts=T0 + 3_720_000, seq=1, event="tailgating"), 0),
+        ("r1", river(T0 + 3_600_000, 2), 0),
+        ("r1", river(T0, 3), 0),
+        ("r1", river(T0, 4), 1_320_000),
+        ("r1", river(T0, 5), 1_320_000),
+        ("r1", river(T0, 6), 1_080_000),
+        ("r1", river(T0, 7), 120_000),
+    ]
+    rules = ruleset(ALL_RULES)
+    straight = run(Feeder(rules), items)
+    assert [(t.device_id, t.action) for t in straight] == [("r1", "open"), ("g1", "open")]
+    assert run(Feeder(rules), items, restart_at=2) == straight
