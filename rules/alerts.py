@@ -1,0 +1,223 @@
+"""Alerts and their lifecycle (SPEC §5): open → acknowledged → resolved, and escalation.
+
+Pure functions of an alert and a time: each returns the new alert and the history row to
+record, so the store only persists and the rules about what may happen live here. Invalid
+steps raise ``InvalidTransition``, which the API will answer with 409.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from devices.kinds import Kind, Level
+from rules.model import Severity
+
+AUTO = "auto"  # the actor of a resolution made by the rule's own clear condition
+
+
+class AlertState(StrEnum):
+    """Where an alert is in its life."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class AlertAction(StrEnum):
+    """What a history row records."""
+
+    OPENED = "opened"
+    REPEATED = "repeated"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    ESCALATED = "escalated"
+
+
+class InvalidTransition(ValueError):
+    """A lifecycle step that is not allowed from the alert's current state."""
+
+
+class Alert(BaseModel):
+    """One alert: at most one not resolved per (rule, device)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    rule_id: str
+    severity: Severity
+    device_id: str
+    kind: Kind
+    areas: dict[Level, str]  # the device's area path, grid up to city
+    state: AlertState = AlertState.OPEN
+    opened_ms: int
+    updated_ms: int
+    acknowledged_ms: int | None = None
+    acknowledged_by: str | None = None
+    resolved_ms: int | None = None
+    resolved_by: str | None = None
+    value: float | str | None = None
+    detail: str = ""
+    repeat_count: int = 0
+    escalation_level: Level = Level.GRID
+    escalated_ms: int | None = None
+    note: str | None = None
+
+    @property
+    def audience(self) -> list[tuple[Level, str]]:
+        """The (level, area id) that have been told about it: the grid up to its escalation."""
+        order = [Level.GRID, Level.VILLAGE, Level.TOWNSHIP, Level.COUNTY, Level.CITY]
+        reached = order[: order.index(self.escalation_level) + 1]
+        return [(level, self.areas[level]) for level in reached if level in self.areas]
+
+
+class AlertEvent(BaseModel):
+    """A row of an alert's history."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alert_id: str
+    at_ms: int
+    action: AlertAction
+    actor: str | None = None
+    detail: str = ""
+
+
+def new_alert_id() -> str:
+    """A short unique id, safe in URLs and topics."""
+    return "A-" + secrets.token_hex(6)
+
+
+def open_alert(
+    *,
+    rule_id: str,
+    severity: Severity,
+    device_id: str,
+    kind: Kind,
+    areas: dict[Level, str],
+    at_ms: int,
+    value: float | str | None,
+    detail: str,
+) -> tuple[Alert, AlertEvent]:
+    """A new open alert and its first history row."""
+    alert = Alert(
+        id=new_alert_id(),
+        rule_id=rule_id,
+        severity=severity,
+        device_id=device_id,
+        kind=kind,
+        areas=areas,
+        opened_ms=at_ms,
+        updated_ms=at_ms,
+        value=value,
+        detail=detail,
+    )
+    return alert, AlertEvent(
+        alert_id=alert.id, at_ms=at_ms, action=AlertAction.OPENED, detail=detail
+    )
+
+
+def _not_resolved(alert: Alert, step: str) -> None:
+    if alert.state is AlertState.RESOLVED:
+        raise InvalidTransition(f"alert {alert.id} is resolved; it cannot be {step}")
+
+
+def repeat(
+    alert: Alert, at_ms: int, value: float | str | None, detail: str
+) -> tuple[Alert, AlertEvent]:
+    """The condition fired again while the alert is not resolved: count it, keep one alert."""
+    _not_resolved(alert, "repeated")
+    updated = alert.model_copy(
+        update={
+            "repeat_count": alert.repeat_count + 1,
+            "updated_ms": max(alert.updated_ms, at_ms),
+            "value": value,
+            "detail": detail,
+        }
+    )
+    return updated, AlertEvent(
+        alert_id=alert.id, at_ms=at_ms, action=AlertAction.REPEATED, detail=detail
+    )
+
+
+def acknowledge(
+    alert: Alert, actor: str, at_ms: int, note: str | None = None
+) -> tuple[Alert, AlertEvent]:
+    """Someone has taken it on: it stops escalating."""
+    _not_resolved(alert, "acknowledged")
+    if alert.state is AlertState.ACKNOWLEDGED:
+        raise InvalidTransition(
+            f"alert {alert.id} is already acknowledged by {alert.acknowledged_by}"
+        )
+    updated = alert.model_copy(
+        update={
+            "state": AlertState.ACKNOWLEDGED,
+            "acknowledged_ms": at_ms,
+            "acknowledged_by": actor,
+            "updated_ms": max(alert.updated_ms, at_ms),
+            "note": note or alert.note,
+        }
+    )
+    return updated, AlertEvent(
+        alert_id=alert.id,
+        at_ms=at_ms,
+        action=AlertAction.ACKNOWLEDGED,
+        actor=actor,
+        detail=note or "",
+    )
+
+
+def resolve(
+    alert: Alert, actor: str, at_ms: int, note: str | None = None
+) -> tuple[Alert, AlertEvent]:
+    """Closed by a person, or by the rule's clear condition (actor ``AUTO``)."""
+    _not_resolved(alert, "resolved again")
+    updated = alert.model_copy(
+        update={
+            "state": AlertState.RESOLVED,
+            "resolved_ms": at_ms,
+            "resolved_by": actor,
+            "updated_ms": max(alert.updated_ms, at_ms),
+            "note": note or alert.note,
+        }
+    )
+    return updated, AlertEvent(
+        alert_id=alert.id, at_ms=at_ms, action=AlertAction.RESOLVED, actor=actor, detail=note or ""
+    )
+
+
+def escalate(alert: Alert, at_ms: int) -> tuple[Alert, AlertEvent]:
+    """Tell the next level up: grid → village → township → county → city."""
+    if alert.state is not AlertState.OPEN:
+        raise InvalidTransition(f"alert {alert.id} is {alert.state}; only open alerts escalate")
+    above = alert.escalation_level.parent_level
+    if above is None or above not in alert.areas:
+        raise InvalidTransition(
+            f"alert {alert.id} is already at the top ({alert.escalation_level})"
+        )
+    updated = alert.model_copy(
+        update={
+            "escalation_level": above,
+            "escalated_ms": at_ms,
+            "updated_ms": max(alert.updated_ms, at_ms),
+        }
+    )
+    return updated, AlertEvent(
+        alert_id=alert.id,
+        at_ms=at_ms,
+        action=AlertAction.ESCALATED,
+        detail=f"to {above.value} {alert.areas[above]}",
+    )
+
+
+def due_for_escalation(alert: Alert, escalate_after_ms: int | None, now_ms: int) -> bool:
+    """Open, unacknowledged, below the city, and ``escalate_after`` since it last moved up."""
+    if escalate_after_ms is None or alert.state is not AlertState.OPEN:
+        return False
+    above = alert.escalation_level.parent_level
+    if above is None or above not in alert.areas:
+        return False
+    since = alert.escalated_ms if alert.escalated_ms is not None else alert.opened_ms
+    return now_ms - since >= escalate_after_ms
