@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ingest.alerting import Alerting
 from ingest.batcher import Batcher
 from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
 from ingest.decode import Decoder, Rejection
@@ -21,12 +22,14 @@ class Pipeline:
         batcher: Batcher,
         dead_letters: DeadLetterBuffer,
         ledger: Ledger,
+        alerting: Alerting | None = None,
     ) -> None:
         self._decoder = decoder
         self._encoder = encoder
         self._batcher = batcher
         self._dead_letters = dead_letters
         self._ledger = ledger
+        self._alerting = alerting
 
     @property
     def in_flight(self) -> int:
@@ -44,5 +47,9 @@ class Pipeline:
                 NewDeadLetter(now_ms, topic, result.reason, result.detail, payload)
             )
             return
+        if self._alerting is not None:
+            await self._alerting.observe(
+                result.device, result.channel, result.message, result.ts_ms
+            )
         line = self._encoder.encode(result)
         await self._batcher.add(line, measurement_of(result.kind, result.channel))

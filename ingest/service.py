@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from devices.registry import Registry
+from ingest.alerting import Alerting
 from ingest.batcher import Batcher
 from ingest.consumer import MqttConsumer
 from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
@@ -21,15 +22,19 @@ from ingest.decode import Decoder
 from ingest.delivery import Deliverer, drain
 from ingest.ledger import Ledger
 from ingest.lineprotocol import LineEncoder
+from ingest.outbox import MqttOutbox
 from ingest.pipeline import Pipeline
 from ingest.plates import PlateHasher
 from ingest.settings import Settings
 from ingest.status import report_status, status_line
 from ingest.writer import LineSink, open_sink
+from rules import load_rules
+from rules.store import AlertStore, sqlite_url
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 15.0
+ALERT_SETTLE_S = 5.0  # at shutdown, how long queued alert changes may take to go out
 
 
 @dataclass
@@ -38,6 +43,7 @@ class ServiceState:
 
     ledger: Ledger = field(default_factory=Ledger)
     consumer: MqttConsumer | None = None
+    alerting: Alerting | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -80,14 +86,24 @@ async def serve(
         max_age_ms=int(settings.max_age_s * 1000),
     )
     encoder = LineEncoder(registry, PlateHasher(settings.plate_key.get_secret_value().encode()))
-    pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger)
+    deliverer = Deliverer(sink)
+    alert_store = AlertStore(sqlite_url(settings.data_dir))
+    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
+    alerting = Alerting(
+        load_rules(settings.rules, registry), registry, alert_store, outbox, deliverer
+    )
+    state.alerting = alerting
+    pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
     consumer = MqttConsumer(settings, pipeline.handle)
     state.consumer = consumer
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(
-                drain(batcher, Deliverer(sink), dead_letters, ledger), name="influx-writer"
+                drain(batcher, deliverer, dead_letters, ledger), name="influx-writer"
             )
+            publishing = tg.create_task(outbox.run(), name="alert-publisher")
+            applying = tg.create_task(alerting.run(), name="alert-apply")
+            clock = tg.create_task(alerting.run_clock(), name="alert-clock")
             timer = tg.create_task(batcher.run_timer(), name="batch-timer")
             flusher = tg.create_task(dead_letters.run(), name="dead-letter-flush")
             reporter = tg.create_task(
@@ -112,10 +128,17 @@ async def serve(
                 writer.cancel()
             dead_letters.close()
             await asyncio.wait([flusher])
+            clock.cancel()
+            await alerting.settle(ALERT_SETTLE_S)
+            applying.cancel()
+            await outbox.settle(ALERT_SETTLE_S)
+            publishing.cancel()
             reporter.cancel()
     finally:
         with contextlib.suppress(Exception):
             await sink.close()
         store.close()
+        alerting.save()
+        alert_store.close()
     log.info("stopped: %s", status_line(ledger, pipeline.in_flight))
     return state

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devices.registry import Registry, load_registry
 from ingest.stack import (
     ManagedProcess,
     free_port,
@@ -20,6 +21,12 @@ from ingest.stack import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    """The example city."""
+    return load_registry(REPO / "config" / "registry.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from devices.registry import Registry, load_registry
+from devices.registry import Registry
 from ingest.deadletters import DeadLetterStore
 from ingest.service import ServiceState, serve
 from ingest.settings import InfluxDialect, Settings
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY_FILE = REPO / "config" / "registry.yaml"
-
-
-@pytest.fixture(scope="module")
-def registry() -> Registry:
-    return load_registry(REGISTRY_FILE)
 
 
 def now_ms() -> int:

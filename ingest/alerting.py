@@ -1,0 +1,193 @@
+"""From the rule engine's transitions to alerts people receive.
+
+The pipeline hands every valid message to the engine (cheap, pure) and queues what it says;
+one task applies transitions to the alert store (a worker thread), publishes each change on
+``alerts/{level}/{area}`` for every level the alert has reached, and writes it to InfluxDB
+(measurement ``alert``). Two more tasks drive time: the engine's deadlines (silence,
+expiry) and escalation of unacknowledged alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+
+from devices.kinds import Channel
+from devices.payloads import DeviceMessage
+from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
+from devices.topics import alert_topic
+from ingest.delivery import Deliverer
+from ingest.lineprotocol import encode_fields, series_key
+from ingest.outbox import MqttOutbox
+from rules import Engine, RuleSet, Transition
+from rules.alerts import (
+    AUTO,
+    Alert,
+    AlertEvent,
+    AlertState,
+    due_for_escalation,
+    escalate,
+    open_alert,
+    repeat,
+)
+from rules.alerts import resolve as resolve_alert
+from rules.messages import describe
+from rules.store import AlertStore
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "engine"
+TICK_S = 1.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Alerting:
+    """Owns the engine, the alert store side and the alert publisher."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        registry: Registry,
+        store: AlertStore,
+        outbox: MqttOutbox,
+        deliverer: Deliverer,
+    ) -> None:
+        self._rules = rules
+        self._registry = registry
+        self._store = store
+        self._outbox = outbox
+        self._deliverer = deliverer
+        snapshot = store.load_state(SNAPSHOT_KEY)
+        self.engine = (
+            Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
+        )
+        self._queue: asyncio.Queue[Transition] = asyncio.Queue(10_000)
+        self.changes = 0  # alert changes applied, for tests and the status line
+
+    async def observe(
+        self,
+        device: GateDevice | RiverDevice | RoadDevice,
+        channel: Channel,
+        message: DeviceMessage,
+        ts_ms: int,
+    ) -> None:
+        """Evaluate one valid message; queue what the engine says."""
+        for transition in self.engine.observe(device, channel, message, ts_ms):
+            await self._queue.put(transition)
+
+    async def run(self) -> None:
+        """Apply queued transitions until cancelled."""
+        while True:
+            transition = await self._queue.get()
+            try:
+                change = await asyncio.to_thread(self._apply, transition)
+                if change is not None:
+                    await self._announce(*change)
+            finally:
+                self._queue.task_done()
+
+    def _apply(self, t: Transition) -> tuple[Alert, AlertEvent] | None:
+        rule = self._rules.get(t.rule_id)
+        device = self._registry.devices.get(t.device_id)
+        if rule is None or device is None:
+            return None
+        existing = self._store.not_resolved(t.rule_id, t.device_id)
+        if t.action == "clear":
+            if existing is None:
+                return None
+            alert, event = resolve_alert(existing, AUTO, t.ts_ms, t.detail)
+            self._store.update(alert, event)
+        elif existing is None:
+            areas = {a.level: a.id for a in self._registry.device_path(device.id).areas}
+            alert, event = open_alert(
+                rule_id=rule.id,
+                severity=rule.severity,
+                device_id=device.id,
+                kind=device.kind,
+                areas=areas,
+                at_ms=t.ts_ms,
+                value=t.value,
+                detail=t.detail,
+            )
+            self._store.insert(alert, event)
+        else:
+            alert, event = repeat(existing, t.ts_ms, t.value, t.detail)
+            self._store.update(alert, event)
+        self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
+        return alert, event
+
+    async def _announce(self, alert: Alert, event: AlertEvent) -> None:
+        self.changes += 1
+        rule = self._rules.get(alert.rule_id)
+        name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
+        zh, en = describe(alert, event, name, name_zh, self._registry)
+        payload = json.dumps(
+            {
+                "alert": alert.model_dump(mode="json"),
+                "event": event.model_dump(mode="json"),
+                "message_zh": zh,
+                "message_en": en,
+            },
+            ensure_ascii=False,
+        ).encode()
+        for level, area in alert.audience:
+            await self._outbox.put(alert_topic(level, area), payload)
+        outcome = await self._deliverer.deliver([self._line(alert, event)])
+        for _, error in outcome.refused:
+            log.error("InfluxDB refused an alert point: %s", error)
+
+    @staticmethod
+    def _line(alert: Alert, event: AlertEvent) -> str:
+        tags = {
+            "rule": alert.rule_id,
+            "device": alert.device_id,
+            "severity": alert.severity,
+            "action": event.action,
+            **{lv.value: a for lv, a in alert.areas.items()},
+        }
+        value = alert.value
+        fields = {
+            "alert_id": alert.id,
+            "state": alert.state.value,
+            "repeat_count": alert.repeat_count,
+            "value": value if isinstance(value, float) else None,
+            "value_text": value if isinstance(value, str) else None,
+            "actor": event.actor,
+        }
+        return f"{series_key('alert', tags)} {encode_fields(fields)} {event.at_ms}"
+
+    async def run_clock(self) -> None:
+        """Engine deadlines and escalation, every second, until cancelled."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = _now_ms()
+            for transition in self.engine.tick(now):
+                await self._queue.put(transition)
+            for alert, event in await asyncio.to_thread(self._escalate_due, now):
+                await self._announce(alert, event)
+
+    def _escalate_due(self, now_ms: int) -> list[tuple[Alert, AlertEvent]]:
+        out = []
+        for alert in self._store.list(states=[AlertState.OPEN], limit=10_000):
+            rule = self._rules.get(alert.rule_id)
+            after = rule.escalate_after if rule else None
+            if due_for_escalation(alert, after, now_ms):
+                up, event = escalate(alert, now_ms)
+                self._store.update(up, event)
+                out.append((up, event))
+        return out
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded) until queued transitions are applied; for an orderly stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+
+    def save(self) -> None:
+        """Persist the engine's state (also done after every alert change)."""
+        self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
