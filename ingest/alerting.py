@@ -127,6 +127,7 @@ class Alerting:
         rule = self._rules.get(alert.rule_id)
         name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
         zh, en = describe(alert, event, name, name_zh, self._registry)
+        log.info("%s %s | %s", alert.id, en, zh)
         payload = json.dumps(
             {
                 "alert": alert.model_dump(mode="json"),
