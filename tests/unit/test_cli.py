@@ -78,3 +78,44 @@ def test_rules_check_accepts_the_defaults_and_names_problems(
     bad.write_text("rules:\n  - {id: x, type: threshold}\n")
     assert main(["rules", "check", str(bad)]) == 1
     assert f"{bad}: rules[0] (id=x): severity: Field required" in capsys.readouterr().err
+
+
+def test_alerts_list_ack_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devices.kinds import Kind, Level
+    from ingest.stack import free_port
+    from rules.alerts import open_alert
+    from rules.model import Severity
+    from rules.store import AlertStore, sqlite_url
+
+    store = AlertStore(sqlite_url(tmp_path))
+    alert, event = open_alert(
+        rule_id="gate_forced_open",
+        severity=Severity.MAJOR,
+        device_id="g1",
+        kind=Kind.GATE,
+        areas={Level.GRID: "g", Level.VILLAGE: "v"},
+        at_ms=1,
+        value=None,
+        detail="forced",
+    )
+    store.insert(alert, event)
+    store.close()
+    monkeypatch.setenv("CITYSENSE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CITYSENSE_MQTT_PORT", str(free_port()))  # no broker: stored, not sent
+
+    listed = run_json(capsys, "alerts", "list", "--grid", "g", "--json")
+    assert isinstance(listed, list) and [a["id"] for a in listed] == [alert.id]
+    assert run_json(capsys, "alerts", "list", "--grid", "elsewhere", "--json") == []
+
+    assert main(["alerts", "ack", alert.id, "--by", "li.na", "--note", "on my way"]) == 0
+    out, err = capsys.readouterr()
+    assert "acknowledged by li.na" in out and "not announced" in err
+    assert main(["alerts", "ack", alert.id, "--by", "wang"]) == 1  # already acknowledged
+    assert "already acknowledged by li.na" in capsys.readouterr().err
+    assert main(["alerts", "resolve", alert.id, "--by", "li.na"]) == 0
+    capsys.readouterr()
+    resolved = run_json(capsys, "alerts", "list", "--state", "resolved", "--json")
+    assert isinstance(resolved, list) and resolved[0]["resolved_by"] == "li.na"
+    assert main(["alerts", "ack", "A-nothing", "--by", "x"]) == 1
