@@ -9,6 +9,8 @@ command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 # The `influx` shell an operator uses to look at the data (make run prints the query).
 command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+# mosquitto_sub/_pub, for watching alerts the way a grid worker's phone receives them.
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
