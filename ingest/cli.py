@@ -75,9 +75,14 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from ingest import stack
 
     settings = _settings()
+    rows: list[tuple[str, int, str, str]]
     if args.action == "up":
-        procs = stack.up(settings, REPO_ROOT)
-        rows = [(p.name, p.pid, p.address, p.log_path) for p in procs]
+        try:
+            procs = stack.up(settings, REPO_ROOT)
+        except stack.StackError as e:
+            print(f"citysense stack up: {e}", file=sys.stderr)
+            return 1
+        rows = [(p.name, p.pid, p.address, str(p.log_path)) for p in procs]
     elif args.action == "down":
         stopped = stack.down(settings)
         if args.json:

@@ -40,7 +40,11 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
     """Bring everything up, print where to look, and wait for Ctrl-C."""
     recorded = stack.status(settings)
     already_up = bool(recorded) and all(alive for _, alive in recorded)
-    procs = stack.up(settings, repo_root)
+    try:
+        procs = stack.up(settings, repo_root)
+    except stack.StackError as e:
+        log.error("cannot start the local stack: %s", e)
+        return 1
     for p in procs:
         log.info("%s is at %s (log %s)", p.name, p.address, p.log_path)
     service = _child("serve")

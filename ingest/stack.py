@@ -1,17 +1,21 @@
-"""The local stack: throwaway Mosquitto, InfluxDB 1.x and VictoriaMetrics processes.
+"""The local stack: Mosquitto, InfluxDB 1.x and VictoriaMetrics as real background processes.
 
-Used by ``citysense stack up/down/status`` and by the test fixtures. Each server runs
-detached, with its data and log under an instance directory, and is only reported started
-once it answers (an MQTT CONNACK, ``/ping``, ``/health``). These are plain synchronous
-functions: async callers use ``asyncio.to_thread``.
+Used by ``citysense stack up/down/status`` and by the test fixtures. Each server runs detached
+(its own session, so Ctrl-C in the terminal that started it does not stop it), writes its data
+and its log under an instance directory, and is reported started only once it answers: an MQTT
+CONNACK, ``/ping``, ``/health``. ``up`` records what it started in ``DATA_DIR/stack.json``;
+``down`` stops only what that file records and what is still the same program.
+
+Everything here is synchronous and blocking: async callers use ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -21,143 +25,217 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ingest.settings import Settings
 
+HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+POLL_S = 0.05
+LOG_TAIL_LINES = 20
+# Written to a log before each start, so a failure shows this run's lines, not an old run's.
+_LOG_MARK = "--- citysense starts "
+# `stack up` starts servers on loopback only, so settings must point there to reach them.
+_LOOPBACK_NAMES = {"127.0.0.1", "localhost"}
 
 
 class StackError(RuntimeError):
-    """A server could not be started or is in the way."""
+    """A server could not be started, did not answer, or is in the way."""
+
+
+class MissingBinaryError(StackError):
+    """A server's program is not installed."""
+
+
+class PortInUseError(StackError):
+    """The port is taken by a program this stack did not start."""
+
+
+# --- one process -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ManagedProcess:
-    """A server process started by us."""
+    """A server process started here, as recorded in ``stack.json``."""
 
     name: str
     pid: int
-    argv: list[str]
+    argv: tuple[str, ...]
     port: int
-    address: str
-    log_path: str
+    address: str  # host:port
+    log_path: Path
+    # Only when this Python process started it: lets us reap it and report its exit code.
+    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` (for the HTTP servers)."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://host:port``, the base URL of the HTTP servers (InfluxDB, VictoriaMetrics)."""
+        return f"http://{self.address}"
 
     def alive(self) -> bool:
-        """Whether the process runs and is still the program we started (pid not reused)."""
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return bool(cmdline) and Path(cmdline[0].decode()).name == Path(self.argv[0]).name
+        """Whether it runs and is still the program we started (a reused pid is not ours)."""
+        if self._popen is not None:
+            # Our own unreaped child: its pid cannot have been reused. (Its cmdline is also
+            # briefly empty just after exec, so /proc would say "not ours" for a moment.)
+            return self._popen.poll() is None
+        # A zombie's cmdline is empty, so an exited but unreaped process is not alive either.
+        return _cmdline(self.pid) == self.argv
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL if it has not gone within ``timeout_s``."""
+    def exit_code(self) -> int | None:
+        """Its exit code, if this process started it and it has exited."""
+        return None if self._popen is None else self._popen.poll()
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """SIGTERM, then SIGKILL if still running after ``timeout_s``; False if it was not running.
+
+        SIGTERM first because both servers save their state on it (Mosquitto writes its
+        persistence file); SIGKILL is the bound on a server that hangs while doing so.
+        """
         if not self.alive():
-            return
+            return False
+        self._signal(signal.SIGTERM)
+        if not self._gone_within(timeout_s):
+            self._signal(signal.SIGKILL)
+            if not self._gone_within(STOP_TIMEOUT_S):
+                raise StackError(f"{self.name} (pid {self.pid}) is still there after SIGKILL")
+        return True
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON form kept in ``stack.json``."""
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "argv": list(self.argv),
+            "port": self.port,
+            "address": self.address,
+            "log_path": str(self.log_path),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ManagedProcess:
+        """Read back what ``to_record`` wrote."""
+        return cls(
+            name=str(record["name"]),
+            pid=int(record["pid"]),
+            argv=tuple(str(a) for a in record["argv"]),
+            port=int(record["port"]),
+            address=str(record["address"]),
+            log_path=Path(record["log_path"]),
+        )
+
+    def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
+            os.kill(self.pid, sig)
+
+    def _gone_within(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        while self.alive() and time.monotonic() < deadline:
-            _reap(self.pid)
-            time.sleep(0.05)
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        _reap(self.pid)
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
 
 
-def _reap(pid: int) -> None:
-    # Our own children become zombies until waited for; /proc still lists them.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def _cmdline(pid: int) -> tuple[str, ...] | None:
+    """The argv of process ``pid`` from /proc, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return tuple(os.fsdecode(a) for a in raw.split(b"\0")[:-1])
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's pick)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
     with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
 
 
-def _binary(name: str, *fallbacks: str) -> str:
-    found = shutil.which(name) or next((f for f in fallbacks if Path(f).exists()), None)
+def find_binary(name: str, *fallbacks: str) -> str:
+    """The path of program ``name``; fail clearly if it is not installed."""
+    found = shutil.which(name) or next((f for f in fallbacks if os.access(f, os.X_OK)), None)
     if found is None:
-        raise StackError(f"{name} is not installed: run `make deps` (apt-get installs it)")
+        raise MissingBinaryError(
+            f"{name} is not installed: `make deps` (or `make test`) installs the Debian packages"
+        )
     return found
 
 
-def _log_tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines the latest start wrote to log ``path``."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    latest = text.rsplit(_LOG_MARK, 1)[-1].split("\n", 1)[-1] if _LOG_MARK in text else text
+    return "\n".join(latest.splitlines()[-lines:]) or "(the log is empty)"
 
 
-def _start(
-    name: str, argv: list[str], port: int, log_path: Path, ready: Callable[[], bool]
-) -> ManagedProcess:
-    """Start ``argv`` detached and wait until ``ready()``; fail with the log's tail."""
-    if _port_in_use(port):
-        raise StackError(f"cannot start {name}: port {port} is already in use")
+def spawn(name: str, argv: list[str], port: int, log_path: Path) -> ManagedProcess:
+    """Start ``argv`` detached, stdout and stderr appended to ``log_path``; do not wait."""
+    if port_in_use(port):
+        raise PortInUseError(
+            f"cannot start {name}: {HOST}:{port} is already in use by a program this stack "
+            "did not start"
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        # A new session: Ctrl-C in the terminal that ran `stack up` must not stop the stack.
-        proc = subprocess.Popen(
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        log.write(f"{_LOG_MARK}{stamp}: {shlex.join(argv)}\n".encode())
+        log.flush()
+        # A new session: not in the terminal's process group, so its Ctrl-C does not reach it.
+        popen = subprocess.Popen(
             argv,
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    managed = ManagedProcess(name, proc.pid, argv, port, f"127.0.0.1:{port}", str(log_path))
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{name} exited with {proc.returncode}:\n{_log_tail(log_path)}")
+    return ManagedProcess(name, popen.pid, tuple(argv), port, f"{HOST}:{port}", log_path, popen)
+
+
+def wait_ready(
+    proc: ManagedProcess, ready: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S
+) -> ManagedProcess:
+    """Poll ``ready()`` every 50 ms until it is true; fail with the log's tail if ``proc`` exits
+    first or ``timeout_s`` passes (then ``proc`` is stopped). ``ready`` must itself be quick."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not proc.alive():
+            code = proc.exit_code()
+            how = "exited" if code is None else f"exited with code {code}"
+            raise StackError(
+                f"{proc.name} {how} before answering; {proc.log_path} ends:\n"
+                f"{log_tail(proc.log_path)}"
+            )
         if ready():
-            return managed
-        time.sleep(0.05)
-    managed.stop()
-    raise StackError(
-        f"{name} did not answer within {READY_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}"
-    )
+            return proc
+        if time.monotonic() >= deadline:
+            proc.stop()
+            raise StackError(
+                f"{proc.name} did not answer on {proc.address} within {timeout_s:g} s; "
+                f"{proc.log_path} ends:\n{log_tail(proc.log_path)}"
+            )
+        time.sleep(POLL_S)
 
 
-def mqtt_answers(port: int) -> bool:
-    """True when an MQTT CONNECT on ``port`` gets a CONNACK (any return code)."""
-    # CONNECT, MQTT 3.1.1, clean session, keepalive 5 s, client id "citysense-probe".
-    client_id = b"citysense-probe"
-    variable = b"\x00\x04MQTT\x04\x02\x00\x05"
-    payload = len(client_id).to_bytes(2, "big") + client_id
-    body = variable + payload
-    packet = bytes([0x10, len(body)]) + body
+def http_status(url: str, timeout_s: float = 1.0) -> int | None:
+    """The HTTP status of GET ``url``, or None if nothing answers."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(packet)
-            reply = s.recv(4)
-            s.sendall(b"\xe0\x00")  # DISCONNECT
-    except OSError:
-        return False
-    return len(reply) >= 2 and reply[0] == 0x20
-
-
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             status: int = resp.status
             return status
     except urllib.error.HTTPError as e:
@@ -166,37 +244,72 @@ def _http_status(url: str) -> int | None:
         return None
 
 
+# --- Mosquitto ---------------------------------------------------------------------------------
+
+
+def mqtt_answers(port: int, timeout_s: float = 1.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT to 127.0.0.1:``port`` gets a CONNACK.
+
+    Any return code counts: the broker is up even when it refuses an anonymous client, as it
+    will once the security issue turns anonymous access off.
+    """
+    client_id = f"citysense-probe-{os.getpid()}".encode()
+    # Variable header: protocol name "MQTT", level 4 (3.1.1), flags: clean session, keepalive 5 s.
+    body = b"\x00\x04MQTT\x04\x02\x00\x05" + len(client_id).to_bytes(2, "big") + client_id
+    connect = bytes([0x10, len(body)]) + body  # fits the one-byte remaining length (< 128)
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout_s) as s:
+            s.sendall(connect)
+            connack = s.recv(4)
+            with contextlib.suppress(OSError):
+                s.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs no unexpected close
+    except OSError:
+        return False
+    return connack[:2] == b"\x20\x02"
+
+
 def mosquitto_conf(port: int, instance_dir: Path, base_conf: Path) -> str:
-    """The instance's config: its listener and persistence directory, then the repo's policy."""
+    """The instance's config: its listener and persistence directory, then the policy file."""
     lines = [
-        f"listener {port} 127.0.0.1",
+        f"# Generated by citysense for this instance; the policy below is {base_conf}",
+        f"listener {port} {HOST}",
         f"persistence_location {instance_dir}/",
-        # Started as root, Mosquitto switches to user "mosquitto", which cannot write here.
-        f"user {getpass.getuser()}",
+        # Started as root, Mosquitto switches to user "mosquitto", which cannot write into a
+        # data directory made by us: stay the user we are.
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}",
         "",
     ]
     return "\n".join(lines) + base_conf.read_text()
 
 
 def start_mosquitto(port: int, instance_dir: Path, base_conf: Path) -> ManagedProcess:
-    """Start Mosquitto on 127.0.0.1:``port`` with ``base_conf``'s policy."""
+    """Start Mosquitto on 127.0.0.1:``port`` with ``base_conf``'s policy; wait for a CONNACK."""
+    binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
+    instance_dir = instance_dir.resolve()
     instance_dir.mkdir(parents=True, exist_ok=True)
     conf = instance_dir / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, instance_dir, base_conf))
-    argv = [_binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)]
-    return _start(
-        "mosquitto", argv, port, instance_dir / "mosquitto.log", lambda: mqtt_answers(port)
-    )
+    conf.write_text(mosquitto_conf(port, instance_dir, base_conf.resolve()))
+    proc = spawn("mosquitto", [binary, "-c", str(conf)], port, instance_dir / "mosquitto.log")
+    return wait_ready(proc, lambda: mqtt_answers(port))
+
+
+# --- InfluxDB 1.x ------------------------------------------------------------------------------
 
 
 def influxd_conf(port: int, rpc_port: int, instance_dir: Path) -> str:
-    """A minimal InfluxDB 1.x config with everything under ``instance_dir``."""
+    """An InfluxDB 1.x config with all its state under ``instance_dir``, listening on loopback."""
     return f"""\
+# Generated by citysense for this instance.
+# Both spellings: upstream 1.x reads reporting-disabled, Debian's build reads reporting-enabled;
+# each ignores the other's key.
 reporting-disabled = true
-bind-address = "127.0.0.1:{rpc_port}"
+reporting-enabled = false
+# The backup/restore RPC port: the default 8088 would clash between two instances.
+bind-address = "{HOST}:{rpc_port}"
 
 [meta]
   dir = "{instance_dir}/meta"
+  logging-enabled = false
 
 [data]
   dir = "{instance_dir}/data"
@@ -204,125 +317,187 @@ bind-address = "127.0.0.1:{rpc_port}"
   query-log-enabled = false
 
 [http]
-  bind-address = "127.0.0.1:{port}"
+  bind-address = "{HOST}:{port}"
   auth-enabled = false
   log-enabled = false
 
 [monitor]
+  # Otherwise it writes its own metrics into an _internal database every 10 s.
   store-enabled = false
+
+[continuous_queries]
+  log-enabled = false
 
 [logging]
   level = "warn"
+  suppress-logo = true
 """
 
 
-def influx_query(url: str, query: str, database: str = "") -> None:
-    """POST an InfluxQL statement (CREATE DATABASE and the like); raise on an error."""
-    data = urllib.parse.urlencode({"q": query, "db": database}).encode()
-    with urllib.request.urlopen(f"{url}/query", data=data, timeout=10) as resp:
-        answer = json.load(resp)
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes, so any database name is taken literally."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def influx_command(url: str, statement: str, timeout_s: float = 10.0) -> None:
+    """POST an InfluxQL statement (``CREATE DATABASE`` and the like) to ``/query``."""
+    data = urllib.parse.urlencode({"q": statement}).encode()
+    try:
+        with urllib.request.urlopen(f"{url}/query", data=data, timeout=timeout_s) as resp:
+            answer = json.load(resp)
+    except urllib.error.HTTPError as e:
+        raise StackError(f"InfluxDB at {url} refused {statement!r}: HTTP {e.code}") from e
+    except OSError as e:
+        raise StackError(f"InfluxDB at {url} did not take {statement!r}: {e}") from e
     errors = [r["error"] for r in answer.get("results", []) if "error" in r]
     if errors:
-        raise StackError(f"InfluxDB refused {query!r}: {errors[0]}")
+        raise StackError(f"InfluxDB at {url} refused {statement!r}: {errors[0]}")
 
 
 def start_influxd(port: int, instance_dir: Path, database: str) -> ManagedProcess:
-    """Start InfluxDB 1.x on 127.0.0.1:``port`` and create ``database``."""
+    """Start InfluxDB 1.x on 127.0.0.1:``port``, wait for ``/ping``, create ``database``."""
+    binary = find_binary("influxd")
+    instance_dir = instance_dir.resolve()
     instance_dir.mkdir(parents=True, exist_ok=True)
     conf = instance_dir / "influxd.conf"
-    # The RPC port (default 8088) would clash between instances: give each its own.
     conf.write_text(influxd_conf(port, free_port(), instance_dir))
-    argv = [_binary("influxd"), "-config", str(conf)]
-    url = f"http://127.0.0.1:{port}"
-    proc = _start(
-        "influxdb",
-        argv,
-        port,
-        instance_dir / "influxd.log",
-        lambda: _http_status(f"{url}/ping") == 204,
-    )
-    influx_query(url, f'CREATE DATABASE "{database}"')
+    proc = spawn("influxdb", [binary, "-config", str(conf)], port, instance_dir / "influxd.log")
+    wait_ready(proc, lambda: http_status(f"{proc.url}/ping") == 204)
+    try:
+        influx_command(proc.url, f"CREATE DATABASE {quote_ident(database)}")
+    except StackError:
+        proc.stop()
+        raise
     return proc
 
 
+# --- VictoriaMetrics ---------------------------------------------------------------------------
+
+
 def start_victoria_metrics(port: int, instance_dir: Path) -> ManagedProcess:
-    """Start VictoriaMetrics (a server that accepts /api/v2/write) on 127.0.0.1:``port``."""
+    """Start VictoriaMetrics (it accepts ``/api/v2/write``) on 127.0.0.1:``port``."""
+    binary = find_binary("victoria-metrics")
+    instance_dir = instance_dir.resolve()
     instance_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        _binary("victoria-metrics"),
+        binary,
         f"-storageDataPath={instance_dir}/data",
-        f"-httpListenAddr=127.0.0.1:{port}",
+        f"-httpListenAddr={HOST}:{port}",
+        # The default keeps one month: tests write fixed old timestamps, which would be dropped.
         "-retentionPeriod=100y",
-        "-loggerLevel=ERROR",
-        # Make new samples searchable at once rather than after the default 30 s cache.
+        "-loggerLevel=WARN",
+        # Queries see samples at once rather than 30 s later, and are not served from a cache
+        # filled before the write the test is looking for.
         "-search.latencyOffset=0s",
         "-search.disableCache",
     ]
-    return _start(
-        "victoria-metrics",
-        argv,
-        port,
-        instance_dir / "victoria-metrics.log",
-        lambda: _http_status(f"http://127.0.0.1:{port}/health") == 200,
-    )
+    proc = spawn("victoria-metrics", argv, port, instance_dir / "victoria-metrics.log")
+    return wait_ready(proc, lambda: http_status(f"{proc.url}/health") == 200)
 
 
-# --- the stack recorded in DATA_DIR/stack.json ------------------------------------------------
+# --- the stack recorded in DATA_DIR/stack.json -------------------------------------------------
 
 
-def _state_file(settings: Settings) -> Path:
+def state_file(settings: Settings) -> Path:
+    """Where ``up`` records what it started."""
     return settings.data_dir / "stack.json"
 
 
 def _recorded(settings: Settings) -> list[ManagedProcess]:
+    path = state_file(settings)
     try:
-        raw = json.loads(_state_file(settings).read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    return [ManagedProcess(**entry) for entry in raw]
+    try:
+        return [ManagedProcess.from_record(r) for r in json.loads(text)]
+    except (ValueError, TypeError, KeyError) as e:
+        raise StackError(
+            f"cannot read {path} ({e}): stop the servers it lists by hand, then delete it"
+        ) from e
 
 
 def _record(settings: Settings, procs: list[ManagedProcess]) -> None:
-    path = _state_file(settings)
+    path = state_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(p) for p in procs], indent=2))
+    # Written whole and renamed into place: a crash never leaves half a file that down can't read.
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([p.to_record() for p in procs], indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _check_loopback(setting: str, host: str) -> None:
+    if host not in _LOOPBACK_NAMES:
+        raise StackError(
+            f"{setting} points at {host}: `stack up` starts servers on {HOST} only; "
+            "point it there, or run that server yourself"
+        )
 
 
 def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
-    """Start Mosquitto and InfluxDB for ``settings`` unless already running; record them."""
+    """Start Mosquitto and InfluxDB for ``settings``, reusing those already running; record them.
+
+    Data lives in ``DATA_DIR/mosquitto`` and ``DATA_DIR/influxdb`` and survives ``down``/``up``.
+    If a step fails, what this call started is stopped again.
+    """
+    _check_loopback("CITYSENSE_MQTT_HOST", settings.mqtt_host)
+    _check_loopback("CITYSENSE_INFLUX_URL", settings.influx_host)
     data_dir = settings.data_dir.resolve()
-    running = {p.name: p for p in _recorded(settings) if p.alive()}
+    recorded = {p.name: p for p in _recorded(settings)}
+    wanted: list[tuple[str, int, str, Callable[[], ManagedProcess]]] = [
+        (
+            "mosquitto",
+            settings.mqtt_port,
+            "CITYSENSE_MQTT_PORT",
+            lambda: start_mosquitto(
+                settings.mqtt_port, data_dir / "mosquitto", repo_root / "mosquitto.conf"
+            ),
+        ),
+        (
+            "influxdb",
+            settings.influx_port,
+            "CITYSENSE_INFLUX_URL",
+            lambda: start_influxd(
+                settings.influx_port, data_dir / "influxdb", settings.influx_database
+            ),
+        ),
+    ]
     procs: list[ManagedProcess] = []
-    mosquitto = running.get("mosquitto")
-    if mosquitto is None or mosquitto.port != settings.mqtt_port:
-        mosquitto = start_mosquitto(
-            settings.mqtt_port, data_dir / "mosquitto", repo_root / "mosquitto.conf"
-        )
-    procs.append(mosquitto)
-    influxdb = running.get("influxdb")
-    if influxdb is None or influxdb.port != settings.influx_port:
-        influxdb = start_influxd(
-            settings.influx_port, data_dir / "influxdb", settings.influx_database
-        )
-    else:
-        influx_query(influxdb.url, f'CREATE DATABASE "{settings.influx_database}"')
-    procs.append(influxdb)
+    started: list[ManagedProcess] = []
+    try:
+        for name, port, setting, start in wanted:
+            old = recorded.get(name)
+            if old is not None and old.alive():
+                if old.port == port:
+                    procs.append(old)
+                    continue
+                # Same data directory, new port: two servers must not share one database.
+                old.stop()
+            try:
+                proc = start()
+            except PortInUseError as e:
+                raise PortInUseError(f"{e}; choose another port with {setting}") from e
+            started.append(proc)
+            procs.append(proc)
+        influxdb = procs[1]
+        if not any(p is influxdb for p in started):
+            # A reused server may predate a change of CITYSENSE_INFLUX_DATABASE.
+            influx_command(influxdb.url, f"CREATE DATABASE {quote_ident(settings.influx_database)}")
+    except BaseException:
+        for proc in started:
+            proc.stop()
+        raise
     _record(settings, procs)
     return procs
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop what ``up`` recorded for these settings (and nothing else); return their names."""
-    stopped = []
-    for proc in _recorded(settings):
-        if proc.alive():
-            proc.stop()
-            stopped.append(proc.name)
-    with contextlib.suppress(FileNotFoundError):
-        _state_file(settings).unlink()
+    """Stop what ``up`` recorded for ``settings`` and is still running; return their names."""
+    stopped = [p.name for p in _recorded(settings) if p.stop()]
+    state_file(settings).unlink(missing_ok=True)
     return stopped
 
 
 def status(settings: Settings) -> list[tuple[ManagedProcess, bool]]:
-    """What ``up`` recorded, and whether each is still running."""
+    """What ``up`` recorded for ``settings``, each with whether it is still running."""
     return [(p, p.alive()) for p in _recorded(settings)]

@@ -1,12 +1,15 @@
 """Session fixtures: real Mosquitto, InfluxDB 1.x and VictoriaMetrics on free ports.
 
-Each starts from an empty temporary directory and is stopped at the end of the session.
-A missing binary fails loudly: `make test` installs them, nothing is skipped.
+Each server fixture starts a throwaway server from an empty temporary directory with
+``ingest.stack`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
+(``.port``, ``.address``, ``.url`` for the HTTP ones, ``.log_path``) and stops it at the end of
+the session. A missing program fails the test loudly: ``make test`` installs it; nothing is
+skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from devices.registry import Registry, load_registry
 from ingest.stack import (
     ManagedProcess,
+    MissingBinaryError,
     free_port,
     start_influxd,
     start_mosquitto,
@@ -29,27 +33,34 @@ def registry() -> Registry:
     return load_registry(REPO / "config" / "registry.yaml")
 
 
+def _serve(start: Callable[[], ManagedProcess]) -> Iterator[ManagedProcess]:
+    """Start a server for the session, or fail saying how to install it; stop it afterwards."""
+    try:
+        proc = start()
+    except MissingBinaryError as e:
+        pytest.fail(f"{e}. Run `make test`, which installs it first.", pytrace=False)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    """Mosquitto with the repository's mosquitto.conf."""
-    proc = start_mosquitto(
-        free_port(), tmp_path_factory.mktemp("mosquitto"), REPO / "mosquitto.conf"
-    )
-    yield proc
-    proc.stop()
+    """Mosquitto with the repository's mosquitto.conf (anonymous, persistence on)."""
+    instance = tmp_path_factory.mktemp("mosquitto")
+    yield from _serve(lambda: start_mosquitto(free_port(), instance, REPO / "mosquitto.conf"))
 
 
 @pytest.fixture(scope="session")
 def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    """InfluxDB 1.x with an empty database ``citysense``."""
-    proc = start_influxd(free_port(), tmp_path_factory.mktemp("influxdb"), "citysense")
-    yield proc
-    proc.stop()
+    """InfluxDB 1.x (Debian's 1.6) with an empty database ``citysense``."""
+    instance = tmp_path_factory.mktemp("influxdb")
+    yield from _serve(lambda: start_influxd(free_port(), instance, "citysense"))
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    """VictoriaMetrics: the server here that accepts /api/v2/write."""
-    proc = start_victoria_metrics(free_port(), tmp_path_factory.mktemp("victoria-metrics"))
-    yield proc
-    proc.stop()
+    """VictoriaMetrics: the server here that accepts ``/api/v2/write`` (the v2 dialect)."""
+    instance = tmp_path_factory.mktemp("victoria-metrics")
+    yield from _serve(lambda: start_victoria_metrics(free_port(), instance))

@@ -1,10 +1,17 @@
-"""The local stack: fixtures answer, `stack up` is idempotent, two stacks live side by side."""
+"""The local stack: the fixtures' servers answer, the broker keeps what it promises, `stack up`
+is idempotent, two stacks live side by side, `stack down` stops only its own."""
 
 from __future__ import annotations
 
+import json
+import queue
+import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -12,131 +19,287 @@ import pytest
 
 from ingest import stack
 from ingest.settings import Settings
-from ingest.stack import ManagedProcess, free_port, mqtt_answers
+from ingest.stack import ManagedProcess, StackError, free_port, mqtt_answers, port_in_use
 from tests.services import influx_query, vm_export
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 5.0
 
 
-def test_influxdb_fixture_stores_and_answers(influxdb: ManagedProcess) -> None:
-    body = b"probe,device=x value=1.5 1700000000000"
-    req = urllib.request.Request(f"{influxdb.url}/write?db=citysense&precision=ms", data=body)
-    with urllib.request.urlopen(req, timeout=5) as resp:
+# --- small MQTT helpers (paho, threaded loop) ----------------------------------------------------
+
+
+@dataclass
+class Session:
+    """A connected paho client, the queue its messages arrive in, and its CONNACK's flag."""
+
+    client: mqtt.Client
+    inbox: queue.Queue[mqtt.MQTTMessage]
+    session_present: bool
+
+
+@contextmanager
+def mqtt_client(port: int, client_id: str = "", clean_session: bool = True) -> Iterator[Session]:
+    """Connect (waiting for the CONNACK); disconnect afterwards."""
+    inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    connacks: queue.Queue[tuple[bool, bool]] = queue.Queue()
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
+    )
+    client.on_message = lambda _c, _u, msg: inbox.put(msg)
+    client.on_connect = lambda _c, _u, flags, rc, _p: connacks.put(
+        (rc.is_failure, flags.session_present)
+    )
+    client.connect("127.0.0.1", port, keepalive=10)
+    client.loop_start()
+    try:
+        failed, session_present = connacks.get(timeout=TIMEOUT_S)
+        assert not failed, "the broker refused the connection"
+        yield Session(client, inbox, session_present)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def subscribe(client: mqtt.Client, topic: str) -> None:
+    """Subscribe at QoS 1 and wait for the SUBACK."""
+    subacks: queue.Queue[int] = queue.Queue()
+    client.on_subscribe = lambda _c, _u, mid, _rcs, _p: subacks.put(mid)
+    _, mid = client.subscribe(topic, qos=1)
+    assert subacks.get(timeout=TIMEOUT_S) == mid
+
+
+def publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
+    """Publish (topic, payload, retain) at QoS 1 and wait for every PUBACK."""
+    with mqtt_client(port) as s:
+        infos = [s.client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
+        for info in infos:
+            info.wait_for_publish(TIMEOUT_S)
+            assert info.is_published()
+
+
+def take(inbox: queue.Queue[mqtt.MQTTMessage], count: int) -> list[mqtt.MQTTMessage]:
+    """Exactly ``count`` messages from ``inbox``; fail if they do not all arrive in time."""
+    deadline = time.monotonic() + TIMEOUT_S
+    got: list[mqtt.MQTTMessage] = []
+    while len(got) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"got {len(got)} of {count} messages within {TIMEOUT_S} s"
+        try:
+            got.append(inbox.get(timeout=remaining))
+        except queue.Empty:
+            continue
+    return got
+
+
+# --- the fixtures' servers ----------------------------------------------------------------------
+
+
+def test_influxdb_fixture_is_1x_and_stores_what_it_is_sent(influxdb: ManagedProcess) -> None:
+    with urllib.request.urlopen(f"{influxdb.url}/ping", timeout=5) as resp:
+        # The writer picks the /write dialect from this header (SPEC §2).
         assert resp.status == 204
-    series = influx_query(influxdb.url, "citysense", "SELECT value FROM probe", epoch="ms")
-    assert series[0]["values"] == [[1700000000000, 1.5]]
+        assert resp.headers["X-Influxdb-Version"].startswith("1.")
+    body = (
+        b"stack_probe,device=x value=1.5 1700000000000\nstack_probe,device=y value=2 1700000000001"
+    )
+    url = f"{influxdb.url}/write?db=citysense&precision=ms"
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=5) as resp:
+        assert resp.status == 204
+    series = influx_query(
+        influxdb.url, "citysense", "SELECT device, value FROM stack_probe", epoch="ms"
+    )
+    assert series[0]["values"] == [[1700000000000, "x", 1.5], [1700000000001, "y", 2.0]]
 
 
-def test_victoria_metrics_accepts_v2_writes(victoria_metrics: ManagedProcess) -> None:
+def test_victoria_metrics_takes_v2_line_protocol(victoria_metrics: ManagedProcess) -> None:
     ts = time.time_ns() // 1_000_000 - 60_000
-    body = b"probe,device=y value=2.5 %d" % ts
+    body = b"stack_probe,device=y value=2.5,other=1i %d" % ts
     url = f"{victoria_metrics.url}/api/v2/write?bucket=b&org=o&precision=ms"
     with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=5) as resp:
         assert resp.status == 204
-    deadline = time.monotonic() + 10
-    while not (found := vm_export(victoria_metrics.url, '{__name__="probe_value"}')):
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (found := vm_export(victoria_metrics.url, '{__name__="stack_probe_value"}')):
         assert time.monotonic() < deadline, "VictoriaMetrics never showed the sample"
-        time.sleep(0.2)
-    assert found[0]["values"] == [2.5] and found[0]["metric"]["device"] == "y"
+        time.sleep(0.1)
+    assert len(found) == 1
+    assert found[0]["metric"] == {"__name__": "stack_probe_value", "device": "y"}
+    assert (found[0]["values"], found[0]["timestamps"]) == ([2.5], [ts])
 
 
-def test_broker_queues_qos1_for_an_away_persistent_session(mosquitto: ManagedProcess) -> None:
-    client_id = f"away-{uuid.uuid4().hex[:6]}"
-    received: list[bytes] = []
+def test_mqtt_round_trip_and_queue_for_an_away_persistent_session(
+    mosquitto: ManagedProcess,
+) -> None:
+    client_id = f"away-{uuid.uuid4().hex[:8]}"
+    topic = f"stack/{client_id}"
+    with mqtt_client(mosquitto.port, client_id, clean_session=False) as sub:
+        subscribe(sub.client, topic)
+        publish(mosquitto.port, [(topic, b"while-here", False)])
+        [msg] = take(sub.inbox, 1)
+        assert (msg.topic, msg.payload, msg.qos) == (topic, b"while-here", 1)
 
-    def subscriber() -> mqtt.Client:
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-        c.on_message = lambda _c, _u, m: received.append(m.payload)
-        c.connect("127.0.0.1", mosquitto.port)
-        return c
+    # More than Mosquitto's default queue of 1000: mosquitto.conf must raise it (SPEC §8).
+    away = [(topic, b"%d" % i, False) for i in range(1500)]
+    publish(mosquitto.port, away)
 
-    sub = subscriber()
-    sub.subscribe("away/test", qos=1)
-    sub.loop_start()
-    time.sleep(0.3)
-    sub.disconnect()
-    sub.loop_stop()
-
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{client_id}")
-    pub.connect("127.0.0.1", mosquitto.port)
-    pub.loop_start()
-    pub.publish("away/test", b"while-away", qos=1).wait_for_publish(5)
-    pub.disconnect()
-    pub.loop_stop()
-
-    sub = subscriber()
-    sub.loop_start()
-    deadline = time.monotonic() + 5
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sub.disconnect()
-    sub.loop_stop()
-    assert received == [b"while-away"]
+    with mqtt_client(mosquitto.port, client_id, clean_session=False) as sub:
+        assert sub.session_present, "the broker forgot the persistent session"
+        got = take(sub.inbox, len(away))
+        assert [m.payload for m in got] == [p for _, p, _ in away]
+        assert sub.inbox.empty()
 
 
-def _settings(tmp_path: Path) -> Settings:
+def test_broker_runs_the_repository_policy(mosquitto: ManagedProcess) -> None:
+    conf = (mosquitto.log_path.parent / "mosquitto.conf").read_text()
+    assert f"\nlistener {mosquitto.port} 127.0.0.1\n" in conf
+    assert conf.endswith((REPO / "mosquitto.conf").read_text())
+    # max_packet_size: a client sending more is cut off, not acknowledged and then dropped.
+    disconnected: queue.Queue[object] = queue.Queue()
+    with mqtt_client(mosquitto.port) as s:
+        s.client.on_disconnect = lambda *args: disconnected.put(args)
+        info = s.client.publish("stack/too-big", b"x" * 300_000, qos=1)
+        disconnected.get(timeout=TIMEOUT_S)
+        assert not info.is_published()
+
+
+# --- one process: spawn, wait_ready, stop -------------------------------------------------------
+
+
+def test_wait_ready_reports_the_log_of_a_server_that_exits(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import sys; print('bad config line 3'); sys.exit(3)"]
+    proc = stack.spawn("broken", argv, free_port(), tmp_path / "broken.log")
+    with pytest.raises(StackError, match=r"(?s)exited with code 3.*bad config line 3"):
+        stack.wait_ready(proc, lambda: False, timeout_s=TIMEOUT_S)
+
+
+def test_wait_ready_gives_up_in_time_and_stops_the_server(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    proc = stack.spawn("mute", argv, free_port(), tmp_path / "mute.log")
+    started = time.monotonic()
+    with pytest.raises(StackError, match="did not answer"):
+        stack.wait_ready(proc, lambda: False, timeout_s=0.3)
+    assert time.monotonic() - started < 2.0
+    assert not proc.alive()
+
+
+def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    proc = stack.spawn("stubborn", [sys.executable, "-c", code], free_port(), tmp_path / "s.log")
+    time.sleep(0.3)  # let it install its handler
+    started = time.monotonic()
+    assert proc.stop(timeout_s=0.3) is True
+    assert not proc.alive()
+    assert time.monotonic() - started < 2.0
+    assert proc.exit_code() == -9
+    assert proc.stop() is False  # nothing left to stop
+
+
+# --- the stack: up, down, status ----------------------------------------------------------------
+
+
+def _settings(root: Path) -> Settings:
     return Settings(
         mqtt_port=free_port(),
         influx_url=f"http://127.0.0.1:{free_port()}",
-        data_dir=tmp_path / "data",
+        influx_database="stacktest",
+        data_dir=root / "data",
     )
 
 
-def test_up_is_idempotent_and_down_stops_only_its_own(tmp_path: Path) -> None:
+def test_up_reuses_two_stacks_run_side_by_side_down_stops_only_its_own(tmp_path: Path) -> None:
     first, second = _settings(tmp_path / "a"), _settings(tmp_path / "b")
     try:
         procs = stack.up(first, REPO)
         assert [p.name for p in procs] == ["mosquitto", "influxdb"]
+        assert [p.port for p in procs] == [first.mqtt_port, first.influx_port]
+        recorded = json.loads((first.data_dir / "stack.json").read_text())
+        assert [r["pid"] for r in recorded] == [p.pid for p in procs]
+
         again = stack.up(first, REPO)
         assert [p.pid for p in again] == [p.pid for p in procs]  # reused, not restarted
 
         others = stack.up(second, REPO)
         assert {p.pid for p in others}.isdisjoint(p.pid for p in procs)
-        assert mqtt_answers(second.mqtt_port) and mqtt_answers(first.mqtt_port)
+        assert mqtt_answers(first.mqtt_port) and mqtt_answers(second.mqtt_port)
+        for settings in (first, second):
+            databases = influx_query(settings.influx_url, "", "SHOW DATABASES")
+            assert ["stacktest"] in databases[0]["values"]
 
         assert sorted(stack.down(first)) == ["influxdb", "mosquitto"]
         assert not any(p.alive() for p in procs)
-        assert all(alive for _, alive in stack.status(second))
+        assert not (first.data_dir / "stack.json").exists()
+        assert not port_in_use(first.mqtt_port) and not port_in_use(first.influx_port)
+        assert [alive for _, alive in stack.status(second)] == [True, True]
         assert mqtt_answers(second.mqtt_port)
         assert stack.down(first) == []  # nothing left to stop
+        assert stack.status(first) == []
     finally:
         stack.down(first)
         stack.down(second)
 
 
-def test_retained_message_survives_down_and_up(tmp_path: Path) -> None:
+def test_data_survives_down_and_up(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
+    status_topic = "iot/river/stack-r1/status"
     try:
-        stack.up(settings, REPO)
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        pub.connect("127.0.0.1", settings.mqtt_port)
-        pub.loop_start()
-        pub.publish(
-            "iot/river/r1/status", b'{"online": true}', qos=1, retain=True
-        ).wait_for_publish(5)
-        pub.disconnect()
-        pub.loop_stop()
+        _, influxdb = stack.up(settings, REPO)
+        publish(settings.mqtt_port, [(status_topic, b'{"online": true}', True)])
+        line = b"stack_probe,device=r1 level=3.25 1700000000000"
+        url = f"{influxdb.url}/write?db=stacktest&precision=ms"
+        with urllib.request.urlopen(urllib.request.Request(url, data=line), timeout=5):
+            pass
+
         stack.down(settings)  # SIGTERM: Mosquitto saves its database on the way out
         stack.up(settings, REPO)
 
-        got: list[bytes] = []
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        sub.on_message = lambda _c, _u, m: got.append(m.payload)
-        sub.connect("127.0.0.1", settings.mqtt_port)
-        sub.subscribe("iot/river/r1/status", qos=1)
-        sub.loop_start()
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        sub.disconnect()
-        sub.loop_stop()
-        assert got == [b'{"online": true}']
+        with mqtt_client(settings.mqtt_port) as s:
+            subscribe(s.client, status_topic)
+            [msg] = take(s.inbox, 1)
+        assert (msg.payload, msg.retain) == (b'{"online": true}', True)
+        series = influx_query(influxdb.url, "stacktest", "SELECT level FROM stack_probe")
+        assert series[0]["values"] == [["2023-11-14T22:13:20Z", 3.25]]
     finally:
         stack.down(settings)
 
 
-def test_port_taken_by_someone_else_is_refused(tmp_path: Path, mosquitto: ManagedProcess) -> None:
-    with pytest.raises(stack.StackError, match="already in use"):
-        stack.start_mosquitto(mosquitto.port, tmp_path / "m", REPO / "mosquitto.conf")
+def test_up_refuses_ports_taken_by_others_and_leaves_nothing_behind(
+    tmp_path: Path, mosquitto: ManagedProcess, victoria_metrics: ManagedProcess
+) -> None:
+    taken_mqtt = _settings(tmp_path / "a").model_copy(update={"mqtt_port": mosquitto.port})
+    with pytest.raises(StackError, match=r"(?s)already in use.*CITYSENSE_MQTT_PORT"):
+        stack.up(taken_mqtt, REPO)
+    assert mosquitto.alive()
+    assert stack.status(taken_mqtt) == []
+
+    # Mosquitto starts, then InfluxDB's port turns out taken: the new Mosquitto is stopped again.
+    taken_influx = _settings(tmp_path / "b").model_copy(update={"influx_url": victoria_metrics.url})
+    with pytest.raises(StackError, match=r"(?s)already in use.*CITYSENSE_INFLUX_URL"):
+        stack.up(taken_influx, REPO)
+    assert not port_in_use(taken_influx.mqtt_port)
+    assert stack.status(taken_influx) == []
+    assert victoria_metrics.alive()
+
+
+def test_down_leaves_alone_a_recorded_pid_that_is_now_another_program(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    other = stack.spawn("other", sleeper, free_port(), tmp_path / "other.log")
+    try:
+        # As if `up` had once started a mosquitto whose pid the kernel has since given away.
+        record = {
+            "name": "mosquitto",
+            "pid": other.pid,
+            "argv": ["/usr/sbin/mosquitto", "-c", str(tmp_path / "mosquitto.conf")],
+            "port": settings.mqtt_port,
+            "address": f"127.0.0.1:{settings.mqtt_port}",
+            "log_path": str(tmp_path / "mosquitto.log"),
+        }
+        settings.data_dir.mkdir(parents=True)
+        (settings.data_dir / "stack.json").write_text(json.dumps([record]))
+        assert [alive for _, alive in stack.status(settings)] == [False]
+        assert stack.down(settings) == []
+        assert other.alive()
+    finally:
+        other.stop()
