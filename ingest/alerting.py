@@ -24,16 +24,13 @@ from ingest.lineprotocol import encode_fields, series_key
 from ingest.outbox import MqttOutbox
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
-    AUTO,
     Alert,
     AlertEvent,
     AlertState,
+    InvalidTransition,
+    area_ids,
     due_for_escalation,
-    escalate,
-    open_alert,
-    repeat,
 )
-from rules.alerts import resolve as resolve_alert
 from rules.messages import describe
 from rules.store import AlertStore
 
@@ -97,29 +94,18 @@ class Alerting:
         device = self._registry.devices.get(t.device_id)
         if rule is None or device is None:
             return None
-        existing = self._store.not_resolved(t.rule_id, t.device_id)
-        if t.action == "clear":
-            if existing is None:
-                return None
-            alert, event = resolve_alert(existing, AUTO, t.ts_ms, t.detail)
-            self._store.update(alert, event)
-        elif existing is None:
-            areas = {a.level: a.id for a in self._registry.device_path(device.id).areas}
-            alert, event = open_alert(
-                rule_id=rule.id,
-                severity=rule.severity,
-                device_id=device.id,
-                kind=device.kind,
-                areas=areas,
-                at_ms=t.ts_ms,
-                value=t.value,
-                detail=t.detail,
-            )
-            self._store.insert(alert, event)
-        else:
-            alert, event = repeat(existing, t.ts_ms, t.value, t.detail)
-            self._store.update(alert, event)
+        # One store transaction reads and writes, so a person's acknowledgement and this
+        # change cannot overwrite each other.
+        applied = self._store.apply(
+            t,
+            severity=rule.severity,
+            kind=device.kind,
+            areas=area_ids(self._registry.device_path(device.id)),
+        )
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
+        if applied is None:
+            return None
+        alert, event, _created = applied
         return alert, event
 
     async def _announce(self, alert: Alert, event: AlertEvent) -> None:
@@ -178,10 +164,12 @@ class Alerting:
         for alert in self._store.list(states=[AlertState.OPEN], limit=10_000):
             rule = self._rules.get(alert.rule_id)
             after = rule.escalate_after if rule else None
-            if due_for_escalation(alert, after, now_ms):
-                up, event = escalate(alert, now_ms)
-                self._store.update(up, event)
-                out.append((up, event))
+            if not due_for_escalation(alert, after, now_ms):
+                continue
+            try:
+                out.append(self._store.escalate(alert.id, now_ms))
+            except InvalidTransition:
+                continue  # acknowledged or resolved since it was listed
         return out
 
     async def settle(self, timeout_s: float) -> None:

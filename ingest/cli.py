@@ -225,8 +225,8 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """List, acknowledge or resolve alerts in the alert store."""
-    from rules.alerts import AlertState, InvalidTransition, acknowledge, resolve
-    from rules.store import AlertStore, sqlite_url
+    from rules.alerts import AlertState, InvalidTransition
+    from rules.store import AlertNotFound, AlertStore, sqlite_url
 
     settings = _settings()
     store = AlertStore(sqlite_url(settings.data_dir))
@@ -266,18 +266,16 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                     ),
                 )
             return 0
-        alert = store.get(args.id)
-        if alert is None:
-            print(f"citysense alerts: no alert {args.id}", file=sys.stderr)
-            return 1
-        step = acknowledge if args.action == "ack" else resolve
+        step = store.acknowledge if args.action == "ack" else store.resolve
         now = int(datetime.now(UTC).timestamp() * 1000)
         try:
-            changed, event = step(alert, args.by, now, args.note)
+            changed, event = step(args.id, args.by, now, args.note)
+        except AlertNotFound:
+            print(f"citysense alerts: no alert {args.id}", file=sys.stderr)
+            return 1
         except InvalidTransition as e:
             print(f"citysense alerts: {e}", file=sys.stderr)
             return 1
-        store.update(changed, event)
         _announce_by_cli(settings, changed, event)
         print(f"{changed.id}: {changed.state.value} by {args.by}")
         return 0

@@ -13,7 +13,27 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from devices.kinds import Kind, Level
+from devices.registry import AreaPath
 from rules.model import Severity
+
+__all__ = [
+    "AUTO",
+    "Alert",
+    "AlertAction",
+    "AlertEvent",
+    "AlertState",
+    "InvalidTransition",
+    "Severity",
+    "acknowledge",
+    "area_ids",
+    "due_for_escalation",
+    "escalate",
+    "mark_flapping",
+    "new_alert_id",
+    "open_alert",
+    "repeat",
+    "resolve",
+]
 
 AUTO = "auto"  # the actor of a resolution made by the rule's own clear condition
 
@@ -34,6 +54,7 @@ class AlertAction(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
     ESCALATED = "escalated"
+    FLAPPING = "flapping"  # a clear held back by flap suppression: it stays open, marked
 
 
 class InvalidTransition(ValueError):
@@ -60,7 +81,8 @@ class Alert(BaseModel):
     resolved_by: str | None = None
     value: float | str | None = None
     detail: str = ""
-    repeat_count: int = 0
+    repeat_count: int = 0  # times the condition fired again after opening
+    flapping: bool = False  # it opened and cleared too often and is held open; stays marked
     escalation_level: Level = Level.GRID
     escalated_ms: int | None = None
     note: str | None = None
@@ -85,6 +107,11 @@ class AlertEvent(BaseModel):
     detail: str = ""
 
 
+def area_ids(path: AreaPath) -> dict[Level, str]:
+    """A device's area path as the alert keeps it: level → area id, grid up to city."""
+    return {area.level: area.id for area in path.areas}
+
+
 def new_alert_id() -> str:
     """A short unique id, safe in URLs and topics."""
     return "A-" + secrets.token_hex(6)
@@ -100,6 +127,7 @@ def open_alert(
     at_ms: int,
     value: float | str | None,
     detail: str,
+    flapping: bool = False,
 ) -> tuple[Alert, AlertEvent]:
     """A new open alert and its first history row."""
     alert = Alert(
@@ -113,6 +141,7 @@ def open_alert(
         updated_ms=at_ms,
         value=value,
         detail=detail,
+        flapping=flapping,
     )
     return alert, AlertEvent(
         alert_id=alert.id, at_ms=at_ms, action=AlertAction.OPENED, detail=detail
@@ -139,6 +168,20 @@ def repeat(
     )
     return updated, AlertEvent(
         alert_id=alert.id, at_ms=at_ms, action=AlertAction.REPEATED, detail=detail
+    )
+
+
+def mark_flapping(alert: Alert, at_ms: int, detail: str) -> tuple[Alert, AlertEvent]:
+    """Flap suppression held a clear back: the alert stays open and says it is flapping.
+
+    Not a repeat (the count and the triggering value stay as they were); the detail says why.
+    """
+    _not_resolved(alert, "marked flapping")
+    updated = alert.model_copy(
+        update={"flapping": True, "updated_ms": max(alert.updated_ms, at_ms), "detail": detail}
+    )
+    return updated, AlertEvent(
+        alert_id=alert.id, at_ms=at_ms, action=AlertAction.FLAPPING, detail=detail
     )
 
 

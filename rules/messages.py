@@ -23,6 +23,7 @@ _ACTION_ZH = {
     AlertAction.ACKNOWLEDGED: "已受理",
     AlertAction.RESOLVED: "已解除",
     AlertAction.ESCALATED: "告警升级",
+    AlertAction.FLAPPING: "告警反复",
 }
 _ACTION_EN = {
     AlertAction.OPENED: "new alert",
@@ -30,6 +31,7 @@ _ACTION_EN = {
     AlertAction.ACKNOWLEDGED: "acknowledged",
     AlertAction.RESOLVED: "resolved",
     AlertAction.ESCALATED: "escalated",
+    AlertAction.FLAPPING: "flapping",
 }
 # Where the place is named from: county down to grid (the city is the same for everyone).
 _PLACE_LEVELS = (Level.COUNTY, Level.TOWNSHIP, Level.VILLAGE, Level.GRID)

@@ -1,14 +1,27 @@
 """Where alerts, their history and the rule engine's snapshot are kept.
 
 SQLAlchemy Core with portable types only, so the same code runs on the embedded SQLite file
-(the default) and on PostgreSQL by URL. Synchronous: the service calls it through
-``asyncio.to_thread``; every method is one transaction.
+(the default) and on PostgreSQL by URL. Synchronous and thread-safe: the service calls it
+through ``asyncio.to_thread``, the CLI directly. Every public method is one transaction; the
+lifecycle methods (``open_or_repeat``, ``resolve_auto``, ``acknowledge``, ``resolve``,
+``escalate``) read the alert and write it back in the same transaction, with the row locked
+(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two writers (the
+service escalating, a worker acknowledging from the CLI) never overwrite each other.
+
+Invariant held by the database itself: at most one alert not resolved per (rule, device), by a
+partial unique index on SQLite and PostgreSQL, and checked in ``open_or_repeat`` everywhere.
+
+SQLite runs in WAL mode so readers (the CLI, the API) never wait for the writer, with a busy
+timeout so two writers queue instead of failing.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +29,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    ColumnElement,
     Index,
     Integer,
     MetaData,
@@ -28,9 +42,27 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
 
-from rules.alerts import Alert, AlertEvent, AlertState
+from devices.kinds import Kind, Level
+from rules.alerts import (
+    AUTO,
+    Alert,
+    AlertEvent,
+    AlertState,
+    acknowledge,
+    escalate,
+    mark_flapping,
+    open_alert,
+    repeat,
+    resolve,
+)
+from rules.model import Severity
+from rules.transition import Reason, Transition
+
+__all__ = ["AlertNotFound", "AlertStore", "sqlite_url"]
 
 metadata = MetaData()
 
@@ -55,10 +87,13 @@ alerts = Table(
     Index("alerts_village", "village"),
     Index("alerts_township", "township"),
     Index("alerts_county", "county"),
+    Index("alerts_opened", "opened_ms"),
 )
 
 # The database holds the rule too: at most one alert not resolved per (rule, device), even if
-# two writers race (a partial unique index, on both SQLite and PostgreSQL).
+# two writers race. Only where partial indexes exist: elsewhere a plain unique index on
+# (rule, device) would forbid the second alert after a resolved one, so there the check in
+# ``open_or_repeat`` is the guard.
 _UNRESOLVED = alerts.c.state != AlertState.RESOLVED.value
 Index(
     "alerts_one_unresolved",
@@ -67,31 +102,41 @@ Index(
     unique=True,
     sqlite_where=_UNRESOLVED,
     postgresql_where=_UNRESOLVED,
-)
+).ddl_if(dialect=("sqlite", "postgresql"))  # type: ignore[arg-type]  # a tuple works
 
 alert_events = Table(
     "alert_events",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # insertion order
     Column("alert_id", String(32), nullable=False, index=True),
     Column("at_ms", BigInteger, nullable=False),
-    Column("body", JSON, nullable=False),
+    Column("body", JSON, nullable=False),  # the whole AlertEvent
 )
 
 engine_state = Table(
     "engine_state",
     metadata,
     Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", Text, nullable=False),  # JSON text
     Column("updated_ms", BigInteger, nullable=False),
 )
 
 _AREA_COLUMNS = ("grid", "village", "township", "county", "city")
+_WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
+_BUSY_TIMEOUT_MS = 10_000
+
+
+class AlertNotFound(LookupError):
+    """No alert with that id (the API answers 404)."""
 
 
 def sqlite_url(data_dir: Path) -> str:
     """The default store: a SQLite file in the data directory."""
     return f"sqlite:///{data_dir / 'alerts.sqlite3'}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _row(alert: Alert) -> dict[str, Any]:
@@ -109,61 +154,205 @@ def _row(alert: Alert) -> dict[str, Any]:
     }
 
 
+def _values(*items: Any) -> builtins.list[str]:
+    """Enum members or strings, one or a collection of them, as stored strings."""
+    out: builtins.list[str] = []
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, str):  # a StrEnum member is a str whose str() is its value
+            out.append(str(item))
+        else:
+            out.extend(_values(*item))
+    return out
+
+
 class AlertStore:
-    """Alerts, their history, and named JSON state, in one SQL database."""
+    """Alerts, their history, and named JSON state (the engine snapshot), in one database.
+
+    ``url`` is any SQLAlchemy URL: ``sqlite_url(data_dir)`` by default,
+    ``postgresql+psycopg://...`` for PostgreSQL (with its driver installed). Tables are created
+    if missing.
+    """
 
     def __init__(self, url: str) -> None:
-        self._engine: Engine = create_engine(url)
+        parsed = make_url(url)
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database or ""
+            if database in ("", ":memory:"):
+                # One shared connection, so every thread sees the same in-memory database.
+                options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+            elif not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = create_engine(url, **options)
         if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self._engine)
+            event.listen(self._engine, "connect", _sqlite_connect)
+            event.listen(self._engine, "begin", _sqlite_begin)
+        self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
+        with self._writer.begin() as conn:  # serialised, so two processes may start together
+            metadata.create_all(conn)
+
+    @property
+    def dialect(self) -> str:
+        """The database's dialect name (``sqlite``, ``postgresql``)."""
+        return str(self._engine.dialect.name)
 
     def close(self) -> None:
         """Release connections."""
         self._engine.dispose()
 
-    # -- alerts -------------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._writer.begin() as conn:
+            yield conn
+
+    # -- the lifecycle, one transaction each ----------------------------------------------------
+
+    def open_or_repeat(
+        self,
+        *,
+        rule_id: str,
+        device_id: str,
+        severity: Severity,
+        kind: Kind,
+        areas: dict[Level, str],
+        ts_ms: int,
+        value: float | str | None,
+        detail: str,
+        flapping: bool = False,
+    ) -> tuple[Alert, AlertEvent, bool]:
+        """The condition of (rule, device) holds: open an alert, or update the one not resolved.
+
+        Returns the alert, its new history row and whether it was created. With ``flapping``
+        (a transition whose reason is ``flapping``: a clear held back) an existing alert is
+        marked flapping instead of counted as a repeat.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._write() as conn:
+                    existing = self._not_resolved(conn, rule_id, device_id, lock=True)
+                    if existing is None:
+                        alert, change = open_alert(
+                            rule_id=rule_id,
+                            severity=severity,
+                            device_id=device_id,
+                            kind=kind,
+                            areas=areas,
+                            at_ms=ts_ms,
+                            value=value,
+                            detail=detail,
+                            flapping=flapping,
+                        )
+                        self._insert(conn, alert, change)
+                        return alert, change, True
+                    if flapping:
+                        alert, change = mark_flapping(existing, ts_ms, detail)
+                    else:
+                        alert, change = repeat(existing, ts_ms, value, detail)
+                    self._update(conn, alert, change)
+                    return alert, change, False
+            except IntegrityError:
+                # Another writer opened it between our read and our insert (PostgreSQL, read
+                # committed): the partial unique index refused ours; now it is a repeat.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def resolve_auto(
+        self, rule_id: str, device_id: str, at_ms: int, detail: str
+    ) -> tuple[Alert, AlertEvent] | None:
+        """The rule's clear condition holds: resolve the alert as ``auto``; None if none is open."""
+        with self._write() as conn:
+            existing = self._not_resolved(conn, rule_id, device_id, lock=True)
+            if existing is None:
+                return None
+            alert, change = resolve(existing, AUTO, at_ms, detail or None)
+            self._update(conn, alert, change)
+            return alert, change
+
+    def apply(
+        self,
+        transition: Transition,
+        *,
+        severity: Severity,
+        kind: Kind,
+        areas: dict[Level, str],
+    ) -> tuple[Alert, AlertEvent, bool] | None:
+        """One engine transition: ``open``/``update`` → ``open_or_repeat``, ``clear`` →
+        ``resolve_auto``. None when a clear finds nothing open; ``created`` is False on a clear.
+        """
+        t = transition
+        if t.action == "clear":
+            done = self.resolve_auto(t.rule_id, t.device_id, t.ts_ms, t.detail)
+            return None if done is None else (*done, False)
+        return self.open_or_repeat(
+            rule_id=t.rule_id,
+            device_id=t.device_id,
+            severity=severity,
+            kind=kind,
+            areas=areas,
+            ts_ms=t.ts_ms,
+            value=t.value,
+            detail=t.detail,
+            flapping=t.reason is Reason.FLAPPING,
+        )
+
+    def acknowledge(
+        self, alert_id: str, actor: str, at_ms: int, note: str | None = None
+    ) -> tuple[Alert, AlertEvent]:
+        """Someone took it on. AlertNotFound, or InvalidTransition if resolved or acknowledged."""
+        with self._write() as conn:
+            alert, change = acknowledge(self._locked(conn, alert_id), actor, at_ms, note)
+            self._update(conn, alert, change)
+            return alert, change
+
+    def resolve(
+        self, alert_id: str, actor: str, at_ms: int, note: str | None = None
+    ) -> tuple[Alert, AlertEvent]:
+        """Closed by ``actor``. AlertNotFound, or InvalidTransition if already resolved."""
+        with self._write() as conn:
+            alert, change = resolve(self._locked(conn, alert_id), actor, at_ms, note)
+            self._update(conn, alert, change)
+            return alert, change
+
+    def escalate(self, alert_id: str, at_ms: int) -> tuple[Alert, AlertEvent]:
+        """Up one level. AlertNotFound, or InvalidTransition if not open or at the top."""
+        with self._write() as conn:
+            alert, change = escalate(self._locked(conn, alert_id), at_ms)
+            self._update(conn, alert, change)
+            return alert, change
+
+    # -- low-level writes (the caller computed the change; no concurrency check) ---------------
+
+    def insert(self, alert: Alert, first: AlertEvent) -> None:
+        """Store a new alert; refuse a second one not resolved for the same (rule, device).
+
+        Prefer ``open_or_repeat``, which decides and writes in one transaction.
+        """
+        with self._write() as conn:
+            existing = self._not_resolved(conn, alert.rule_id, alert.device_id, lock=True)
+            if existing is not None:
+                raise ValueError(
+                    f"{alert.rule_id}/{alert.device_id} already has alert {existing.id}"
+                )
+            self._insert(conn, alert, first)
+
+    def update(self, alert: Alert, change: AlertEvent) -> None:
+        """Store a changed alert as given, and the history row that says why.
+
+        Overwrites whatever is stored: a change computed from an alert read earlier can undo a
+        concurrent acknowledgement. Prefer the lifecycle methods, which read and write at once.
+        """
+        with self._write() as conn:
+            self._update(conn, alert, change)
 
     def not_resolved(self, rule_id: str, device_id: str) -> Alert | None:
         """The one alert of (rule, device) that is open or acknowledged, if any."""
         with self._engine.connect() as conn:
             return self._not_resolved(conn, rule_id, device_id)
 
-    def _not_resolved(self, conn: Connection, rule_id: str, device_id: str) -> Alert | None:
-        query = select(alerts.c.body).where(
-            alerts.c.rule_id == rule_id,
-            alerts.c.device_id == device_id,
-            alerts.c.state != AlertState.RESOLVED.value,
-        )
-        body = conn.execute(query).scalar_one_or_none()
-        return Alert.model_validate(body) if body is not None else None
-
-    def insert(self, alert: Alert, first: AlertEvent) -> None:
-        """Store a new alert; refuse a second one not resolved for the same (rule, device)."""
-        with self._engine.begin() as conn:
-            existing = self._not_resolved(conn, alert.rule_id, alert.device_id)
-            if existing is not None:
-                raise ValueError(
-                    f"{alert.rule_id}/{alert.device_id} already has alert {existing.id}"
-                )
-            conn.execute(alerts.insert().values(**_row(alert)))
-            self._record(conn, first)
-
-    def update(self, alert: Alert, change: AlertEvent) -> None:
-        """Store a changed alert and the history row that says why."""
-        with self._engine.begin() as conn:
-            values = _row(alert)
-            del values["id"]
-            conn.execute(alerts.update().where(alerts.c.id == alert.id).values(**values))
-            self._record(conn, change)
-
-    @staticmethod
-    def _record(conn: Connection, change: AlertEvent) -> None:
-        conn.execute(
-            alert_events.insert().values(
-                alert_id=change.alert_id, at_ms=change.at_ms, body=change.model_dump(mode="json")
-            )
-        )
+    # -- reads ----------------------------------------------------------------------------------
 
     def get(self, alert_id: str) -> Alert | None:
         """One alert by id."""
@@ -173,8 +362,8 @@ class AlertStore:
             ).scalar_one_or_none()
         return Alert.model_validate(body) if body is not None else None
 
-    def history(self, alert_id: str) -> list[AlertEvent]:
-        """What happened to an alert, oldest first."""
+    def history(self, alert_id: str) -> builtins.list[AlertEvent]:
+        """What happened to an alert, oldest first (in the order it was recorded)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(alert_events.c.body)
@@ -183,43 +372,77 @@ class AlertStore:
             ).scalars()
             return [AlertEvent.model_validate(b) for b in rows]
 
-    def list(
-        self,
-        *,
-        states: Sequence[AlertState] = (),
-        area_id: str | None = None,
-        rule_id: str | None = None,
-        since_ms: int | None = None,
-        limit: int = 100,
-    ) -> list[Alert]:
-        """Newest first, filtered; ``area_id`` matches at any level of the alert's path."""
-        query = select(alerts.c.body).order_by(alerts.c.opened_ms.desc()).limit(limit)
-        if states:
-            query = query.where(alerts.c.state.in_([s.value for s in states]))
-        if area_id is not None:
-            query = query.where(or_(*(alerts.c[c] == area_id for c in _AREA_COLUMNS)))
-        if rule_id is not None:
-            query = query.where(alerts.c.rule_id == rule_id)
-        if since_ms is not None:
-            query = query.where(alerts.c.updated_ms >= since_ms)
+    def open_alerts(self) -> builtins.list[Alert]:
+        """Every alert not resolved (open or acknowledged), oldest first, without a limit."""
+        query = select(alerts.c.body).where(_UNRESOLVED).order_by(alerts.c.opened_ms, alerts.c.id)
         with self._engine.connect() as conn:
             return [Alert.model_validate(b) for b in conn.execute(query).scalars()]
 
     def count_by_state(self) -> dict[str, int]:
-        """How many alerts are in each state."""
+        """How many alerts are in each state (every state present, zeros included)."""
+        counts = {state.value: 0 for state in AlertState}
         with self._engine.connect() as conn:
             rows = conn.execute(select(alerts.c.state, func.count()).group_by(alerts.c.state))
-            return {str(state): int(n) for state, n in rows}
+            counts.update({str(state): int(n) for state, n in rows})
+        return counts
+
+    def list(
+        self,
+        *,
+        state: AlertState | Collection[AlertState] | None = None,
+        severity: Severity | Collection[Severity] | None = None,
+        area_id: str | None = None,
+        rule_id: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int = 100,
+        states: Collection[AlertState] = (),
+    ) -> builtins.list[Alert]:
+        """Alerts newest first (by opening time), every filter optional and combined with AND.
+
+        ``state``/``severity``: one value or several; ``area_id`` matches the alert's area at
+        any level (grid, village, township, county, city); ``since_ms`` (inclusive) and
+        ``until_ms`` (exclusive) bound the opening time. ``states`` is an older spelling of
+        ``state`` with several values.
+        """
+        conditions: builtins.list[ColumnElement[bool]] = []
+        wanted_states = _values(state, states)
+        if wanted_states:
+            conditions.append(alerts.c.state.in_(wanted_states))
+        wanted_severities = _values(severity)
+        if wanted_severities:
+            conditions.append(alerts.c.severity.in_(wanted_severities))
+        if area_id is not None:
+            conditions.append(or_(*(alerts.c[c] == area_id for c in _AREA_COLUMNS)))
+        if rule_id is not None:
+            conditions.append(alerts.c.rule_id == rule_id)
+        if since_ms is not None:
+            conditions.append(alerts.c.opened_ms >= since_ms)
+        if until_ms is not None:
+            conditions.append(alerts.c.opened_ms < until_ms)
+        query = (
+            select(alerts.c.body)
+            .where(*conditions)
+            .order_by(alerts.c.opened_ms.desc(), alerts.c.id.desc())
+            .limit(max(0, limit))
+        )
+        with self._engine.connect() as conn:
+            return [Alert.model_validate(b) for b in conn.execute(query).scalars()]
 
     # -- named state (the engine snapshot) ------------------------------------------------------
 
-    def save_state(self, key: str, value: dict[str, Any], at_ms: int) -> None:
-        """Replace the JSON stored under ``key``."""
-        with self._engine.begin() as conn:
-            conn.execute(engine_state.delete().where(engine_state.c.key == key))
-            conn.execute(
-                engine_state.insert().values(key=key, value=json.dumps(value), updated_ms=at_ms)
+    def save_state(self, key: str, value: dict[str, Any], at_ms: int | None = None) -> None:
+        """Replace the JSON stored under ``key`` (``at_ms`` defaults to now)."""
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        stamp = _now_ms() if at_ms is None else at_ms
+        with self._write() as conn:
+            done = conn.execute(
+                engine_state.update()
+                .where(engine_state.c.key == key)
+                .values(value=text, updated_ms=stamp)
             )
+            if done.rowcount == 0:
+                conn.execute(engine_state.insert().values(key=key, value=text, updated_ms=stamp))
 
     def load_state(self, key: str) -> dict[str, Any] | None:
         """The JSON stored under ``key``, if any."""
@@ -227,13 +450,74 @@ class AlertStore:
             text = conn.execute(
                 select(engine_state.c.value).where(engine_state.c.key == key)
             ).scalar_one_or_none()
-        loaded: dict[str, Any] | None = json.loads(text) if text is not None else None
+        if text is None:
+            return None
+        loaded = json.loads(text)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"state {key!r} is not a JSON object")
         return loaded
 
+    # -- inside a transaction -------------------------------------------------------------------
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL: the CLI and the API read while the service writes.
+    @staticmethod
+    def _not_resolved(
+        conn: Connection, rule_id: str, device_id: str, *, lock: bool = False
+    ) -> Alert | None:
+        query = select(alerts.c.body).where(
+            alerts.c.rule_id == rule_id, alerts.c.device_id == device_id, _UNRESOLVED
+        )
+        if lock:
+            query = query.with_for_update()
+        body = conn.execute(query).scalar_one_or_none()
+        return Alert.model_validate(body) if body is not None else None
+
+    @staticmethod
+    def _locked(conn: Connection, alert_id: str) -> Alert:
+        body = conn.execute(
+            select(alerts.c.body).where(alerts.c.id == alert_id).with_for_update()
+        ).scalar_one_or_none()
+        if body is None:
+            raise AlertNotFound(f"no alert {alert_id!r}")
+        return Alert.model_validate(body)
+
+    @classmethod
+    def _insert(cls, conn: Connection, alert: Alert, first: AlertEvent) -> None:
+        conn.execute(alerts.insert().values(**_row(alert)))
+        cls._record(conn, first)
+
+    @classmethod
+    def _update(cls, conn: Connection, alert: Alert, change: AlertEvent) -> None:
+        values = _row(alert)
+        del values["id"]
+        done = conn.execute(alerts.update().where(alerts.c.id == alert.id).values(**values))
+        if done.rowcount == 0:
+            raise AlertNotFound(f"no alert {alert.id!r}")
+        cls._record(conn, change)
+
+    @staticmethod
+    def _record(conn: Connection, change: AlertEvent) -> None:
+        conn.execute(
+            alert_events.insert().values(
+                alert_id=change.alert_id, at_ms=change.at_ms, body=change.model_dump(mode="json")
+            )
+        )
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy, not the sqlite3 module, starts transactions (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # WAL: the CLI and the API read while the service writes; a busy writer is waited for.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A writing transaction takes the write lock at BEGIN, so its reads cannot go stale before
+    # its writes (a deferred transaction that upgrades fails at once with SQLITE_BUSY in WAL).
+    if conn.get_execution_options().get(_WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")

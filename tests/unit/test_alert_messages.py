@@ -38,3 +38,25 @@ def test_new_alert_names_place_device_and_value() -> None:
     acked, event = acknowledge(alert, "wang.wei", 1_795_000_060_000)
     zh, en = describe(acked, event, "River above warning level", "超警戒水位", REGISTRY)
     assert "已受理（wang.wei）" in zh and "acknowledged by wang.wei" in en
+
+
+def test_every_action_has_words_in_both_languages() -> None:
+    from rules.alerts import AlertAction, AlertEvent
+
+    device = next(iter(REGISTRY.devices.values()))
+    areas = {a.level: a.id for a in REGISTRY.device_path(device.id).areas}
+    alert, _ = open_alert(
+        rule_id="r",
+        severity=Severity.INFO,
+        device_id=device.id,
+        kind=device.kind,
+        areas=areas,
+        at_ms=0,
+        value=None,
+        detail="",
+    )
+    for action in AlertAction:
+        zh, en = describe(
+            alert, AlertEvent(alert_id=alert.id, at_ms=0, action=action), "Rule", "规则", REGISTRY
+        )
+        assert zh and en and device.id in zh and device.id in en
