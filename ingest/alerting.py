@@ -25,6 +25,7 @@ from ingest.outbox import MqttOutbox
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
     Alert,
+    AlertAction,
     AlertEvent,
     AlertState,
     InvalidTransition,
@@ -54,6 +55,10 @@ class Alerting:
         store: AlertStore,
         outbox: MqttOutbox,
         deliverer: Deliverer,
+        *,
+        start_grace_s: float = 0.0,
+        snapshot_interval_s: float = 5.0,
+        renotify_s: float = 0.0,
     ) -> None:
         self._rules = rules
         self._registry = registry
@@ -65,6 +70,10 @@ class Alerting:
             Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
         )
         self._queue: asyncio.Queue[Transition] = asyncio.Queue(10_000)
+        self._deadlines_from_ms = _now_ms() + round(start_grace_s * 1000)
+        self._snapshot_every_ms = round(snapshot_interval_s * 1000)
+        self._renotify_ms = round(renotify_s * 1000)
+        self._told_ms: dict[str, int] = {}  # alert id → when people were last told of it
         self.changes = 0  # alert changes applied, for tests and the status line
 
     async def observe(
@@ -83,13 +92,13 @@ class Alerting:
         while True:
             transition = await self._queue.get()
             try:
-                change = await asyncio.to_thread(self._apply, transition)
+                change = await asyncio.to_thread(self._apply, transition, _now_ms())
                 if change is not None:
                     await self._announce(*change)
             finally:
                 self._queue.task_done()
 
-    def _apply(self, t: Transition) -> tuple[Alert, AlertEvent] | None:
+    def _apply(self, t: Transition, now_ms: int) -> tuple[Alert, AlertEvent] | None:
         rule = self._rules.get(t.rule_id)
         device = self._registry.devices.get(t.device_id)
         if rule is None or device is None:
@@ -101,8 +110,8 @@ class Alerting:
             severity=rule.severity,
             kind=device.kind,
             areas=area_ids(self._registry.device_path(device.id)),
+            now_ms=now_ms,
         )
-        self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
         if applied is None:
             return None
         alert, event, _created = applied
@@ -123,11 +132,29 @@ class Alerting:
             },
             ensure_ascii=False,
         ).encode()
-        for level, area in alert.audience:
-            await self._outbox.put(alert_topic(level, area), payload)
+        if self._worth_telling(alert, event):
+            for level, area in alert.audience:
+                await self._outbox.put(alert_topic(level, area), payload)
         outcome = await self._deliverer.deliver([self._line(alert, event)])
         for _, error in outcome.refused:
             log.error("InfluxDB refused an alert point: %s", error)
+
+    def _worth_telling(self, alert: Alert, event: AlertEvent) -> bool:
+        """Every change of state goes out; a repeat only ``renotify_s`` after the last word.
+
+        A river above its warning level repeats with every reading; a phone that buzzes every
+        minute gets muted. The store and InfluxDB still record every repeat.
+        """
+        now = _now_ms()
+        if event.action is AlertAction.REPEATED:
+            last = self._told_ms.get(alert.id)
+            if last is not None and now - last < self._renotify_ms:
+                return False
+        if alert.state is AlertState.RESOLVED:
+            self._told_ms.pop(alert.id, None)
+        else:
+            self._told_ms[alert.id] = now
+        return True
 
     @staticmethod
     def _line(alert: Alert, event: AlertEvent) -> str:
@@ -150,14 +177,31 @@ class Alerting:
         return f"{series_key('alert', tags)} {encode_fields(fields)} {event.at_ms}"
 
     async def run_clock(self) -> None:
-        """Engine deadlines and escalation, every second, until cancelled."""
+        """Engine deadlines, escalation and state saves, every second, until cancelled.
+
+        Deadlines wait for the start-up grace: after a restart the broker hands over what it
+        queued meanwhile, and a device is not silent just because its backlog is unread.
+        """
+        saved_ms = _now_ms()
         while True:
             await asyncio.sleep(TICK_S)
             now = _now_ms()
-            for transition in self.engine.tick(now):
-                await self._queue.put(transition)
+            if now >= self._deadlines_from_ms:
+                for transition in self.engine.tick(now):
+                    await self._queue.put(transition)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
                 await self._announce(alert, event)
+            if now - saved_ms >= self._snapshot_every_ms:
+                await self._save_async(now)
+                saved_ms = now
+
+    async def _save_async(self, now_ms: int) -> None:
+        # The snapshot is taken here on the event loop, where the engine lives (a worker
+        # thread would read it while messages change it); only the write goes to a thread.
+        # A snapshot that lags the alert store is harmless: the store keeps one unresolved
+        # alert per (rule, device), so a replayed open is a repeat and a replayed clear a no-op.
+        snapshot = self.engine.snapshot()
+        await asyncio.to_thread(self._store.save_state, SNAPSHOT_KEY, snapshot, now_ms)
 
     def _escalate_due(self, now_ms: int) -> list[tuple[Alert, AlertEvent]]:
         out = []
@@ -178,5 +222,5 @@ class Alerting:
             await asyncio.wait_for(self._queue.join(), timeout_s)
 
     def save(self) -> None:
-        """Persist the engine's state (also done after every alert change)."""
+        """Persist the engine's state now (at shutdown; the clock also saves it periodically)."""
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())

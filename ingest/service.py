@@ -90,7 +90,14 @@ async def serve(
     alert_store = AlertStore(sqlite_url(settings.data_dir))
     outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
     alerting = Alerting(
-        load_rules(settings.rules, registry), registry, alert_store, outbox, deliverer
+        load_rules(settings.rules, registry),
+        registry,
+        alert_store,
+        outbox,
+        deliverer,
+        start_grace_s=settings.alert_start_grace_s,
+        snapshot_interval_s=settings.alert_snapshot_interval_s,
+        renotify_s=settings.alert_renotify_s,
     )
     state.alerting = alerting
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)

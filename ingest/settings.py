@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     )
     deadletter_max_rows: int = Field(100_000, ge=1, description="oldest rows pruned beyond this")
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status log lines")
+    alert_start_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="after start, seconds before deadlines (silence) are judged, so the "
+        "broker's backlog from the downtime is read first",
+    )
+    alert_renotify_s: float = Field(
+        600.0,
+        ge=0,
+        description="an alert that keeps repeating is published again at most this often "
+        "(state changes always go out at once); 0: every repeat",
+    )
+    alert_snapshot_interval_s: float = Field(
+        5.0, gt=0, description="seconds between saves of the rule engine's state"
+    )
     log_level: str = "INFO"
 
     @property

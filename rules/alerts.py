@@ -83,6 +83,9 @@ class Alert(BaseModel):
     detail: str = ""
     repeat_count: int = 0  # times the condition fired again after opening
     flapping: bool = False  # it opened and cleared too often and is held open; stays marked
+    # Wall-clock time the service recorded it. Escalation counts from here, not from device
+    # time: an alert read from a backlog after an outage has not been waiting on anyone.
+    raised_ms: int | None = None
     escalation_level: Level = Level.GRID
     escalated_ms: int | None = None
     note: str | None = None
@@ -128,8 +131,9 @@ def open_alert(
     value: float | str | None,
     detail: str,
     flapping: bool = False,
+    raised_ms: int | None = None,
 ) -> tuple[Alert, AlertEvent]:
-    """A new open alert and its first history row."""
+    """A new open alert and its first history row (``raised_ms``: wall clock, default at_ms)."""
     alert = Alert(
         id=new_alert_id(),
         rule_id=rule_id,
@@ -142,6 +146,7 @@ def open_alert(
         value=value,
         detail=detail,
         flapping=flapping,
+        raised_ms=at_ms if raised_ms is None else raised_ms,
     )
     return alert, AlertEvent(
         alert_id=alert.id, at_ms=at_ms, action=AlertAction.OPENED, detail=detail
@@ -262,5 +267,5 @@ def due_for_escalation(alert: Alert, escalate_after_ms: int | None, now_ms: int)
     above = alert.escalation_level.parent_level
     if above is None or above not in alert.areas:
         return False
-    since = alert.escalated_ms if alert.escalated_ms is not None else alert.opened_ms
+    since = next(t for t in (alert.escalated_ms, alert.raised_ms, alert.opened_ms) if t is not None)
     return now_ms - since >= escalate_after_ms

@@ -217,6 +217,11 @@ class SilenceRule(_RuleBase):
     channels: list[Name] = Field(default_factory=list)  # telemetry fields watched one by one
     offline_status: bool = True  # a status ``online: false`` opens at once
     watch_unseen: bool = False  # also devices not heard from since the engine started
+    # An offline status with one of these reasons is a planned stop (maintenance, a clean
+    # shutdown): no alert, and no silence alarm until the device speaks again.
+    planned_stop_reasons: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list
+    )
 
 
 Rule = Annotated[

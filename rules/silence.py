@@ -13,6 +13,10 @@ One condition per (rule, device): a change of cause while it is open is an ``upd
 (offline beats silent beats channel_quiet); any newer message clears silent and offline
 (``back_online``), the quiet fields reporting again clears channel_quiet (``channel_resumed``).
 
+A planned stop (an offline status whose ``reason`` is in ``planned_stop_reasons``, e.g. a clean
+shutdown or maintenance) opens nothing, clears an open condition (``planned_stop``), and holds
+the silence deadline until the device speaks again: nobody is woken for a planned stop.
+
 Late and out-of-order messages: the newest times only move forward (each is a maximum), and a
 message no newer than the newest one seen changes no condition: a late message proves nothing
 about now, and an old retained status must not flip the device back.
@@ -54,6 +58,7 @@ class SilenceEvaluator(Evaluator[SilenceState]):
         self.spec = rule
         self.needs_deadline = True
         self.k = rule.k
+        self.planned = frozenset(rule.planned_stop_reasons)
         self.channels: dict[Kind, tuple[str, ...]] = {
             kind: tuple(c for c in rule.channels if c in numeric_fields(kind, Channel.TELEMETRY))
             for kind in rule.kinds
@@ -86,12 +91,16 @@ class SilenceEvaluator(Evaluator[SilenceState]):
             # is the later statement.
             newer = newer or ts == st.last_seen
             if newer:
-                if not message.online and self.spec.offline_status:
-                    st.offline_ts = ts
-                elif message.online:
+                planned = not message.online and message.reason in self.planned
+                st.stopped = planned
+                if planned or message.online:
                     st.offline_ts = None
-        elif newer and st.offline_ts is not None and ts > st.offline_ts:
-            st.offline_ts = None
+                elif self.spec.offline_status:
+                    st.offline_ts = ts
+        elif newer:
+            st.stopped = False  # it speaks again after a planned stop
+            if st.offline_ts is not None and ts > st.offline_ts:
+                st.offline_ts = None
         st.last_seen = ts if st.last_seen is None else max(ts, st.last_seen)
         st.heard = True
         if not newer:
@@ -120,7 +129,10 @@ class SilenceEvaluator(Evaluator[SilenceState]):
             st.cause, st.quiet = None, []
             if not life.active:
                 return []
-            if was == _QUIET:
+            if st.stopped:
+                said = f" ({status_reason})" if status_reason else ""
+                detail, why = f"device announced a planned stop{said}", Reason.PLANNED_STOP
+            elif was == _QUIET:
                 detail, why = "the quiet channels report again", Reason.CHANNEL_RESUMED
             else:
                 detail, why = "device back online", Reason.BACK_ONLINE
@@ -143,7 +155,7 @@ class SilenceEvaluator(Evaluator[SilenceState]):
         return [self.activate(life, device.id, ts, ", ".join(quiet), detail, Reason.CHANNEL_QUIET)]
 
     def form_deadline(self, st: SilenceState, device: AnyDevice) -> int | None:
-        if st.last_seen is None or _RANK[st.cause] >= _RANK[_SILENT]:
+        if st.last_seen is None or st.stopped or _RANK[st.cause] >= _RANK[_SILENT]:
             return None
         return st.last_seen + self.limit_ms(device)
 

@@ -95,6 +95,7 @@ class SilenceState:
     channels: dict[str, int] = field(default_factory=dict)  # field → newest ts reporting it
     cause: str | None = None  # Reason value while active: silent, offline or channel_quiet
     quiet: list[str] = field(default_factory=list)  # quiet channels, while channel_quiet
+    stopped: bool = False  # the newest status announced a planned stop
 
 
 @dataclass(slots=True)

@@ -221,8 +221,12 @@ class AlertStore:
         value: float | str | None,
         detail: str,
         flapping: bool = False,
+        now_ms: int | None = None,
     ) -> tuple[Alert, AlertEvent, bool]:
         """The condition of (rule, device) holds: open an alert, or update the one not resolved.
+
+        ``ts_ms`` is device time; ``now_ms`` the wall clock (default: now) a new alert's
+        escalation counts from.
 
         Returns the alert, its new history row and whether it was created. With ``flapping``
         (a transition whose reason is ``flapping``: a clear held back) an existing alert is
@@ -243,6 +247,7 @@ class AlertStore:
                             value=value,
                             detail=detail,
                             flapping=flapping,
+                            raised_ms=_now_ms() if now_ms is None else now_ms,
                         )
                         self._insert(conn, alert, change)
                         return alert, change, True
@@ -278,6 +283,7 @@ class AlertStore:
         severity: Severity,
         kind: Kind,
         areas: dict[Level, str],
+        now_ms: int | None = None,
     ) -> tuple[Alert, AlertEvent, bool] | None:
         """One engine transition: ``open``/``update`` → ``open_or_repeat``, ``clear`` →
         ``resolve_auto``. None when a clear finds nothing open; ``created`` is False on a clear.
@@ -296,6 +302,7 @@ class AlertStore:
             value=t.value,
             detail=t.detail,
             flapping=t.reason is Reason.FLAPPING,
+            now_ms=now_ms,
         )
 
     def acknowledge(
@@ -393,6 +400,7 @@ class AlertStore:
         severity: Severity | Collection[Severity] | None = None,
         area_id: str | None = None,
         rule_id: str | None = None,
+        device_id: str | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
         limit: int = 100,
@@ -416,6 +424,8 @@ class AlertStore:
             conditions.append(or_(*(alerts.c[c] == area_id for c in _AREA_COLUMNS)))
         if rule_id is not None:
             conditions.append(alerts.c.rule_id == rule_id)
+        if device_id is not None:
+            conditions.append(alerts.c.device_id == device_id)
         if since_ms is not None:
             conditions.append(alerts.c.opened_ms >= since_ms)
         if until_ms is not None:

@@ -28,6 +28,7 @@ class Reason(StrEnum):
     BELOW_COUNT = "below_count"  # fewer than count events left in the sliding window
     BACK_ONLINE = "back_online"  # the device speaks again
     CHANNEL_RESUMED = "channel_resumed"  # the quiet sensor fields report again
+    PLANNED_STOP = "planned_stop"  # the device announced a planned stop (silence rule)
     SETTLED = "flap_settled"  # a flapping condition stayed clear long enough to close
 
 

@@ -107,3 +107,22 @@ def test_due_for_escalation_boundaries() -> None:
     assert due_for_escalation(up, ten_min, T0 + 2 * ten_min)
     acked, _ = acknowledge(alert, "a", T0 + 1)
     assert not due_for_escalation(acked, ten_min, T0 + 100 * ten_min)
+
+
+def test_escalation_counts_from_when_it_was_raised_not_from_device_time() -> None:
+    # Read from the broker's backlog an hour after the device saw it: nobody has been waiting.
+    hour, ten_min = 3_600_000, 600_000
+    alert, _ = open_alert(
+        rule_id="gate_forced_open",
+        severity=Severity.MAJOR,
+        device_id="g1",
+        kind=Kind.GATE,
+        areas=AREAS,
+        at_ms=T0,
+        value="forced_open",
+        detail="",
+        raised_ms=T0 + hour,
+    )
+    assert alert.opened_ms == T0 and alert.raised_ms == T0 + hour
+    assert not due_for_escalation(alert, ten_min, T0 + hour + ten_min - 1)
+    assert due_for_escalation(alert, ten_min, T0 + hour + ten_min)

@@ -340,6 +340,13 @@ def test_apply_maps_engine_transitions(store: AlertStore) -> None:
     # An "update" with nothing open (a person resolved it meanwhile) opens a new alert.
     reopened, _, created = apply("update", T0 + 5, Reason.THRESHOLD)
     assert created and reopened.id != opened.id
+    # Escalation counts from the wall clock the store was given, device time stays as it was.
+    t = Transition("gate_forced_open", "r1", "open", T0, "forced_open", "", Reason.EVENT)
+    late, _, _ = store.apply(
+        t, severity=Severity.MAJOR, kind=Kind.RIVER, areas=areas, now_ms=T0 + 3_600_000
+    )
+    assert late.opened_ms == T0 and late.raised_ms == T0 + 3_600_000
+    assert store.get(late.id) == late
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -372,6 +379,7 @@ def test_list_filters(store: AlertStore) -> None:
     assert ids(area_id="c") == [d.id, c.id, b.id, a.id]  # city
     assert ids(area_id="nowhere") == []
     assert ids(rule_id="quality") == [d.id, c.id]
+    assert ids(device_id="r1") == [d.id, a.id] and ids(device_id="nobody") == []
     assert ids(since_ms=T0 + MIN) == [d.id, c.id, b.id]  # since: inclusive
     assert ids(until_ms=T0 + 2 * MIN) == [b.id, a.id]  # until: exclusive
     assert ids(since_ms=T0 + MIN, until_ms=T0 + 3 * MIN) == [c.id, b.id]

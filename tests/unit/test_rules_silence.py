@@ -122,3 +122,44 @@ def test_a_delayed_message_clears_silence_without_going_back_in_time() -> None:
     # A message from T0 + 60 s was held up in transit: the device did speak after all.
     [back] = feed("g1", gate_telemetry(T0 + MINUTE))
     assert back.action == "clear" and back.ts_ms == silent.ts_ms
+
+
+PLANNED = SILENCE + "  planned_stop_reasons: [stopped, maintenance]\n"
+
+
+def test_a_planned_stop_raises_nothing_until_the_device_speaks_again() -> None:
+    feed = Feeder(ruleset(PLANNED))
+    feed("g1", gate_telemetry(T0))
+    assert feed("g1", status(T0 + SECOND, online=False, reason="stopped")) == []
+    assert feed.tick(T0 + 24 * 60 * MINUTE) == []  # a day later: still no silence alarm
+    # It speaks again: watched as usual from then on.
+    assert feed("g1", gate_telemetry(T0 + 25 * 60 * MINUTE)) == []
+    assert actions(feed.tick(T0 + 25 * 60 * MINUTE + 5 * MINUTE)) == [("open", "silent")]
+
+
+def test_a_planned_stop_clears_an_open_condition_and_other_reasons_still_alarm() -> None:
+    feed = Feeder(ruleset(PLANNED))
+    feed("g1", gate_telemetry(T0))
+    assert actions(feed("g1", status(T0 + SECOND, online=False, reason="cable cut"))) == [
+        ("open", "offline")
+    ]
+    [cleared] = feed("g1", status(T0 + 2 * SECOND, online=False, reason="maintenance"))
+    assert (cleared.action, cleared.reason.value, cleared.detail) == (
+        "clear",
+        "planned_stop",
+        "device announced a planned stop (maintenance)",
+    )
+    # Without the setting the same status is an ordinary offline.
+    plain = Feeder(ruleset(SILENCE))
+    plain("g1", gate_telemetry(T0))
+    assert actions(plain("g1", status(T0 + SECOND, online=False, reason="stopped"))) == [
+        ("open", "offline")
+    ]
+
+
+def test_a_planned_stop_survives_a_restart() -> None:
+    feed = Feeder(ruleset(PLANNED))
+    feed("g1", gate_telemetry(T0))
+    feed("g1", status(T0 + SECOND, online=False, reason="stopped"))
+    again = feed.restarted()
+    assert again.tick(T0 + 60 * MINUTE) == []

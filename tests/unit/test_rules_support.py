@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -106,6 +107,13 @@ class Feeder:
 
     def tick(self, now: int) -> list[Transition]:
         return self.engine.tick(now)
+
+    def restarted(self) -> Feeder:
+        """A new engine restored from this one's snapshot (through JSON), as after a restart."""
+        again = Feeder(self.engine.rules, self.registry)
+        snapshot = json.loads(json.dumps(self.engine.snapshot()))
+        again.engine = Engine.restore(self.engine.rules, self.registry, snapshot)
+        return again
 
 
 def actions(transitions: list[Transition]) -> list[tuple[str, str]]:
