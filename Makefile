@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench deps system-deps venv clean stack-up stack-down
+.PHONY: run test lint format bench bench-stages deps system-deps venv clean stack-up stack-down
 
 deps: system-deps venv
 
@@ -47,3 +47,7 @@ stack-down: venv
 clean:
 	-$(BIN)/citysense stack down
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+
+# Per-message cost of decode, rules and line protocol, on a dry run of the example city.
+bench-stages: venv
+	$(BIN)/python benchmarks/stage_costs.py
