@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from devices.kinds import Kind, Level
 from devices.registry import Registry, RegistryError, load_registry
 from ingest.settings import Settings
+from ingest.tokens import Role, TokensFileError, TokenStore, tokens_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("citysense")
@@ -313,6 +314,81 @@ def _announce_by_cli(settings: Settings, alert: Any, event: Any) -> None:
         print(f"citysense alerts: stored, but not announced (broker: {e})", file=sys.stderr)
 
 
+# --- API tokens ------------------------------------------------------------------------------
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Add, list or revoke the HTTP API's bearer tokens."""
+    settings = _settings()
+    path = tokens_path(settings)
+    try:
+        store = TokenStore.load(path)
+        if args.action == "add":
+            return _add_token(args, settings, store)
+        if args.action == "revoke":
+            if not store.revoke(args.id):
+                print(f"citysense tokens: no token {args.id} in {path}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.id}")
+            return 0
+    except TokensFileError as e:
+        print(f"citysense tokens: {e}", file=sys.stderr)
+        return 1
+    principals = store.list()
+    if args.json:
+        _print_json(
+            [
+                {"id": p.token_id, "name": p.name, "role": p.role.value, "areas": sorted(p.areas)}
+                for p in principals
+            ]
+        )
+    else:
+        rows = [
+            (p.token_id, p.name, p.role.value, ",".join(sorted(p.areas)) or "(all)")
+            for p in principals
+        ]
+        _print_table(rows, ("id", "name", "role", "areas"))
+        if not principals:
+            print(f"no tokens in {path}", file=sys.stderr)
+    return 0
+
+
+def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) -> int:
+    role = Role(args.role)
+    areas: list[str] = list(dict.fromkeys(args.area or []))
+    if role is Role.GRID_WORKER and not areas:
+        print("citysense tokens add: a grid_worker needs --area (one or more)", file=sys.stderr)
+        return 2
+    if role is Role.OPERATOR and areas:
+        print("citysense tokens add: an operator sees everything; drop --area", file=sys.stderr)
+        return 2
+    if areas:
+        registry_file = args.registry or settings.registry
+        registry = _registry(registry_file)
+        unknown = [a for a in areas if a not in registry.areas]
+        if unknown:
+            print(
+                f"citysense tokens add: no area {', '.join(unknown)} in {registry_file}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        token, principal = store.add(args.name, role, areas)
+    except ValueError as e:
+        print(f"citysense tokens add: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    scope = ", ".join(sorted(principal.areas)) or "all areas"
+    print(
+        f"created {principal.token_id} for {principal.name} ({role.value}: {scope}) in "
+        f"{store.path}; the token above is shown only now, the file keeps its hash\n"
+        f'use it: curl -H "Authorization: Bearer <token>" '
+        f"http://{settings.api_host}:{settings.api_port}/alerts",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # --- simulate and run ------------------------------------------------------------------------
 
 
@@ -438,6 +514,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
     q.set_defaults(func=cmd_rules_check)
+
+    p = sub.add_parser("tokens", help="bearer tokens of the HTTP API")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("add", help="create a token and print it (only this once)")
+    q.add_argument("--name", required=True, help="whose token (person or system)")
+    q.add_argument("--role", required=True, choices=[r.value for r in Role])
+    q.add_argument(
+        "--area",
+        action="extend",
+        nargs="+",
+        metavar="ID",
+        help="area id(s) a grid_worker sees, at any level (repeatable)",
+    )
+    q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    q.set_defaults(func=cmd_tokens)
+    q = dsub.add_parser("list", help="list tokens (never their secrets or hashes)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tokens)
+    q = dsub.add_parser("revoke", help="revoke a token by its id")
+    q.add_argument("id")
+    q.set_defaults(func=cmd_tokens)
     return parser
 
 

@@ -56,7 +56,13 @@ class Settings(BaseSettings):
 
     # HTTP API
     api_host: str = "127.0.0.1"
-    api_port: int = Field(8080, ge=1, le=65535)
+    api_port: int = Field(8080, ge=0, le=65535, description="0: any free port (tests)")
+    api_enabled: bool = Field(True, description="serve the HTTP API beside the consumer")
+    api_tokens_file: Path | None = Field(
+        None,
+        description="YAML file of API bearer tokens (hashes only, mode 0600), written by "
+        "`citysense tokens`; default: <data_dir>/tokens.yaml",
+    )
 
     # Pipeline
     batch_size: int = Field(5000, ge=1, description="flush a batch at this many points")
