@@ -115,6 +115,12 @@ class SimulatedDevice:
         )
         return Outgoing(self.kind, self.id, Channel.STATUS, payload)
 
+    def goodbye(self, now_ms: int, offset_s: float) -> Outgoing | None:
+        """The clean stop's offline status; None from a silent (hung) device, which says nothing."""
+        if Condition.SILENT in self.conditions_at(offset_s):
+            return None
+        return self.status(now_ms, online=False)
+
     def will(self) -> Outgoing:
         """The last will: composed at connect time, so it has no ``ts`` and takes no ``seq``."""
         return Outgoing(

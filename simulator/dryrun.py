@@ -28,7 +28,8 @@ def dry_run(
     """Yield ``(seconds into the run, message)`` in time order for a run starting at ``start_ms``.
 
     Like the publisher, every device says it is online at the start and offline at the end,
-    except a device that dropped its connection (its last will is the broker's to send).
+    except a device that dropped its connection (its last will is the broker's to send) or
+    went silent (hung: it says nothing, even at the end).
     """
     if not config.duration:
         raise ValueError("a dry run needs a duration")
@@ -48,5 +49,6 @@ def dry_run(
             yield t, message
     end_ms = start_ms + round(config.duration * 1000)
     for i, device in enumerate(plan.devices):
-        if i not in dropped:
-            yield config.duration, device.sim.status(end_ms, online=False)
+        goodbye = None if i in dropped else device.sim.goodbye(end_ms, config.duration)
+        if goodbye is not None:
+            yield config.duration, goodbye

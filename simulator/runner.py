@@ -159,6 +159,10 @@ class _Run:
             await asyncio.sleep(delay)
         return max(0.0, self._loop.time() - self._start - offset)
 
+    def _elapsed(self) -> float:
+        """Seconds into the run (0 before it started)."""
+        return 0.0 if self._start is None else self._loop.time() - self._start
+
     def _past_end(self) -> bool:
         until = self.config.until_s
         return (
@@ -190,9 +194,10 @@ class _Run:
         await link.publish(message, self.report.record)
 
     async def _goodbye(self, link: DeviceLink, sim: SimulatedDevice) -> None:
-        """Retained offline status, then DISCONNECT; also runs when the run is cancelled."""
-        if link.is_open:
+        """Retained offline status (unless hung), then DISCONNECT; also runs when cancelled."""
+        goodbye = sim.goodbye(_wall_ms(), self._elapsed())
+        if link.is_open and goodbye is not None:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                    await self._send(link, sim.status(_wall_ms(), online=False))
+                    await self._send(link, goodbye)
         await link.close()
