@@ -19,6 +19,7 @@ from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import alert_topic
+from ingest.alertfeed import AlertFeed, Change
 from ingest.delivery import Deliverer
 from ingest.lineprotocol import encode_fields, series_key
 from ingest.outbox import MqttOutbox
@@ -59,8 +60,10 @@ class Alerting:
         start_grace_s: float = 0.0,
         snapshot_interval_s: float = 5.0,
         renotify_s: float = 0.0,
+        feed: AlertFeed | None = None,
     ) -> None:
         self._rules = rules
+        self.rules = rules
         self._registry = registry
         self._store = store
         self._outbox = outbox
@@ -74,6 +77,9 @@ class Alerting:
         self._snapshot_every_ms = round(snapshot_interval_s * 1000)
         self._renotify_ms = round(renotify_s * 1000)
         self._told_ms: dict[str, int] = {}  # alert id → when people were last told of it
+        self.feed = feed or AlertFeed()
+        self.evaluated = 0  # messages the engine has judged, and the time it took (metrics)
+        self.eval_seconds = 0.0
         self.changes = 0  # alert changes applied, for tests and the status line
 
     async def observe(
@@ -84,7 +90,11 @@ class Alerting:
         ts_ms: int,
     ) -> None:
         """Evaluate one valid message; queue what the engine says."""
-        for transition in self.engine.observe(device, channel, message, ts_ms):
+        started = time.perf_counter()
+        transitions = self.engine.observe(device, channel, message, ts_ms)
+        self.eval_seconds += time.perf_counter() - started
+        self.evaluated += 1
+        for transition in transitions:
             await self._queue.put(transition)
 
     async def run(self) -> None:
@@ -94,7 +104,7 @@ class Alerting:
             try:
                 change = await asyncio.to_thread(self._apply, transition, _now_ms())
                 if change is not None:
-                    await self._announce(*change)
+                    await self.announce(*change)
             finally:
                 self._queue.task_done()
 
@@ -117,12 +127,14 @@ class Alerting:
         alert, event, _created = applied
         return alert, event
 
-    async def _announce(self, alert: Alert, event: AlertEvent) -> None:
+    async def announce(self, alert: Alert, event: AlertEvent) -> None:
+        """Tell people of a change: MQTT (grid and escalation levels), live listeners, InfluxDB."""
         self.changes += 1
         rule = self._rules.get(alert.rule_id)
         name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
         zh, en = describe(alert, event, name, name_zh, self._registry)
         log.info("%s %s | %s", alert.id, en, zh)
+        self.feed.publish(Change(alert, event, zh, en))
         payload = json.dumps(
             {
                 "alert": alert.model_dump(mode="json"),
@@ -190,7 +202,7 @@ class Alerting:
                 for transition in self.engine.tick(now):
                     await self._queue.put(transition)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
-                await self._announce(alert, event)
+                await self.announce(alert, event)
             if now - saved_ms >= self._snapshot_every_ms:
                 await self._save_async(now)
                 saved_ms = now

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,9 @@ class DeadLetterStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._max_rows = max_rows
-        # One connection, used by one task at a time (the flush task, via a worker thread).
+        # One connection, shared by the flush task's worker thread and the API's readers: the
+        # lock keeps them from using it at the same time (sqlite3 connections are not).
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (CLI, API) never block writes
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -84,7 +87,7 @@ class DeadLetterStore:
         ]
         if not values:
             return 0
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO dead_letter"
@@ -108,7 +111,8 @@ class DeadLetterStore:
             query += " WHERE reason = ?"
             params = (reason,)
         query += " ORDER BY id DESC LIMIT ?"
-        rows = self._db.execute(query, (*params, limit)).fetchall()
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
         return [
             DeadLetter(
                 id=r[0],
@@ -124,12 +128,16 @@ class DeadLetterStore:
 
     def counts(self) -> dict[str, int]:
         """Rows per reason."""
-        rows = self._db.execute("SELECT reason, COUNT(*) FROM dead_letter GROUP BY reason")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reason, COUNT(*) FROM dead_letter GROUP BY reason"
+            ).fetchall()
         return {reason: n for reason, n in rows}
 
     def close(self) -> None:
         """Close the database."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 class DeadLetterBuffer:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tenacity import (
@@ -106,12 +106,22 @@ class Deliverer:
 
 
 async def drain(
-    batcher: Batcher, deliverer: Deliverer, dead_letters: DeadLetterBuffer, ledger: Ledger
+    batcher: Batcher,
+    deliverer: Deliverer,
+    dead_letters: DeadLetterBuffer,
+    ledger: Ledger,
+    observe: Callable[[int, float], None] | None = None,
 ) -> None:
-    """Write sealed batches until the batcher is closed and empty."""
+    """Write sealed batches until the batcher is closed and empty.
+
+    ``observe(points, seconds)`` is told of each batch written (for metrics).
+    """
     while (batch := await batcher.next_batch()) is not None:
         try:
+            started = time.perf_counter()
             outcome = await deliverer.deliver(batch.lines)
+            if observe is not None:
+                observe(len(batch.lines), time.perf_counter() - started)
             if outcome.refused:
                 await _dead_letter_refused(outcome.refused, batch, dead_letters, ledger)
             else:

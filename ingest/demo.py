@@ -16,8 +16,10 @@ from pathlib import Path
 
 from ingest import stack
 from ingest.settings import Settings
+from ingest.tokens import Role, TokenStore, tokens_path
 
 log = logging.getLogger("citysense.run")
+DEMO_TOKEN_NAME = "make-run operator"
 
 
 def _child(*args: str) -> subprocess.Popen[bytes]:
@@ -36,6 +38,17 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         proc.wait()
 
 
+def _demo_token(settings: Settings) -> str:
+    """A fresh operator token for this run (the last run's is revoked: only hashes are kept,
+    so an old token cannot be shown again)."""
+    tokens = TokenStore.load(tokens_path(settings))
+    for principal in tokens.list():
+        if principal.name == DEMO_TOKEN_NAME:
+            tokens.revoke(principal.token_id)
+    token, _ = tokens.add(DEMO_TOKEN_NAME, Role.OPERATOR)
+    return token
+
+
 def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> int:
     """Bring everything up, print where to look, and wait for Ctrl-C."""
     recorded = stack.status(settings)
@@ -47,6 +60,7 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
         return 1
     for p in procs:
         log.info("%s is at %s (log %s)", p.name, p.address, p.log_path)
+    token = _demo_token(settings)
     service = _child("serve")
     time.sleep(1.0)  # let the service subscribe before the first retained statuses arrive
     simulator = _child(
@@ -54,12 +68,17 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
     )
     from ingest.cli import operator_query_hint
 
+    api = f"http://{settings.api_host}:{settings.api_port}"
+
     print(
         "\ncitysense is running: the service logs a status line every "
         f"{settings.status_interval_s:.0f} s.\n"
         f"  see the data:   {operator_query_hint(settings)}\n"
         f"  dead letters:   .venv/bin/citysense deadletters list\n"
         f"  devices:        .venv/bin/citysense devices list\n"
+        f"  HTTP API:       {api} (try {api}/docs)\n"
+        f"  operator token: {token}\n"
+        f'  e.g.:           curl -H "Authorization: Bearer {token}" {api}/alerts\n'
         "Press Ctrl-C to stop.\n",
         flush=True,
     )

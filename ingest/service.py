@@ -13,8 +13,12 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from devices.registry import Registry
 from ingest.alerting import Alerting
+from ingest.api import ApiContext, create_app
+from ingest.api.server import ApiServer
 from ingest.batcher import Batcher
 from ingest.consumer import MqttConsumer
 from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
@@ -22,28 +26,32 @@ from ingest.decode import Decoder
 from ingest.delivery import Deliverer, drain
 from ingest.ledger import Ledger
 from ingest.lineprotocol import LineEncoder
+from ingest.metrics import Metrics, Sources
 from ingest.outbox import MqttOutbox
 from ingest.pipeline import Pipeline
 from ingest.plates import PlateHasher
 from ingest.settings import Settings
 from ingest.status import report_status, status_line
-from ingest.writer import LineSink, open_sink
+from ingest.tokens import TokenStore, tokens_path
+from ingest.writer import LineSink, open_sink, ping_influx
 from rules import load_rules
 from rules.store import AlertStore, sqlite_url
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 15.0
+API_STOP_TIMEOUT_S = 5.0  # open requests finish, live streams are cut (ingest/api/server.py)
 ALERT_SETTLE_S = 5.0  # at shutdown, how long queued alert changes may take to go out
 
 
 @dataclass
 class ServiceState:
-    """What a running service exposes to its caller (tests, later the HTTP API)."""
+    """What a running service exposes to its caller (tests, the demo)."""
 
     ledger: Ledger = field(default_factory=Ledger)
     consumer: MqttConsumer | None = None
     alerting: Alerting | None = None
+    api_url: str | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -65,6 +73,47 @@ async def _open_sink_retrying(settings: Settings, stop: asyncio.Event) -> LineSi
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
     return None
+
+
+def _api_server(
+    settings: Settings,
+    registry: Registry,
+    alerting: Alerting,
+    alert_store: AlertStore,
+    dead_letters: DeadLetterStore,
+    http: aiohttp.ClientSession,
+    consumer: MqttConsumer,
+    metrics: Metrics,
+) -> ApiServer | None:
+    """The HTTP API over this service's parts (None when disabled)."""
+    if not settings.api_enabled:
+        return None
+
+    async def broker() -> str | None:
+        return None if consumer.connected else "not connected to the broker"
+
+    async def influx() -> str | None:
+        return await ping_influx(http, settings.influx_url)
+
+    async def store() -> str | None:
+        await asyncio.to_thread(alert_store.count_by_state)
+        return None
+
+    ctx = ApiContext(
+        settings=settings,
+        registry=registry,
+        rules=alerting.rules,
+        rules_path=settings.rules,
+        alert_store=alert_store,
+        dead_letters=dead_letters,
+        tokens=TokenStore.load(tokens_path(settings)),
+        http=http,
+        feed=alerting.feed,
+        announce=alerting.announce,
+        probes={"broker": broker, "influxdb": influx, "alert_store": store},
+        metrics=metrics,
+    )
+    return ApiServer(create_app(ctx), settings.api_host, settings.api_port)
 
 
 async def serve(
@@ -103,11 +152,29 @@ async def serve(
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
     consumer = MqttConsumer(settings, pipeline.handle)
     state.consumer = consumer
+    metrics = Metrics(
+        Sources(
+            ledger=ledger,
+            in_flight=lambda: pipeline.in_flight,
+            pending_batches=lambda: batcher.pending_batches,
+            evaluated=lambda: alerting.evaluated,
+            eval_seconds=lambda: alerting.eval_seconds,
+            alerts_by_state=alert_store.count_by_state,
+            connected=lambda: consumer.connected,
+        )
+    )
+    http = aiohttp.ClientSession()
     try:
+        api = _api_server(settings, registry, alerting, alert_store, store, http, consumer, metrics)
+        state.api_url = api.url if api else None
+        if api is not None:
+            log.info("HTTP API at %s (OpenAPI at %s/docs)", api.url, api.url)
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(
-                drain(batcher, deliverer, dead_letters, ledger), name="influx-writer"
+                drain(batcher, deliverer, dead_letters, ledger, metrics.observe_batch),
+                name="influx-writer",
             )
+            serving = tg.create_task(api.run(), name="http-api") if api else None
             publishing = tg.create_task(outbox.run(), name="alert-publisher")
             applying = tg.create_task(alerting.run(), name="alert-apply")
             clock = tg.create_task(alerting.run_clock(), name="alert-clock")
@@ -120,7 +187,11 @@ async def serve(
             reading = tg.create_task(consumer.run(), name="mqtt-consumer")
             state.started.set()
             await stop.wait()
-            log.info("stopping: no more messages are read")
+            log.info("stopping: no more messages are read, no more requests served")
+            if api is not None and serving is not None:
+                api.stop()
+                await asyncio.wait([serving], timeout=API_STOP_TIMEOUT_S)
+                serving.cancel()
             reading.cancel()
             await asyncio.wait([reading])
             batcher.close()
@@ -142,6 +213,7 @@ async def serve(
             publishing.cancel()
             reporter.cancel()
     finally:
+        await http.close()
         with contextlib.suppress(Exception):
             await sink.close()
         store.close()

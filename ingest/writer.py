@@ -164,6 +164,19 @@ async def detect_dialect(url: str) -> InfluxDialect:
     return dialect
 
 
+async def ping_influx(session: aiohttp.ClientSession, url: str) -> str | None:
+    """None when InfluxDB answers ``/ping``; otherwise why not (for readiness)."""
+    try:
+        async with session.get(
+            url.rstrip("/") + "/ping", timeout=aiohttp.ClientTimeout(total=2)
+        ) as resp:
+            if resp.status < 300:
+                return None
+            return f"/ping answered HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return f"InfluxDB at {url} not reachable: {type(e).__name__} {e}".strip()
+
+
 async def open_sink(settings: Settings) -> LineSink:
     """The sink for the configured (or detected) dialect."""
     dialect = settings.influx_dialect

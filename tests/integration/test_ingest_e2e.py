@@ -83,6 +83,7 @@ def make_settings(tmp_path: Path, mqtt_port: int, **overrides: Any) -> Settings:
         "data_dir": tmp_path,
         "batch_interval_s": 0.1,
         "status_interval_s": 1,
+        "api_port": 0,  # any free port; the service reports it in state.api_url
     }
     return Settings(**(values | overrides))
 

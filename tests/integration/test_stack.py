@@ -228,6 +228,11 @@ def test_up_reuses_two_stacks_run_side_by_side_down_stops_only_its_own(tmp_path:
             assert ["stacktest"] in databases[0]["values"]
 
         assert sorted(stack.down(first)) == ["influxdb", "mosquitto"]
+        # down() judged them gone from /proc (their command line is empty once they exit);
+        # our Popen handles see the exit a moment later, when the kernel has finished it.
+        deadline = time.monotonic() + 2
+        while any(p.alive() for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not any(p.alive() for p in procs)
         assert not (first.data_dir / "stack.json").exists()
         assert not port_in_use(first.mqtt_port) and not port_in_use(first.influx_port)

@@ -1,0 +1,6 @@
+"""The HTTP API (SPEC §6): FastAPI routes over the running service's parts."""
+
+from ingest.api.app import create_app
+from ingest.api.context import ApiContext
+
+__all__ = ["ApiContext", "create_app"]

@@ -1,0 +1,223 @@
+"""Alerts: list and filter, one with its history, acknowledge, resolve, and a live stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingest.alertfeed import Change
+from ingest.api.auth import Caller
+from ingest.api.context import ApiContext, context
+from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
+from ingest.tokens import Principal, Role
+from rules.alerts import Alert, AlertEvent, AlertState, InvalidTransition, Severity
+from rules.store import AlertNotFound
+
+router = APIRouter(prefix="/alerts", tags=["alerts"])
+KEEPALIVE_S = 15.0  # a comment line so proxies and phones keep an idle stream open
+AREA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class AlertDetail(BaseModel):
+    """One alert and everything that happened to it, oldest first."""
+
+    alert: Alert
+    history: list[AlertEvent]
+
+
+class ActionBody(BaseModel):
+    """An acknowledgement or resolution; the actor is the token's name."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "on my way"}]}
+    )
+
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+class Changed(BaseModel):
+    """The alert after the change, and the history row recorded."""
+
+    alert: Alert
+    event: AlertEvent
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+def _visible(principal: Principal, alert: Alert) -> bool:
+    return principal.sees(alert.areas.values())
+
+
+@dataclass(frozen=True)
+class _Filter:
+    states: list[AlertState] | None
+    severities: list[Severity] | None
+    area: str | None
+    rule: str | None
+    since_ms: int | None
+    until_ms: int | None
+    limit: int
+
+    def query(self, ctx: ApiContext, area_id: str | None) -> list[Alert]:
+        return ctx.alert_store.list(
+            state=self.states,
+            severity=self.severities,
+            area_id=area_id,
+            rule_id=self.rule,
+            since_ms=self.since_ms,
+            until_ms=self.until_ms,
+            limit=self.limit,
+        )
+
+
+def _list(ctx: ApiContext, principal: Principal, f: _Filter) -> list[Alert]:
+    if principal.role is Role.OPERATOR:
+        return f.query(ctx, f.area)
+    # A grid worker: what lies in its own areas (and in ``area``, if asked), newest first.
+    found: dict[str, Alert] = {}
+    for own in sorted(principal.areas):
+        for alert in f.query(ctx, own):
+            if f.area is None or f.area in alert.areas.values():
+                found[alert.id] = alert
+    ordered = sorted(found.values(), key=lambda a: (a.opened_ms, a.id), reverse=True)
+    return ordered[: f.limit]
+
+
+@router.get("", summary="list alerts, newest first", responses=ERRORS)
+async def list_alerts(
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    state: Annotated[list[AlertState] | None, Query(description="one or more states")] = None,
+    severity: Annotated[list[Severity] | None, Query(description="one or more severities")] = None,
+    area: Annotated[
+        str | None, Query(pattern=AREA_ID, description="an area id at any level")
+    ] = None,
+    rule: Annotated[str | None, Query(pattern=AREA_ID, description="a rule id")] = None,
+    since: Annotated[datetime | None, Query(description="opened at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="opened before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Alert]:
+    """Alerts the caller may see, filtered; a grid worker sees its own areas only."""
+    wanted = _Filter(state, severity, area, rule, _ms(since), _ms(until), limit)
+    return await asyncio.to_thread(_list, ctx, principal, wanted)
+
+
+async def _stream(ctx: ApiContext, principal: Principal, request: Request) -> AsyncIterator[bytes]:
+    async with ctx.feed.listen(lambda alert: _visible(principal, alert)) as listener:
+        yield b": citysense alert stream\n\n"
+        while not await request.is_disconnected():
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    change = await listener.next()
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            yield _sse(change, listener.missed)
+
+
+def _sse(change: Change, missed: int) -> bytes:
+    data = {
+        "alert": change.alert.model_dump(mode="json"),
+        "event": change.event.model_dump(mode="json"),
+        "message_zh": change.message_zh,
+        "message_en": change.message_en,
+        "missed": missed,  # changes dropped because this client fell behind
+    }
+    text = json.dumps(data, ensure_ascii=False)
+    return f"id: {change.alert.id}:{change.event.at_ms}\nevent: alert\ndata: {text}\n\n".encode()
+
+
+@router.get(
+    "/stream",
+    summary="live alert changes (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+)
+async def stream(
+    principal: Caller, ctx: Annotated[ApiContext, Depends(context)], request: Request
+) -> StreamingResponse:
+    """Each new alert and each change as an ``alert`` event, only those the caller may see."""
+    return StreamingResponse(
+        _stream(ctx, principal, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _visible_alert(ctx: ApiContext, principal: Principal, alert_id: str) -> Alert:
+    alert = await asyncio.to_thread(ctx.alert_store.get, alert_id)
+    if alert is None or not _visible(principal, alert):
+        raise not_found("alert", alert_id)
+    return alert
+
+
+@router.get(
+    "/{alert_id}",
+    summary="one alert with its history",
+    responses={404: {"model": ErrorBody}, **ERRORS},
+)
+async def get_alert(
+    alert_id: str, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+) -> AlertDetail:
+    """The alert and its history rows, oldest first."""
+    alert = await _visible_alert(ctx, principal, alert_id)
+    history = await asyncio.to_thread(ctx.alert_store.history, alert.id)
+    return AlertDetail(alert=alert, history=history)
+
+
+async def _act(
+    action: str, alert_id: str, principal: Principal, ctx: ApiContext, body: ActionBody | None
+) -> Changed:
+    await _visible_alert(ctx, principal, alert_id)
+    step = ctx.alert_store.acknowledge if action == "acknowledge" else ctx.alert_store.resolve
+    note = body.note if body else None
+    now = time.time_ns() // 1_000_000
+    try:
+        alert, event = await asyncio.to_thread(step, alert_id, principal.name, now, note)
+    except AlertNotFound:
+        raise not_found("alert", alert_id) from None
+    except InvalidTransition as e:
+        raise ApiError(409, "invalid_transition", str(e)) from None
+    if ctx.announce is not None:
+        await ctx.announce(alert, event)
+    return Changed(alert=alert, event=event)
+
+
+_ACT_ERRORS = {
+    404: {"model": ErrorBody, "description": "no such alert, or not yours"},
+    409: {"model": ErrorBody, "description": "not allowed in the alert's state"},
+    **ERRORS,
+}
+
+
+@router.post("/{alert_id}/ack", summary="acknowledge: I am on it", responses=_ACT_ERRORS)
+async def acknowledge(
+    alert_id: str,
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    body: ActionBody | None = None,
+) -> Changed:
+    """Stops escalation; announced to the alert's audience like any change."""
+    return await _act("acknowledge", alert_id, principal, ctx, body)
+
+
+@router.post("/{alert_id}/resolve", summary="resolve: the problem is gone", responses=_ACT_ERRORS)
+async def resolve(
+    alert_id: str,
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    body: ActionBody | None = None,
+) -> Changed:
+    """Closes it; if the condition still holds, the next reading opens a new alert."""
+    return await _act("resolve", alert_id, principal, ctx, body)

@@ -1,0 +1,61 @@
+"""Bearer-token authentication and what each caller may see.
+
+Tokens come from the tokens file (``ingest/tokens.py``: hashed at rest, compared in constant
+time). A grid worker sees the devices and alerts inside its bound areas only; anything else
+answers 404, exactly as if it did not exist, so ids do not leak.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ingest.api.context import ApiContext, context
+from ingest.api.errors import ApiError
+from ingest.tokens import Principal, Role
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `citysense tokens add`")
+RELOAD_EVERY_S = 1.0  # a token added or revoked by the CLI takes effect within a second
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def caller(
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The authenticated caller; 401 without a valid bearer token."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise _unauthorized("a bearer token is required")
+    now = time.monotonic()
+    if now - ctx.tokens_checked >= RELOAD_EVERY_S:
+        ctx.tokens_checked = now
+        ctx.tokens.reload_if_changed()
+    principal = ctx.tokens.verify(credentials.credentials)
+    if principal is None:
+        raise _unauthorized("unknown or revoked token")
+    request.state.principal = principal
+    return principal
+
+
+def operator(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    """Only operators; a grid worker is told the path does not exist for it (404)."""
+    if principal.role is not Role.OPERATOR:
+        raise ApiError(404, "not_found", "not found")
+    return principal
+
+
+def may_see(principal: Principal, area_ids: Iterable[str]) -> bool:
+    """Whether ``principal`` may see something placed in these areas (grid up to city)."""
+    return principal.sees(area_ids)
+
+
+Caller = Annotated[Principal, Depends(caller)]
+Operator = Annotated[Principal, Depends(operator)]

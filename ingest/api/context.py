@@ -1,0 +1,55 @@
+"""What the API's routes need from the running service, handed over in one object.
+
+The service builds it (``ingest/service.py``); tests build it around real stores. Routes get it
+through the ``context`` dependency, never through globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from fastapi import Request
+
+from devices.registry import Registry
+from ingest.alertfeed import AlertFeed
+from ingest.deadletters import DeadLetterStore
+from ingest.metrics import Metrics
+from ingest.settings import Settings
+from ingest.tokens import TokenStore
+from rules.alerts import Alert, AlertEvent
+from rules.model import RuleSet
+from rules.store import AlertStore
+
+# Readiness: each probe returns None when fine, or why not.
+Probe = Callable[[], Awaitable[str | None]]
+
+
+@dataclass
+class ApiContext:
+    """The service's parts the API reads and acts on."""
+
+    settings: Settings
+    registry: Registry
+    rules: RuleSet
+    rules_path: Path
+    alert_store: AlertStore
+    dead_letters: DeadLetterStore
+    tokens: TokenStore
+    http: aiohttp.ClientSession  # for InfluxDB queries
+    feed: AlertFeed = field(default_factory=AlertFeed)
+    # Tells people of a change made through the API (MQTT, live listeners, InfluxDB), as the
+    # service does for its own changes; None where there is no service (some tests).
+    announce: Callable[[Alert, AlertEvent], Awaitable[None]] | None = None
+    probes: dict[str, Probe] = field(default_factory=dict)
+    spool_size: Callable[[], int] = lambda: 0
+    metrics: Metrics | None = None
+    tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
+
+
+def context(request: Request) -> ApiContext:
+    """The dependency every route uses."""
+    ctx: ApiContext = request.app.state.ctx
+    return ctx

@@ -1,0 +1,91 @@
+"""``GET /series``: a device's or an area's time series, raw or aggregated, JSON or CSV."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+
+from devices.kinds import Kind
+from ingest.api.auth import Caller
+from ingest.api.context import ApiContext, context
+from ingest.api.errors import ERRORS, ApiError, ErrorBody
+from ingest.series import (
+    Every,
+    Fn,
+    InfluxQueryError,
+    QueryRefused,
+    SeriesQuery,
+    SeriesResult,
+    build_influxql,
+    run_series,
+    to_csv,
+)
+from ingest.tokens import Role
+
+router = APIRouter(tags=["time series"])
+
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "range or row limit exceeded"},
+    404: {"model": ErrorBody, "description": "no such device or area (or not yours)"},
+    502: {"model": ErrorBody, "description": "InfluxDB failed"},
+    **ERRORS,
+}
+
+
+@router.get(
+    "/series",
+    summary="time series of a device or an area",
+    response_model=SeriesResult,
+    responses={200: {"content": {"text/csv": {}}}, **_ERRORS},
+)
+async def series(
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    kind: Kind,
+    field: Annotated[list[str], Query(description="telemetry field(s), e.g. water_level_m")],
+    start: Annotated[datetime, Query(description="ISO 8601 with a zone, inclusive")],
+    end: Annotated[datetime, Query(description="ISO 8601 with a zone, exclusive")],
+    device: Annotated[str | None, Query(description="a device id; or give area")] = None,
+    area: Annotated[str | None, Query(description="an area id at any level")] = None,
+    every: Annotated[Every | None, Query(description="aggregation window")] = None,
+    fn: Annotated[Fn | None, Query(description="per-window function (default mean)")] = None,
+    group_by_device: bool = False,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    format: Literal["json", "csv"] = "json",
+) -> Response:
+    """Values with explicit units. Windows are aligned to UTC; see ``ingest/series.py``."""
+    try:
+        query = SeriesQuery(
+            kind=kind,
+            fields=field,
+            device=device,
+            area=area,
+            start=start,
+            end=end,
+            every=every,
+            fn=fn,
+            group_by_device=group_by_device,
+            limit=limit,
+        )
+    except ValidationError as e:
+        problems = [{"loc": list(map(str, x["loc"])), "msg": x["msg"]} for x in e.errors()]
+        raise ApiError(
+            422, "invalid_request", "the query parameters do not fit", problems
+        ) from None
+    allowed = None if principal.role is Role.OPERATOR else principal.areas
+    try:
+        text = build_influxql(query, ctx.registry, allowed_areas=allowed)
+        result = await run_series(
+            ctx.http, ctx.settings.influx_url, ctx.settings.influx_database, text, query
+        )
+    except QueryRefused as e:
+        raise ApiError(e.http_status, e.code, e.message) from None
+    except InfluxQueryError as e:
+        raise ApiError(502, "influx_error", f"InfluxDB did not answer the query: {e}") from None
+    if format == "csv":
+        return PlainTextResponse(to_csv(result), media_type="text/csv; charset=utf-8")
+    return JSONResponse(result.model_dump(mode="json"))
