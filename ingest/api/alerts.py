@@ -101,10 +101,16 @@ async def list_alerts(
     state: Annotated[list[AlertState] | None, Query(description="one or more states")] = None,
     severity: Annotated[list[Severity] | None, Query(description="one or more severities")] = None,
     area: Annotated[
-        str | None, Query(pattern=AREA_ID, description="an area id at any level")
+        str | None,
+        Query(pattern=AREA_ID, description="an area id at any level", examples=["430502"]),
     ] = None,
-    rule: Annotated[str | None, Query(pattern=AREA_ID, description="a rule id")] = None,
-    since: Annotated[datetime | None, Query(description="opened at or after (ISO 8601)")] = None,
+    rule: Annotated[
+        str | None, Query(pattern=AREA_ID, description="a rule id", examples=["gate_forced_open"])
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="opened at or after (ISO 8601)", examples=["2026-11-29T00:00:00+08:00"]),
+    ] = None,
     until: Annotated[datetime | None, Query(description="opened before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Alert]:

@@ -45,14 +45,31 @@ _ERRORS = {
 async def series(
     principal: Caller,
     ctx: Annotated[ApiContext, Depends(context)],
-    kind: Kind,
-    field: Annotated[list[str], Query(description="telemetry field(s), e.g. water_level_m")],
-    start: Annotated[datetime, Query(description="ISO 8601 with a zone, inclusive")],
-    end: Annotated[datetime, Query(description="ISO 8601 with a zone, exclusive")],
-    device: Annotated[str | None, Query(description="a device id; or give area")] = None,
-    area: Annotated[str | None, Query(description="an area id at any level")] = None,
-    every: Annotated[Every | None, Query(description="aggregation window")] = None,
-    fn: Annotated[Fn | None, Query(description="per-window function (default mean)")] = None,
+    kind: Annotated[Kind, Query(examples=["river"])],
+    field: Annotated[
+        list[str],
+        Query(description="telemetry field(s), repeatable", examples=[["water_level_m"]]),
+    ],
+    start: Annotated[
+        datetime,
+        Query(description="ISO 8601 with a zone, inclusive", examples=["2026-11-29T00:00:00Z"]),
+    ],
+    end: Annotated[
+        datetime,
+        Query(description="ISO 8601 with a zone, exclusive", examples=["2026-11-29T06:00:00Z"]),
+    ],
+    device: Annotated[
+        str | None, Query(description="a device id; or give area", examples=["river-zj-0001"])
+    ] = None,
+    area: Annotated[
+        str | None, Query(description="an area id at any level", examples=["430502"])
+    ] = None,
+    every: Annotated[
+        Every | None, Query(description="aggregation window", examples=["10m"])
+    ] = None,
+    fn: Annotated[
+        Fn | None, Query(description="per-window function (default mean)", examples=["max"])
+    ] = None,
     group_by_device: bool = False,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     format: Literal["json", "csv"] = "json",
