@@ -18,6 +18,7 @@ class Batch:
 
     lines: list[str] = field(default_factory=list)
     per_measurement: Counter[str] = field(default_factory=Counter)
+    tokens: list[int] = field(default_factory=list)  # ack tokens of the messages (acks.py)
 
 
 class Batcher:
@@ -45,12 +46,14 @@ class Batcher:
         """Sealed batches waiting for the writer."""
         return len(self._sealed)
 
-    async def add(self, line: str, measurement: str) -> None:
+    async def add(self, line: str, measurement: str, token: int | None = None) -> None:
         """Add a line; wait while too many sealed batches are waiting for the writer."""
         if not self._open.lines:
             self._opened_at = asyncio.get_running_loop().time()
         self._open.lines.append(line)
         self._open.per_measurement[measurement] += 1
+        if token is not None:
+            self._open.tokens.append(token)
         if len(self._open.lines) >= self._size:
             self._seal()
         while len(self._sealed) > self._max_pending:

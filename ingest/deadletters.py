@@ -50,6 +50,7 @@ class NewDeadLetter:
     reason: str
     detail: str
     payload: bytes
+    token: int | None = None  # the MQTT message's ack token (ingest/acks.py), if it has one
 
 
 class DeadLetter(BaseModel):
@@ -153,9 +154,11 @@ class DeadLetterBuffer:
         on_commit: Callable[[int], None],
         interval_s: float = 0.25,
         max_rows: int = 2000,
+        on_safe: Callable[[list[int]], None] | None = None,
     ) -> None:
         self._store = store
         self._on_commit = on_commit
+        self._on_safe = on_safe  # told the ack tokens of committed rows
         self._interval_s = interval_s
         self._max_rows = max_rows
         self._rows: list[NewDeadLetter] = []
@@ -203,6 +206,8 @@ class DeadLetterBuffer:
         finally:
             self._committing = 0
         self._on_commit(committed)
+        if self._on_safe is not None:
+            self._on_safe([r.token for r in rows if r.token is not None])
         self._flushed.set()
 
     def close(self) -> None:

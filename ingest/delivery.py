@@ -9,21 +9,18 @@ line overwrites itself in InfluxDB, so InfluxDB 1.x's partial writes do no harm)
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
     wait_random_exponential,
 )
 
-from ingest.batcher import Batch, Batcher
-from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
-from ingest.decode import Reason
-from ingest.ledger import Ledger
 from ingest.writer import LineSink, Rejected, Retryable, TooLarge
 
 log = logging.getLogger(__name__)
@@ -63,6 +60,10 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+class Unavailable(Exception):
+    """InfluxDB kept failing (429/5xx/connection) for longer than the caller would wait."""
+
+
 class Deliverer:
     """Writes batches through a sink with retries (until it succeeds) and bisection."""
 
@@ -72,15 +73,21 @@ class Deliverer:
         self._sink = sink
         self._wait = _BackoffHonouringRetryAfter(initial_backoff_s, max_backoff_s)
 
-    async def deliver(self, lines: Sequence[str]) -> Outcome:
-        """Write ``lines``; return how many were written and which were refused."""
+    async def deliver(self, lines: Sequence[str], give_up_after_s: float | None = None) -> Outcome:
+        """Write ``lines``; return how many were written and which were refused.
+
+        Retries 429/5xx/connection errors until they succeed, or, with ``give_up_after_s``,
+        raises ``Unavailable`` once retrying has gone on that long (the caller spools).
+        """
         outcome = Outcome()
-        await self._deliver(lines, outcome)
+        await self._deliver(lines, outcome, give_up_after_s)
         return outcome
 
-    async def _deliver(self, lines: Sequence[str], outcome: Outcome) -> None:
+    async def _deliver(
+        self, lines: Sequence[str], outcome: Outcome, give_up_after_s: float | None
+    ) -> None:
         try:
-            await self._write_retrying(lines)
+            await self._write_retrying(lines, give_up_after_s)
             outcome.written += len(lines)
         except (Rejected, TooLarge) as e:
             if len(lines) == 1:
@@ -89,66 +96,22 @@ class Deliverer:
                 outcome.refused.append((lines[0], str(e)))
                 return
             middle = len(lines) // 2
-            await self._deliver(lines[:middle], outcome)
-            await self._deliver(lines[middle:], outcome)
+            await self._deliver(lines[:middle], outcome, give_up_after_s)
+            await self._deliver(lines[middle:], outcome, give_up_after_s)
 
-    async def _write_retrying(self, lines: Sequence[str]) -> None:
-        # Retries forever: the caller bounds memory (the batcher's queue blocks the consumer).
+    async def _write_retrying(self, lines: Sequence[str], give_up_after_s: float | None) -> None:
+        # Without a bound, retries forever: the caller bounds memory (the batcher's queue
+        # blocks the consumer, and unacknowledged messages stop the broker's sending).
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Retryable),
             wait=self._wait,
+            stop=stop_never if give_up_after_s is None else stop_after_delay(give_up_after_s),
             before_sleep=_log_retry,
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                await self._sink.write(lines)
-
-
-async def drain(
-    batcher: Batcher,
-    deliverer: Deliverer,
-    dead_letters: DeadLetterBuffer,
-    ledger: Ledger,
-    observe: Callable[[int, float], None] | None = None,
-) -> None:
-    """Write sealed batches until the batcher is closed and empty.
-
-    ``observe(points, seconds)`` is told of each batch written (for metrics).
-    """
-    while (batch := await batcher.next_batch()) is not None:
         try:
-            started = time.perf_counter()
-            outcome = await deliverer.deliver(batch.lines)
-            if observe is not None:
-                observe(len(batch.lines), time.perf_counter() - started)
-            if outcome.refused:
-                await _dead_letter_refused(outcome.refused, batch, dead_letters, ledger)
-            else:
-                ledger.written.update(batch.per_measurement)
-        finally:
-            batcher.done(batch)
-
-
-async def _dead_letter_refused(
-    refused: list[tuple[str, str]], batch: Batch, dead_letters: DeadLetterBuffer, ledger: Ledger
-) -> None:
-    # Rare path: recount per measurement from the lines that did go in.
-    refused_lines = {line for line, _ in refused}
-    for line in batch.lines:
-        if line not in refused_lines:
-            ledger.written[_measurement(line)] += 1
-    now_ms = time.time_ns() // 1_000_000
-    for line, error in refused:
-        log.error("InfluxDB refused a point: %s", error)
-        ledger.rejected[Reason.WRITE_REJECTED] += 1
-        await dead_letters.add(
-            NewDeadLetter(
-                now_ms, f"influx:{_measurement(line)}", Reason.WRITE_REJECTED, error, line.encode()
-            )
-        )
-
-
-def _measurement(line: str) -> str:
-    # Measurement names here never contain escaped commas or spaces (see lineprotocol).
-    return line.split(",", 1)[0].split(" ", 1)[0]
+            async for attempt in retrying:
+                with attempt:
+                    await self._sink.write(lines)
+        except Retryable as e:
+            raise Unavailable(str(e)) from e

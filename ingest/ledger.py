@@ -18,7 +18,8 @@ class Ledger:
     written: Counter[str] = field(default_factory=Counter)  # points stored, by measurement
     rejected: Counter[str] = field(default_factory=Counter)  # by reason, when decided
     dead_lettered: int = 0  # rows committed to the dead-letter store
-    spooled: int = 0  # on disk awaiting replay (the delivery issue adds the spool)
+    spooled: int = 0  # points this run put in the on-disk spool (durable there)
+    replayed: Counter[str] = field(default_factory=Counter)  # spooled points later written
 
     def add_dead_lettered(self, rows: int) -> None:
         """Count rows the dead-letter store has committed."""
@@ -42,6 +43,7 @@ class Ledger:
             "rejected": dict(sorted(self.rejected.items())),
             "dead_lettered": self.dead_lettered,
             "spooled": self.spooled,
+            "replayed": sum(self.replayed.values()),
             "in_flight": in_flight,
             "balanced": self.balances(in_flight),
         }

@@ -19,7 +19,9 @@ from ingest.decode import Decoded
 # Line-protocol escaping, as the InfluxDB docs define it per element.
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
-_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+# Newlines too, unlike influxdb-client's Point: a raw one would end the line, and a device's
+# free-text status reason could then inject a line of its own (or split a spooled batch).
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
 
 # Never stored as fields: ts is the point's time, event is a tag, plate becomes plate_hash.
 _NOT_FIELDS = frozenset({"ts", "event", "plate"})

@@ -32,6 +32,7 @@ class Sources:
     eval_seconds: Callable[[], float]
     alerts_by_state: Callable[[], dict[str, int]]
     connected: Callable[[], bool]
+    spool_points: Callable[[], int] = lambda: 0
 
 
 def _one(
@@ -98,7 +99,10 @@ class _Collector(Collector):
             "sealed batches waiting for InfluxDB (queue depth)",
             s.pending_batches(),
         )
-        yield _one(gauge, "citysense_spooled", "points in the on-disk spool", ledger.spooled)
+        yield _one(gauge, "citysense_spool_points", "points in the on-disk spool", s.spool_points())
+        yield _one(
+            counter, "citysense_points_spooled", "points this run put in the spool", ledger.spooled
+        )
         yield _one(
             counter,
             "citysense_rule_evaluations",

@@ -36,15 +36,15 @@ class Pipeline:
         """Messages received and not yet written or dead-lettered."""
         return self._batcher.in_flight + self._dead_letters.pending
 
-    async def handle(self, topic: str, payload: bytes) -> None:
-        """Process one MQTT message."""
+    async def handle(self, topic: str, payload: bytes, token: int | None = None) -> None:
+        """Process one MQTT message; ``token`` is reported safe once it is durable."""
         self._ledger.received += 1
         now_ms = time.time_ns() // 1_000_000
         result = self._decoder.decode(topic, payload, now_ms)
         if isinstance(result, Rejection):
             self._ledger.rejected[result.reason] += 1
             await self._dead_letters.add(
-                NewDeadLetter(now_ms, topic, result.reason, result.detail, payload)
+                NewDeadLetter(now_ms, topic, result.reason, result.detail, payload, token)
             )
             return
         if self._alerting is not None:
@@ -52,4 +52,4 @@ class Pipeline:
                 result.device, result.channel, result.message, result.ts_ms
             )
         line = self._encoder.encode(result)
-        await self._batcher.add(line, measurement_of(result.kind, result.channel))
+        await self._batcher.add(line, measurement_of(result.kind, result.channel), token)

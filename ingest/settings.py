@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     mqtt_client_id: str = Field(
         "citysense-ingest-1", description="fixed per ingest process: the broker keeps its session"
     )
-    mqtt_share_group: str = Field("citysense", description="shared-subscription group name")
+    mqtt_share_group: str = Field(
+        "",
+        description="shared-subscription group, to split load over several processes; empty: "
+        "a plain subscription, which Mosquitto keeps across its own restarts",
+    )
 
     # InfluxDB
     influx_url: str = "http://127.0.0.1:8086"
@@ -69,6 +73,15 @@ class Settings(BaseSettings):
     batch_interval_s: float = Field(0.5, gt=0, description="... or when its oldest is this old")
     max_pending_batches: int = Field(
         4, ge=1, description="batches waiting for InfluxDB before the consumer stops reading"
+    )
+    spool_after_s: float = Field(
+        5.0, gt=0, description="InfluxDB failing this long: batches go to the on-disk spool"
+    )
+    spool_max_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="spool cap; when full the service stops taking messages and the broker "
+        "keeps them (nothing is dropped)",
     )
     max_payload_bytes: int = Field(16_384, ge=64)
     future_skew_s: float = Field(300, ge=0, description="reject ts further ahead than this")

@@ -15,9 +15,12 @@ def status_line(ledger: Ledger, in_flight: int) -> str:
     """One line: stored per measurement, rejected per reason, in flight, balance."""
     stored = " ".join(f"{m}={n}" for m, n in sorted(ledger.written.items())) or "nothing yet"
     rejected = ", ".join(f"{r}={n}" for r, n in sorted(ledger.rejected.items()))
+    spool = ""
+    if ledger.spooled or ledger.replayed:
+        spool = f" | spooled {ledger.spooled}, replayed {sum(ledger.replayed.values())}"
     return (
         f"received {ledger.received} | stored {stored} | "
-        f"rejected {sum(ledger.rejected.values())}{f' ({rejected})' if rejected else ''} | "
+        f"rejected {sum(ledger.rejected.values())}{f' ({rejected})' if rejected else ''}{spool} | "
         f"in flight {in_flight}"
     )
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,6 @@ def make_settings(tmp_path: Path, mqtt_port: int, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "mqtt_port": mqtt_port,
         "mqtt_client_id": f"citysense-test-{uuid.uuid4().hex[:8]}",
-        "mqtt_share_group": f"g{uuid.uuid4().hex[:8]}",
         "registry": REGISTRY_FILE,
         "data_dir": tmp_path,
         "batch_interval_s": 0.1,
@@ -313,23 +313,99 @@ async def test_consumer_reconnects_after_a_broker_restart(
     after = known_good(registry, now_ms() - 30_000)
     try:
         async with running_service(settings, registry) as state:
+            assert state.consumer is not None
             await asyncio.to_thread(publish, port, before)
             await settle(state, len(before))
             await asyncio.to_thread(broker.stop)
             broker = await asyncio.to_thread(
                 start_mosquitto, port, broker_dir, REPO / "mosquitto.conf"
             )
-            # Publish only once re-subscribed: Mosquitto 2.0.11 does not restore a shared
-            # subscription from its persistence file, so until then nobody would get them.
-            for _ in range(300):  # reconnect backoff is jittered, at most a few seconds here
-                if state.consumer is not None and state.consumer.sessions == 2:
-                    break
-                await asyncio.sleep(0.05)
-            assert state.consumer is not None and state.consumer.sessions == 2
+            # Published at once, before the service is back: the broker restored the plain
+            # subscription of the persistent session from its file and queues them for it.
             await asyncio.to_thread(publish, port, after)
             await settle(state, len(before) + len(after))
-            assert state.ledger.written_total == len(before) + len(after)
+            assert state.consumer.sessions == 2
     finally:
         broker.stop()
+    # Every point once. (A message whose PUBACK the old broker had not processed is
+    # delivered again; it lands on the same series and time, so InfluxDB keeps one.)
+    for measurement, n in [("gate_event", 4), ("river", 4), ("road_event", 4), ("gate", 4)]:
+        stored = influx_query(influxdb.url, database, f"SELECT count(seq) FROM {measurement}")
+        assert stored[0]["values"][0][1] == n, measurement
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 15) -> None:
+    """Wait until ``condition()`` holds; fail after ``timeout_s``."""
+    for _ in range(int(timeout_s / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not true within {timeout_s} s")
+
+
+@asynccontextmanager
+async def refusing_influx() -> AsyncIterator[str]:
+    """An InfluxDB stand-in that answers /ping and fails every write with 503: nothing a
+    service sends to it becomes durable. (A fake, because a real InfluxDB cannot be told to
+    fail writes while it answers pings.)"""
+    from aiohttp import web
+
+    async def ping(_: web.Request) -> web.Response:
+        return web.Response(status=204, headers={"X-Influxdb-Version": "1.6.7"})
+
+    async def write(_: web.Request) -> web.Response:
+        return web.Response(status=503, text="overloaded")
+
+    app = web.Application()
+    app.router.add_get("/ping", ping)
+    app.router.add_post("/write", write)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_what_was_never_durable_is_delivered_again_to_the_next_session(
+    tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
+) -> None:
+    """Manual acknowledgement: a service that could store nothing acknowledged nothing, so
+    after it dies the broker hands every message to the next run of the same session."""
+    database = f"redeliver_{uuid.uuid4().hex[:8]}"
+    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    good = known_good(registry, now_ms() - 60_000)
+    client_id = f"citysense-test-{uuid.uuid4().hex[:8]}"
+    async with refusing_influx() as url:
+        settings = make_settings(tmp_path, mosquitto.port, influx_url=url, mqtt_client_id=client_id)
+        stop = asyncio.Event()
+        state = ServiceState()
+        task = asyncio.create_task(serve(settings, registry, stop, state))
+        await asyncio.wait_for(state.started.wait(), 15)
+        await eventually(lambda: state.consumer is not None and state.consumer.connected)
+        await asyncio.to_thread(publish, mosquitto.port, good)
+        await eventually(lambda: state.ledger.received >= len(good))
+        assert state.consumer is not None
+        assert state.consumer.acks.acknowledged == 0
+        assert state.consumer.acks.unacknowledged == len(good)
+        task.cancel()  # dies without a clean stop, as after a crash
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    settings = make_settings(
+        tmp_path,
+        mosquitto.port,
+        influx_url=influxdb.url,
+        influx_database=database,
+        mqtt_client_id=client_id,
+    )
+    async with running_service(settings, registry) as again:
+        await settle(again, len(good))
+        assert again.consumer is not None
+        consumer = again.consumer
+        await eventually(lambda: consumer.acks.unacknowledged == 0)
+        assert again.consumer.acks.acknowledged == len(good)
     stored = influx_query(influxdb.url, database, "SELECT count(seq) FROM gate_event")
-    assert stored[0]["values"][0][1] == 4
+    assert stored[0]["values"][0][1] == 2

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import pytest
 
 from ingest.batcher import Batcher
-from ingest.delivery import Deliverer, drain
+from ingest.delivery import Deliverer
+from ingest.drain import Drain
 from ingest.ledger import Ledger
 from ingest.writer import Rejected, Retryable, TooLarge, error_for
 
@@ -151,7 +152,7 @@ async def test_drain_accounts_for_every_line() -> None:
     for i in range(12):
         await batcher.add("river bad=1 1" if i == 4 else f"river v={i}i {i}", "river")
     batcher.close()
-    await drain(batcher, Deliverer(FakeSink()), dead, ledger)  # type: ignore[arg-type]
+    await Drain(batcher, Deliverer(FakeSink()), dead, ledger).run()  # type: ignore[arg-type]
     assert ledger.written["river"] == 11
     assert len(dead.rows) == 1 and ledger.rejected["write_rejected"] == 1
     assert batcher.in_flight == 0
