@@ -1,0 +1,130 @@
+"""The writer: straight to InfluxDB while it answers, to the spool when it does not, replayed
+in order when it returns, and every message reported safe exactly when it is durable. A fake
+sink stands in for InfluxDB (its outages are scripted); the spool is the real one on disk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from ingest.batcher import Batcher
+from ingest.deadletters import NewDeadLetter
+from ingest.delivery import Deliverer
+from ingest.drain import Drain
+from ingest.ledger import Ledger
+from ingest.spool import Spool
+from ingest.writer import Rejected, Retryable
+
+
+class FlakySink:
+    """Stores lines while ``up``; raises a retryable error while down; refuses 'bad' lines."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.stored: list[str] = []
+
+    async def write(self, lines: Sequence[str]) -> None:
+        if not self.up:
+            raise Retryable(503, "down", None)
+        if any("bad" in line for line in lines):
+            raise Rejected(400, "field type conflict")
+        self.stored.extend(lines)
+
+    async def close(self) -> None:
+        pass
+
+
+class DeadLetters:
+    def __init__(self) -> None:
+        self.rows: list[NewDeadLetter] = []
+
+    async def add(self, row: NewDeadLetter) -> None:
+        self.rows.append(row)
+
+
+async def fill(batcher: Batcher, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        await batcher.add(f"river v={i}i {i}", "river", token=i)
+
+
+def drain_for(tmp_path: Path, sink: FlakySink, safe: list[int]) -> tuple[Drain, Batcher, Spool]:
+    batcher = Batcher(size=10, interval_s=60, max_pending=100)
+    spool = Spool(tmp_path / "spool")
+    drain = Drain(
+        batcher,
+        Deliverer(sink, initial_backoff_s=0.01, max_backoff_s=0.02),  # type: ignore[arg-type]
+        DeadLetters(),  # type: ignore[arg-type]
+        Ledger(),
+        spool=spool,
+        spool_after_s=0.1,
+        on_safe=safe.extend,
+    )
+    return drain, batcher, spool
+
+
+async def test_an_outage_spills_to_the_spool_and_replays_everything_in_order(
+    tmp_path: Path,
+) -> None:
+    sink, safe = FlakySink(), []
+    drain, batcher, spool = drain_for(tmp_path, sink, safe)
+    writer = asyncio.create_task(drain.run())
+    replayer = asyncio.create_task(drain.replay())
+    await fill(batcher, 0, 20)
+    await asyncio.sleep(0.1)
+    assert sink.stored == [f"river v={i}i {i}" for i in range(20)] and safe == list(range(20))
+    sink.up = False
+    await fill(batcher, 20, 30)  # three batches while InfluxDB is away
+    for _ in range(100):
+        if len(safe) == 50:
+            break
+        await asyncio.sleep(0.05)
+    assert safe == list(range(50))  # safe on disk: acknowledged during the outage
+    assert drain.spooling and spool.lines == 30 and len(sink.stored) == 20
+    sink.up = True
+    for _ in range(200):
+        if spool.is_empty and not drain.spooling:
+            break
+        await asyncio.sleep(0.05)
+    await fill(batcher, 50, 10)  # new data flows straight in again
+    batcher.close()
+    await asyncio.wait_for(writer, 5)
+    replayer.cancel()
+    assert sink.stored == [f"river v={i}i {i}" for i in range(60)]  # once each, in order
+    assert spool.is_empty and drain.stats.spooled_batches == 3
+    spool.close()
+
+
+async def test_the_spool_survives_a_restart_and_is_replayed_first(tmp_path: Path) -> None:
+    sink, safe = FlakySink(), []
+    sink.up = False
+    drain, batcher, spool = drain_for(tmp_path, sink, safe)
+    await fill(batcher, 0, 10)
+    batcher.close()
+    await asyncio.wait_for(drain.run(), 5)
+    assert safe == list(range(10)) and spool.lines == 10
+    spool.close()  # the process ends with InfluxDB still away
+    sink.up = True
+    again, _, spool = drain_for(tmp_path, sink, [])
+    replayer = asyncio.create_task(again.replay())
+    for _ in range(100):
+        if spool.is_empty:
+            break
+        await asyncio.sleep(0.05)
+    replayer.cancel()
+    assert sink.stored == [f"river v={i}i {i}" for i in range(10)]
+    spool.close()
+
+
+async def test_refused_lines_are_dead_lettered_and_only_then_safe(tmp_path: Path) -> None:
+    sink, safe = FlakySink(), []
+    drain, batcher, spool = drain_for(tmp_path, sink, safe)
+    for i in range(10):
+        line = "river bad=1 3" if i == 3 else f"river v={i}i {i}"
+        await batcher.add(line, "river", token=i)
+    batcher.close()
+    await asyncio.wait_for(drain.run(), 5)
+    assert safe == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # 3 becomes safe when its dead letter commits
+    dead = drain._dead_letters.rows  # type: ignore[attr-defined]
+    assert [(r.token, r.reason) for r in dead] == [(3, "write_rejected")]
+    spool.close()
