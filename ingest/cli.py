@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -389,6 +390,65 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
     return 0
 
 
+# --- broker config ---------------------------------------------------------------------------
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    """Write the broker's password file, ACL, listeners and local TLS files into --out."""
+    from devices.credentials import DEV_SECRET_ENV, LOCAL_EXAMPLE_DEV_SECRET
+    from ingest.brokerconfig import (
+        INGEST_USER,
+        LOCAL_EXAMPLE_INGEST_PASSWORD,
+        BrokerConfigError,
+        write_broker_files,
+    )
+    from ingest.stack import MissingBinaryError
+    from ingest.tls import TlsError
+    from ingest.workers import WorkersError, load_workers
+
+    settings = _settings()
+    registry = _registry(args.registry or settings.registry)
+    try:
+        workers = load_workers(args.workers, registry)
+    except WorkersError as e:
+        print(f"citysense broker-config: {e}", file=sys.stderr)
+        return 1
+    dev_secret = os.environ.get(DEV_SECRET_ENV) or None
+    if dev_secret is None:
+        print(
+            f"citysense broker-config: warning: {DEV_SECRET_ENV} is not set; device and worker "
+            "passwords are derived from the public local example secret, for local use only",
+            file=sys.stderr,
+        )
+    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
+    if not password:
+        print(
+            "citysense broker-config: warning: CITYSENSE_MQTT_PASSWORD is not set; the ingest "
+            "user gets the public local example password, for local use only",
+            file=sys.stderr,
+        )
+    try:
+        files = write_broker_files(
+            args.out,
+            registry,
+            workers,
+            dev_secret=dev_secret or LOCAL_EXAMPLE_DEV_SECRET,
+            ingest_password=password or LOCAL_EXAMPLE_INGEST_PASSWORD,
+            ingest_user=settings.mqtt_username or INGEST_USER,
+            port=args.port or settings.mqtt_port,
+            tls_port=args.tls_port,
+        )
+    except (BrokerConfigError, MissingBinaryError, TlsError, OSError) as e:
+        print(f"citysense broker-config: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {files.passwords}, {files.acl} ({files.users} users) and {files.listeners} "
+        f"(plain :{files.port}, TLS :{files.tls_port}, CA {files.tls.ca_cert}); append "
+        "listeners.conf after mosquitto.conf"
+    )
+    return 0
+
+
 # --- simulate and run ------------------------------------------------------------------------
 
 
@@ -514,6 +574,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
     q.set_defaults(func=cmd_rules_check)
+
+    p = sub.add_parser(
+        "broker-config", help="write Mosquitto's passwords, ACL, listeners and local TLS files"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write into")
+    p.add_argument("--port", type=int, help="plain listener port (default $CITYSENSE_MQTT_PORT)")
+    p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    p.add_argument(
+        "--workers",
+        type=Path,
+        default=Path("config/workers.yaml"),
+        help="grid workers file (default config/workers.yaml)",
+    )
+    p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("tokens", help="bearer tokens of the HTTP API")
     dsub = p.add_subparsers(dest="action", required=True)

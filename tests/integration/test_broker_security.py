@@ -1,0 +1,409 @@
+"""The generated password file, ACL, listeners and TLS files on a real Mosquitto (issue #6).
+
+The broker here is this module's own: the repository's policy (mosquitto.conf) followed by
+the generated listeners.conf, as production would run it, with a secret that is not the local
+default, on free ports. Every check uses plain paho-mqtt clients and a positive control: a
+message the client may see, sent after the ones it may not, so "nothing arrived" means the
+broker dropped them rather than that the test did not wait.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import queue
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worker_password
+from devices.kinds import Kind, Level
+from devices.registry import Registry
+from ingest.brokerconfig import BrokerFiles, write_broker_files
+from ingest.stack import (
+    ManagedProcess,
+    find_binary,
+    free_port,
+    mqtt_answers,
+    spawn,
+    wait_ready,
+)
+from ingest.workers import Worker, load_workers
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = b"integration-test-provisioning-secret"
+INGEST_USER = "citysense-ingest"
+INGEST_PASSWORD = "integration-test-ingest-password"
+WAIT_S = 5.0
+# After a positive control arrived, how long a message the client must not get could still
+# be in flight from the same broker loop. Generous: it is one local hop.
+SETTLE_S = 0.3
+
+
+@dataclass
+class Broker:
+    """The module's broker and what it was made from."""
+
+    proc: ManagedProcess
+    files: BrokerFiles
+    registry: Registry
+    workers: dict[str, Worker]
+
+    @property
+    def port(self) -> int:
+        return self.files.port
+
+    @property
+    def tls_port(self) -> int:
+        return self.files.tls_port
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Broker]:
+    """Mosquitto with mosquitto.conf + the generated listeners.conf, on two free ports."""
+    instance = tmp_path_factory.mktemp("secure-mosquitto").resolve()
+    workers = load_workers(REPO / "config" / "workers.yaml", registry)
+    port = free_port()
+    tls_port = free_port()
+    while tls_port == port:
+        tls_port = free_port()
+    files = write_broker_files(
+        instance / "broker",
+        registry,
+        workers,
+        dev_secret=SECRET,
+        ingest_password=INGEST_PASSWORD,
+        ingest_user=INGEST_USER,
+        port=port,
+        tls_port=tls_port,
+    )
+    conf = instance / "mosquitto.conf"
+    conf.write_text(
+        f"persistence_location {instance}/\n"
+        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        + (REPO / "mosquitto.conf").read_text()
+        + "\n"
+        + files.listeners.read_text()
+    )
+    binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
+    proc = spawn("mosquitto", [binary, "-c", str(conf)], port, instance / "mosquitto.log")
+    try:
+        wait_ready(proc, lambda: mqtt_answers(port))
+        yield Broker(proc, files, registry, {w.username: w for w in workers})
+    finally:
+        proc.stop()
+
+
+# --- small clients -------------------------------------------------------------------------
+
+
+def _client(username: str | None, password: str | None, ca: Path | None) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca))
+    return client
+
+
+def try_connect(
+    port: int,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    ca: Path | None = None,
+    host: str = "127.0.0.1",
+) -> ReasonCode | None:
+    """The CONNACK's reason code, or None if the broker closed the connection without one."""
+    client = _client(username, password, ca)
+    answers: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: answers.append(rc)
+    client.connect(host, port, keepalive=10)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while not answers and time.monotonic() < deadline:
+            if client.loop(0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break  # the connection is gone
+        return answers[0] if answers else None
+    finally:
+        sock = client.socket()
+        client.disconnect()
+        if sock is not None:
+            sock.close()
+
+
+class Session:
+    """A connected client that records every message it receives."""
+
+    def __init__(self, port: int, username: str, password: str, *, ca: Path | None = None):
+        self.client = _client(username, password, ca)
+        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.seen: list[tuple[str, bytes]] = []
+        connected: queue.Queue[ReasonCode] = queue.Queue()
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: connected.put(rc)
+        self.client.on_message = lambda _c, _u, m: self.received.put((m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        rc = connected.get(timeout=WAIT_S)
+        assert not rc.is_failure, f"{username} could not connect: {rc}"
+
+    def subscribe(self, *filters: str) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK."""
+        done: queue.Queue[list[ReasonCode]] = queue.Queue()
+        self.client.on_subscribe = lambda _c, _u, _m, rcs, _p: done.put(rcs)
+        self.client.subscribe([(f, 1) for f in filters])
+        done.get(timeout=WAIT_S)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the PUBACK (which comes even when the ACL denies)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(WAIT_S)
+        assert info.is_published(), f"no PUBACK for {topic}"
+
+    def until(self, payload: bytes) -> list[tuple[str, bytes]]:
+        """Everything received up to and including ``payload``, then SETTLE_S more."""
+        deadline = time.monotonic() + WAIT_S
+        while not any(p == payload for _, p in self.seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{payload!r} never arrived; got {self.seen}")
+            try:
+                self.seen.append(self.received.get(timeout=remaining))
+            except queue.Empty:
+                continue
+        return self.drain()
+
+    def drain(self) -> list[tuple[str, bytes]]:
+        """Everything received so far, after waiting SETTLE_S for stragglers."""
+        time.sleep(SETTLE_S)
+        while not self.received.empty():
+            self.seen.append(self.received.get_nowait())
+        return list(self.seen)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[Session]]:
+    """Sessions a test opens; all closed at its end."""
+    opened: list[Session] = []
+    yield opened
+    for s in opened:
+        s.close()
+
+
+def devices_of(registry: Registry, kind: Kind, n: int) -> list[str]:
+    ids = [d.id for d in registry.devices.values() if d.kind is kind]
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def nonce() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+# --- authentication ------------------------------------------------------------------------
+
+
+def test_anonymous_is_refused_on_both_listeners(broker: Broker) -> None:
+    rc = try_connect(broker.port)
+    assert rc is not None and rc.is_failure and rc.getName() == "Not authorized"
+    rc = try_connect(broker.tls_port, ca=broker.files.tls.ca_cert, host="localhost")
+    assert rc is not None and rc.is_failure
+
+
+def test_wrong_passwords_are_refused(broker: Broker) -> None:
+    a, b = devices_of(broker.registry, Kind.GATE, 2)
+    refused = [
+        (a, "not-the-password"),
+        (a, device_password(SECRET, b)),  # another device's password
+        (a, device_password(LOCAL_EXAMPLE_DEV_SECRET, a)),  # derived from the wrong secret
+        ("li.na", device_password(SECRET, "li.na")),  # the device derivation, not the worker's
+        (INGEST_USER, "wrong"),
+        ("nobody", device_password(SECRET, "nobody")),  # no such user
+    ]
+    for username, password in refused:
+        rc = try_connect(broker.port, username, password)
+        assert rc is not None and rc.is_failure, f"{username} got in with a wrong password"
+
+
+def test_right_passwords_are_accepted(broker: Broker) -> None:
+    river = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    accepted = [
+        (river, device_password(SECRET, river)),
+        ("li.na", worker_password(SECRET, "li.na")),
+        (INGEST_USER, INGEST_PASSWORD),
+    ]
+    for username, password in accepted:
+        rc = try_connect(broker.port, username, password)
+        assert rc is not None and not rc.is_failure, f"{username} refused: {rc}"
+
+
+# --- devices -------------------------------------------------------------------------------
+
+
+def test_a_device_publishes_only_under_its_own_kind_and_id(
+    broker: Broker, sessions: list[Session]
+) -> None:
+    a, b = devices_of(broker.registry, Kind.GATE, 2)
+    river = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    plain = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    shared = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions += [plain, shared]
+    plain.subscribe("iot/+/+/+")
+    shared.subscribe("$share/citysense/iot/+/+/+")
+    device = Session(broker.port, a, device_password(SECRET, a))
+    sessions.append(device)
+    own, last = nonce(), nonce()
+    device.publish(f"iot/gate/{a}/telemetry", own)
+    device.publish(f"iot/gate/{b}/telemetry", nonce())  # another device's topic
+    device.publish(f"iot/river/{a}/telemetry", nonce())  # its own id under another kind
+    device.publish(f"iot/river/{river}/event", nonce())  # another kind and device
+    device.publish(f"iot/gate/{a}/event", last)
+    expected = [(f"iot/gate/{a}/telemetry", own), (f"iot/gate/{a}/event", last)]
+    assert plain.until(last) == expected
+    assert shared.until(last) == expected
+
+
+def test_a_device_cannot_plant_a_retained_status_for_another(
+    broker: Broker, sessions: list[Session]
+) -> None:
+    a, b = devices_of(broker.registry, Kind.ROAD, 2)
+    device = Session(broker.port, a, device_password(SECRET, a))
+    sessions.append(device)
+    mine, forged = nonce(), nonce()
+    device.publish(f"iot/road/{b}/status", forged, retain=True)
+    device.publish(f"iot/road/{a}/status", mine, retain=True)
+    late = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions.append(late)
+    late.subscribe(f"iot/road/{b}/status", f"iot/road/{a}/status")
+    assert late.until(mine) == [(f"iot/road/{a}/status", mine)]
+    device.publish(f"iot/road/{a}/status", b"", retain=True)  # leave no retained message
+
+
+def test_a_device_reads_nothing(broker: Broker, sessions: list[Session]) -> None:
+    a, b = devices_of(broker.registry, Kind.GATE, 2)
+    reader = Session(broker.port, a, device_password(SECRET, a))
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    other = Session(broker.port, b, device_password(SECRET, b))
+    sessions += [reader, ingest, other]
+    reader.subscribe("#", "iot/#", "alerts/#")
+    ingest.subscribe("iot/#")
+    marker = nonce()
+    other.publish(f"iot/gate/{b}/telemetry", marker)
+    ingest.publish(f"alerts/grid/{broker.registry.devices[a].grid}", nonce())
+    assert ingest.until(marker) == [(f"iot/gate/{b}/telemetry", marker)]
+    assert reader.drain() == []
+
+
+# --- grid workers --------------------------------------------------------------------------
+
+
+def test_a_worker_reads_only_its_own_areas_alerts(broker: Broker, sessions: list[Session]) -> None:
+    li_na = broker.workers["li.na"]
+    own_1, own_2 = li_na.alert_topics(broker.registry)
+    other = broker.workers["wang.fang"].alert_topics(broker.registry)[0]
+    own_village = f"alerts/village/{broker.registry.areas[li_na.areas[0]].parent}"
+    everything = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
+    pointed = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions += [everything, pointed, ingest]
+    everything.subscribe("alerts/#")
+    pointed.subscribe(other, own_village, own_1)
+    first, second = nonce(), nonce()
+    ingest.publish(other, nonce())
+    ingest.publish(own_village, nonce())  # the village above her grids: not bound to it
+    ingest.publish(own_1, first)
+    ingest.publish(own_2, second)
+    assert everything.until(second) == [(own_1, first), (own_2, second)]
+    assert pointed.until(first) == [(own_1, first)]
+
+
+def test_a_village_worker_reads_the_village_level_only(
+    broker: Broker, sessions: list[Session]
+) -> None:
+    zhang_wei = broker.workers["zhang.wei"]
+    village = next(a for a in zhang_wei.areas if broker.registry.areas[a].level is Level.VILLAGE)
+    grid_inside = broker.registry.children(village)[0].id
+    assert grid_inside not in zhang_wei.areas
+    worker = Session(broker.port, "zhang.wei", worker_password(SECRET, "zhang.wei"))
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions += [worker, ingest]
+    worker.subscribe("alerts/#")
+    escalated = nonce()
+    ingest.publish(f"alerts/grid/{grid_inside}", nonce())  # a grid-level alert, not escalated
+    ingest.publish(f"alerts/village/{village}", escalated)
+    assert worker.until(escalated) == [(f"alerts/village/{village}", escalated)]
+
+
+def test_only_the_ingest_service_publishes_alerts(broker: Broker, sessions: list[Session]) -> None:
+    li_na = broker.workers["li.na"]
+    topic = li_na.alert_topics(broker.registry)[0]
+    device_id = next(iter(broker.registry.devices))
+    listener = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
+    forger = Session(broker.port, "wang.fang", worker_password(SECRET, "wang.fang"))
+    device = Session(broker.port, device_id, device_password(SECRET, device_id))
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions += [listener, forger, device, ingest]
+    listener.subscribe(topic)
+    real = nonce()
+    forger.publish(topic, nonce())
+    device.publish(topic, nonce())
+    ingest.publish(topic, real)
+    assert listener.until(real) == [(topic, real)]
+
+
+# --- TLS -----------------------------------------------------------------------------------
+
+
+def test_tls_with_the_generated_ca_works(broker: Broker, sessions: list[Session]) -> None:
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    password = device_password(SECRET, device_id)
+    ca = broker.files.tls.ca_cert
+    for host in ("localhost", "127.0.0.1"):  # both names are in the certificate
+        rc = try_connect(broker.tls_port, device_id, password, ca=ca, host=host)
+        assert rc is not None and not rc.is_failure, f"TLS to {host}: {rc}"
+    rc = try_connect(broker.tls_port, device_id, "wrong", ca=ca, host="localhost")
+    assert rc is not None and rc.is_failure
+    # And messages flow over it, under the same ACL.
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    device = Session(broker.tls_port, device_id, password, ca=ca)
+    sessions += [ingest, device]
+    ingest.subscribe("iot/#")
+    marker = nonce()
+    device.publish(f"iot/river/{device_id}/telemetry", marker)
+    assert ingest.until(marker) == [(f"iot/river/{device_id}/telemetry", marker)]
+
+
+def test_a_plain_connection_to_the_tls_port_fails(broker: Broker) -> None:
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    rc = try_connect(broker.tls_port, device_id, device_password(SECRET, device_id))
+    assert rc is None  # no CONNACK: the broker waited for a TLS handshake and hung up
+
+
+def test_tls_without_the_ca_or_to_the_plain_port_fails(broker: Broker) -> None:
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    password = device_password(SECRET, device_id)
+    # The system's trust store does not know the local CA.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.tls_set()
+    client.username_pw_set(device_id, password)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        client.connect("localhost", broker.tls_port)
+    # The plain listener speaks no TLS.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        try_connect(broker.port, device_id, password, ca=broker.files.tls.ca_cert)
