@@ -44,3 +44,10 @@ def device_password(dev_secret: bytes | str, device_id: str) -> str:
 def worker_password(dev_secret: bytes | str, username: str) -> str:
     """``base64(HMAC-SHA256(dev_secret, "worker:" + username))``, standard base64."""
     return _derive(dev_secret, WORKER_PREFIX + username)
+
+
+# The ingest service's broker user; its local password is public like the dev secret.
+INGEST_USER = "citysense-ingest"
+# Public on purpose: only for the local example city on 127.0.0.1. Production sets
+# CITYSENSE_MQTT_PASSWORD, which both this generator and the ingest service read.
+LOCAL_EXAMPLE_INGEST_PASSWORD = "citysense-local-ingest-password-not-for-production"

@@ -30,19 +30,20 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from devices.credentials import device_password, worker_password
+from devices.credentials import (
+    INGEST_USER,
+    device_password,
+    worker_password,
+)
 from devices.registry import Registry
 from ingest.stack import HOST, find_binary
 from ingest.tls import TlsFiles, ensure_local_tls
 from ingest.workers import USERNAME_PATTERN, Worker
 
-INGEST_USER = "citysense-ingest"
-# Public on purpose: only for the local example city on 127.0.0.1. Production sets
-# CITYSENSE_MQTT_PASSWORD, which both this generator and the ingest service read.
-LOCAL_EXAMPLE_INGEST_PASSWORD = "citysense-local-ingest-password-not-for-production"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
 
@@ -82,7 +83,31 @@ def worker_acl(worker: Worker, registry: Registry) -> list[str]:
     return [f"topic read {t}" for t in worker.alert_topics(registry)]
 
 
-def acl_text(registry: Registry, workers: Sequence[Worker], ingest_user: str) -> str:
+@dataclass(frozen=True)
+class Account:
+    """A service account beside devices, workers and the ingest service.
+
+    ``gateway``: a data concentrator publishing for many devices (a county's RTU hub, a test
+    harness): writes ``iot/#``, reads nothing; the ingest service still checks each device
+    against the registry. ``monitor``: a command-centre screen: reads ``alerts/#``.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    role: Literal["gateway", "monitor"]
+
+
+def account_acl(account: Account) -> list[str]:
+    """A service account's ACL lines."""
+    return ["topic write iot/#"] if account.role == "gateway" else ["topic read alerts/#"]
+
+
+def acl_text(
+    registry: Registry,
+    workers: Sequence[Worker],
+    ingest_user: str,
+    accounts: Sequence[Account] = (),
+) -> str:
     """The whole ACL file: a header, then one ``user`` block per broker user."""
     # No rule before the first `user` line: Mosquitto applies those to anonymous clients.
     blocks = [
@@ -96,6 +121,7 @@ def acl_text(registry: Registry, workers: Sequence[Worker], ingest_user: str) ->
     blocks += [
         _block(w.username, f"grid worker {w.name}", worker_acl(w, registry)) for w in workers
     ]
+    blocks += [_block(a.username, a.role, account_acl(a)) for a in accounts]
     blocks += [
         _block(d.id, f"{d.kind.value} device", device_acl(d.kind.value, d.id))
         for d in registry.devices.values()
@@ -193,6 +219,7 @@ def write_broker_files(
     tls_port: int = DEFAULT_TLS_PORT,
     host: str = HOST,
     tls: TlsFiles | None = None,
+    accounts: Sequence[Account] = (),
 ) -> BrokerFiles:
     """Write ``passwords``, ``acl`` and ``listeners.conf`` (and ``tls/`` unless ``tls`` is given).
 
@@ -207,15 +234,20 @@ def write_broker_files(
     taken = set(registry.devices) | {w.username for w in workers}
     if ingest_user in taken:
         raise BrokerConfigError(f"ingest user {ingest_user!r} is also a device or a worker")
+    for account in accounts:
+        if account.username in taken | {ingest_user} or not account.password:
+            raise BrokerConfigError(f"account {account.username!r}: name taken or no password")
+        taken.add(account.username)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = [(ingest_user, ingest_password)]
     entries += [(w.username, worker_password(dev_secret, w.username)) for w in workers]
+    entries += [(a.username, a.password) for a in accounts]
     entries += [(d, device_password(dev_secret, d)) for d in registry.devices]
     passwords = out_dir / "passwords"
     hash_password_file(entries, passwords)
     acl = out_dir / "acl"
-    _write_text(acl, acl_text(registry, workers, ingest_user))
+    _write_text(acl, acl_text(registry, workers, ingest_user, accounts))
     tls = tls or ensure_local_tls(out_dir / "tls")
     listeners = out_dir / "listeners.conf"
     _write_text(

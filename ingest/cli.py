@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -395,13 +394,12 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
     """Write the broker's password file, ACL, listeners and local TLS files into --out."""
-    from devices.credentials import DEV_SECRET_ENV, LOCAL_EXAMPLE_DEV_SECRET
-    from ingest.brokerconfig import (
-        INGEST_USER,
+    from devices.credentials import (
+        DEV_SECRET_ENV,
+        LOCAL_EXAMPLE_DEV_SECRET,
         LOCAL_EXAMPLE_INGEST_PASSWORD,
-        BrokerConfigError,
-        write_broker_files,
     )
+    from ingest.brokerconfig import BrokerConfigError, write_broker_files
     from ingest.stack import MissingBinaryError
     from ingest.tls import TlsError
     from ingest.workers import WorkersError, load_workers
@@ -413,15 +411,15 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     except WorkersError as e:
         print(f"citysense broker-config: {e}", file=sys.stderr)
         return 1
-    dev_secret = os.environ.get(DEV_SECRET_ENV) or None
-    if dev_secret is None:
+    dev_secret = settings.dev_secret.get_secret_value()
+    if dev_secret == LOCAL_EXAMPLE_DEV_SECRET:
         print(
             f"citysense broker-config: warning: {DEV_SECRET_ENV} is not set; device and worker "
             "passwords are derived from the public local example secret, for local use only",
             file=sys.stderr,
         )
-    password = settings.mqtt_password.get_secret_value() if settings.mqtt_password else None
-    if not password:
+    password = settings.mqtt_password.get_secret_value()
+    if password == LOCAL_EXAMPLE_INGEST_PASSWORD:
         print(
             "citysense broker-config: warning: CITYSENSE_MQTT_PASSWORD is not set; the ingest "
             "user gets the public local example password, for local use only",
@@ -432,9 +430,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             args.out,
             registry,
             workers,
-            dev_secret=dev_secret or LOCAL_EXAMPLE_DEV_SECRET,
-            ingest_password=password or LOCAL_EXAMPLE_INGEST_PASSWORD,
-            ingest_user=settings.mqtt_username or INGEST_USER,
+            dev_secret=dev_secret,
+            ingest_password=password,
+            ingest_user=settings.mqtt_username,
             port=args.port or settings.mqtt_port,
             tls_port=args.tls_port,
         )
@@ -470,11 +468,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except (ValidationError, SimulatorError) as e:
         print(f"citysense simulate: {e}", file=sys.stderr)
         return 2
+    # Each simulated device logs in as itself, with its password derived from the dev secret.
     target = MqttTarget(
         host=settings.mqtt_host,
         port=settings.mqtt_port,
-        username=settings.mqtt_username,
-        password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+        dev_secret=settings.dev_secret.get_secret_value(),
     )
 
     async def simulate(stop: asyncio.Event) -> Any:

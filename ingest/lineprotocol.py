@@ -126,6 +126,10 @@ class LineEncoder:
         plate = values.get("plate")
         if plate is not None:
             fields["plate_hash"] = self._hash_plate(plate)
+        if decoded.channel is Channel.EVENT:
+            # Every event carries n=1: a point needs a field, and an event may say only when
+            # and what (its type is a tag); it also makes counting events one query.
+            fields["n"] = 1
         return fields
 
     def encode(self, decoded: Decoded) -> str:

@@ -14,6 +14,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from devices.credentials import (
+    INGEST_USER,
+    LOCAL_EXAMPLE_DEV_SECRET,
+    LOCAL_EXAMPLE_INGEST_PASSWORD,
+)
+
 
 class InfluxDialect(StrEnum):
     """Which InfluxDB write endpoint to use."""
@@ -31,8 +37,18 @@ class Settings(BaseSettings):
     # MQTT broker
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
-    mqtt_username: str | None = None
-    mqtt_password: SecretStr | None = None
+    mqtt_username: str = Field(INGEST_USER, description="the ingest service's broker user")
+    mqtt_password: SecretStr = Field(
+        SecretStr(LOCAL_EXAMPLE_INGEST_PASSWORD),
+        description="its password; the default is public, for the local stack only",
+    )
+    mqtt_tls_port: int = Field(8883, ge=1, le=65535, description="TLS listener of `stack up`")
+    dev_secret: SecretStr = Field(
+        SecretStr(LOCAL_EXAMPLE_DEV_SECRET),
+        description="device and worker passwords are HMAC-SHA256(dev_secret, id); the default "
+        "is public, for the local example city only",
+    )
+    workers: Path = Field(Path("config/workers.yaml"), description="grid workers and areas")
     mqtt_client_id: str = Field(
         "citysense-ingest-1", description="fixed per ingest process: the broker keeps its session"
     )

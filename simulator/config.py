@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from devices.credentials import device_password
 from devices.kinds import Kind
 from simulator.scenarios import ANY_SCENARIO, SCENARIOS
 
@@ -23,6 +24,16 @@ class MqttTarget(BaseModel):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = Field(None, repr=False)  # kept out of logs and tracebacks
+    # With a secret, each device logs in as itself with its derived password
+    # (devices/credentials.py), as the broker's generated password file expects; username and
+    # password then apply to nothing.
+    dev_secret: str | None = Field(None, repr=False)
+
+    def credentials(self, device_id: str) -> tuple[str | None, str | None]:
+        """(username, password) for a device's own connection."""
+        if self.dev_secret is not None:
+            return device_id, device_password(self.dev_secret, device_id)
+        return self.username, self.password
 
 
 class SimulationConfig(BaseModel):

@@ -53,11 +53,12 @@ class DeviceLink:
 
     async def open(self) -> None:
         """Connect with a clean session and the retained offline status as last will."""
+        username, password = self._target.credentials(self._identifier)
         client = aiomqtt.Client(
             self._target.host,
             self._target.port,
-            username=self._target.username,
-            password=self._target.password,
+            username=username,
+            password=password,
             identifier=self._identifier,
             clean_session=True,
             will=aiomqtt.Will(self._will.topic, self._will.body(), qos=QOS, retain=True),

@@ -23,6 +23,7 @@ from ingest.stack import (
     start_mosquitto,
     start_victoria_metrics,
 )
+from tests.brokerauth import broker_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,9 +48,14 @@ def _serve(start: Callable[[], ManagedProcess]) -> Iterator[ManagedProcess]:
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
-    """Mosquitto with the repository's mosquitto.conf (anonymous, persistence on)."""
+    """Mosquitto with the repository's mosquitto.conf and generated users, ACL and TLS
+    (tests/brokerauth.py says who may do what); persistence on."""
     instance = tmp_path_factory.mktemp("mosquitto")
-    yield from _serve(lambda: start_mosquitto(free_port(), instance, REPO / "mosquitto.conf"))
+    port = free_port()
+    files = broker_files(instance / "broker", port, free_port())
+    yield from _serve(
+        lambda: start_mosquitto(port, instance, REPO / "mosquitto.conf", files.listeners)
+    )
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from ingest.alertfeed import Change
 from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
+from ingest.api.ratelimit import WriteCaller
 from ingest.tokens import Principal, Role
 from rules.alerts import Alert, AlertEvent, AlertState, InvalidTransition, Severity
 from rules.store import AlertNotFound
@@ -203,6 +204,7 @@ async def _act(
 _ACT_ERRORS = {
     404: {"model": ErrorBody, "description": "no such alert, or not yours"},
     409: {"model": ErrorBody, "description": "not allowed in the alert's state"},
+    429: {"model": ErrorBody, "description": "too many writes for this token; see Retry-After"},
     **ERRORS,
 }
 
@@ -210,7 +212,7 @@ _ACT_ERRORS = {
 @router.post("/{alert_id}/ack", summary="acknowledge: I am on it", responses=_ACT_ERRORS)
 async def acknowledge(
     alert_id: str,
-    principal: Caller,
+    principal: WriteCaller,
     ctx: Annotated[ApiContext, Depends(context)],
     body: ActionBody | None = None,
 ) -> Changed:
@@ -221,7 +223,7 @@ async def acknowledge(
 @router.post("/{alert_id}/resolve", summary="resolve: the problem is gone", responses=_ACT_ERRORS)
 async def resolve(
     alert_id: str,
-    principal: Caller,
+    principal: WriteCaller,
     ctx: Annotated[ApiContext, Depends(context)],
     body: ActionBody | None = None,
 ) -> Changed:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.api import alerts, deadletters, devices, health, rules, timeseries
 from ingest.api.context import ApiContext
 from ingest.api.errors import error_response, install_error_handlers
+from ingest.api.ratelimit import TokenBucket
 
 MAX_BODY_BYTES = 1024 * 1024  # the largest body is a rule file (256 KiB); more is refused early
 
@@ -22,8 +25,39 @@ the shape `{"error": {"code": "...", "message": "...", "detail": ...}}`.
 """
 
 
-def create_app(ctx: ApiContext) -> FastAPI:
-    """The application around one service's context."""
+class CountedBody:
+    """Cuts a request body off at ``max_bytes`` as it arrives: 413 in the one error shape.
+
+    The Content-Length check in ``create_app`` refuses a declared oversize body before it is
+    read; a chunked body declares nothing, and without this would be read whole. (FastAPI's
+    own ``max_body_size`` answers in plain text, not in this API's error shape.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the route's body read, so the error handlers answer it.
+                    raise HTTPException(413, f"bodies are limited to {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> FastAPI:
+    """The application around one service's context; writes limited per token."""
     app = FastAPI(
         title="citysense",
         version="0.1.0",
@@ -38,7 +72,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ],
     )
     app.state.ctx = ctx
+    app.state.write_limiter = write_limiter if write_limiter is not None else TokenBucket()
     install_error_handlers(app)
+    # Added first, so it sits inside the middleware below: next to the route, whose body read
+    # then raises the 413 directly (through BaseHTTPMiddleware it would arrive wrapped, as 400).
+    app.add_middleware(CountedBody, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def _limit_body(
@@ -51,4 +89,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     for module in (health, devices, timeseries, alerts, rules, deadletters):
         app.include_router(module.router)
+    # No CORSMiddleware, on purpose: the API is for the command centre's server side and the
+    # grid workers' app, not for pages of other origins; browsers then refuse cross-origin
+    # reads. tests/unit/test_api_hardening.py holds that.
     return app

@@ -8,9 +8,10 @@ import yaml
 from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel
 
-from ingest.api.auth import Caller, Operator
+from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody
+from ingest.api.ratelimit import WriteOperator
 from rules.loader import parse_rules
 from rules.problems import RulesError
 
@@ -57,10 +58,10 @@ async def list_rules(
 @router.post(
     "/validate",
     summary="validate a rule file (YAML) against the registry, without loading it",
-    responses={413: {"model": ErrorBody}, **ERRORS},
+    responses={413: {"model": ErrorBody}, 429: {"model": ErrorBody}, **ERRORS},
 )
 async def validate_rules(
-    _: Operator,
+    _: WriteOperator,
     ctx: Annotated[ApiContext, Depends(context)],
     body: Annotated[
         str,

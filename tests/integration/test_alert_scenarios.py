@@ -43,6 +43,7 @@ from simulator import SCENARIOS, SimulationConfig, dry_run
 from simulator.behaviour import Condition
 from simulator.device import Outgoing
 from simulator.plan import plan_run
+from tests.brokerauth import GATEWAY, MONITOR
 from tests.integration.test_ingest_e2e import REPO, make_settings, now_ms, running_service, settle
 from tests.services import influx_query
 
@@ -110,6 +111,7 @@ class Worker:
             clean_session=False,
         )
         self._subscribed = threading.Event()
+        self.client.username_pw_set(MONITOR.username, MONITOR.password)  # reads alerts/#
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
@@ -148,6 +150,7 @@ class Worker:
 def publish(port: int, messages: list[Outgoing]) -> None:
     """Publish as the devices would (topic, JSON body, QoS 1, status retained), in order."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{uuid.uuid4().hex[:8]}")
+    client.username_pw_set(GATEWAY.username, GATEWAY.password)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -163,6 +166,7 @@ def publish(port: int, messages: list[Outgoing]) -> None:
 def clear_retained(port: int, registry: Registry) -> None:
     """Remove retained statuses of the example city, so no run sees another run's."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"clr-{uuid.uuid4().hex[:8]}")
+    client.username_pw_set(GATEWAY.username, GATEWAY.password)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:

@@ -19,6 +19,7 @@ from devices.registry import Registry, RiverDevice
 from ingest.service import ServiceState
 from rules.alerts import AlertAction, AlertState, area_ids
 from rules.store import AlertStore, sqlite_url
+from tests.brokerauth import MONITOR
 from tests.integration.test_ingest_e2e import (
     first_of,
     make_settings,
@@ -54,6 +55,7 @@ class Worker:
             client_id=client_id or f"worker-{uuid.uuid4().hex[:6]}",
             clean_session=False,
         )
+        self.client.username_pw_set(MONITOR.username, MONITOR.password)  # reads alerts/#
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(topic, qos=1)

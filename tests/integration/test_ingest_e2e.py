@@ -19,6 +19,7 @@ from devices.registry import Registry
 from ingest.deadletters import DeadLetterStore
 from ingest.service import ServiceState, serve
 from ingest.settings import InfluxDialect, Settings
+from tests.brokerauth import GATEWAY, broker_files
 from tests.services import influx_query, vm_export
 
 pytestmark = pytest.mark.integration
@@ -32,8 +33,9 @@ def now_ms() -> int:
 
 
 def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
-    """Publish at QoS 1 with a plain paho client and wait for every PUBACK."""
+    """Publish at QoS 1 with a plain paho client, as the gateway; wait for every PUBACK."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    client.username_pw_set(GATEWAY.username, GATEWAY.password)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -305,7 +307,8 @@ async def test_consumer_reconnects_after_a_broker_restart(
 
     port = free_port()
     broker_dir = tmp_path / "broker"
-    broker = start_mosquitto(port, broker_dir, REPO / "mosquitto.conf")
+    listeners = broker_files(broker_dir / "broker", port, free_port()).listeners
+    broker = start_mosquitto(port, broker_dir, REPO / "mosquitto.conf", listeners)
     database = f"restart_{uuid.uuid4().hex[:8]}"
     influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
     settings = make_settings(tmp_path, port, influx_url=influxdb.url, influx_database=database)
@@ -318,7 +321,7 @@ async def test_consumer_reconnects_after_a_broker_restart(
             await settle(state, len(before))
             await asyncio.to_thread(broker.stop)
             broker = await asyncio.to_thread(
-                start_mosquitto, port, broker_dir, REPO / "mosquitto.conf"
+                start_mosquitto, port, broker_dir, REPO / "mosquitto.conf", listeners
             )
             # Published at once, before the service is back: the broker restored the plain
             # subscription of the persistent session from its file and queues them for it.

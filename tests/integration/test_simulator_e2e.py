@@ -13,6 +13,7 @@ from devices.registry import load_registry
 from ingest.lineprotocol import measurement_of
 from ingest.settings import InfluxDialect
 from simulator import MqttTarget, SimulationConfig, run_simulation
+from tests.brokerauth import DEV_SECRET, clear_retained_statuses
 from tests.integration.test_ingest_e2e import (
     REGISTRY_FILE,
     make_settings,
@@ -40,11 +41,16 @@ async def test_simulated_city_is_stored_message_for_message(
     config = SimulationConfig(
         rate=150, duration=4, seed=7, scenarios=("accident", "tailgating"), scenario_at=1
     )
-    async with running_service(settings, registry) as state:
-        report = await run_simulation(config, registry, MqttTarget(port=mosquitto.port))
-        await settle(state, report.total)
-        assert state.ledger.rejected == {}, state.ledger.rejected
-        assert state.ledger.written_total == report.total
+    try:
+        async with running_service(settings, registry) as state:
+            report = await run_simulation(
+                config, registry, MqttTarget(port=mosquitto.port, dev_secret=DEV_SECRET)
+            )
+            await settle(state, report.total)
+            assert state.ledger.rejected == {}, state.ledger.rejected
+            assert state.ledger.written_total == report.total
+    finally:
+        clear_retained_statuses(mosquitto.port, registry)
 
     assert report.total >= 400  # 150 msg/s for 4 s, give or take the start
     for kind in Kind:

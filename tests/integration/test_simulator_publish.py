@@ -26,6 +26,7 @@ from simulator import (
     run_simulation,
     synthetic_registry,
 )
+from tests.brokerauth import DEV_SECRET, GATEWAY, INGEST, broker_files
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ class Broker:
     port: int
 
     def target(self) -> MqttTarget:
-        return MqttTarget(host=self.host, port=self.port)
+        return MqttTarget(host=self.host, port=self.port, dev_secret=DEV_SECRET)
 
 
 def city(devices: int, seed: int) -> Registry:
@@ -66,6 +67,7 @@ def broker(mosquitto: Any) -> Iterator[Broker]:
         [{"topic": t, "payload": b"", "qos": 1, "retain": True} for t in topics],
         hostname=broker.host,
         port=broker.port,
+        auth={"username": GATEWAY.username, "password": GATEWAY.password},
     )
 
 
@@ -88,6 +90,7 @@ class Listener:
         self._lock = threading.Condition()
         self._subscribed = threading.Event()
         self._client = paho.Client(paho.CallbackAPIVersion.VERSION2, clean_session=True)
+        self._client.username_pw_set(INGEST.username, INGEST.password)  # reads iot/#
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = self._on_message
@@ -248,7 +251,9 @@ async def test_unreachable_broker_is_a_clear_error() -> None:
     config = SimulationConfig(rate=5.0, duration=1.0)
     with pytest.raises(SimulationError, match=r"127\.0\.0\.1:\d+"):
         async with asyncio.timeout(RUN_TIMEOUT_S):
-            await run_simulation(config, synthetic_registry(3), MqttTarget(port=free_port()))
+            await run_simulation(
+                config, synthetic_registry(3), MqttTarget(port=free_port(), dev_secret=DEV_SECRET)
+            )
 
 
 async def test_devices_reconnect_after_a_broker_restart(tmp_path: Path) -> None:
@@ -256,15 +261,17 @@ async def test_devices_reconnect_after_a_broker_restart(tmp_path: Path) -> None:
     port = free_port()
     registry = city(4, seed=9)
     config = SimulationConfig(rate=20.0, duration=4.5)
-    first = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf")
+    files = broker_files(tmp_path / "broker", port, free_port())
+    first = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf", files.listeners)
     try:
-        run = asyncio.create_task(run_simulation(config, registry, MqttTarget(port=port)))
+        target = MqttTarget(port=port, dev_secret=DEV_SECRET)
+        run = asyncio.create_task(run_simulation(config, registry, target))
         await asyncio.sleep(1.2)
     finally:
         first.stop()
     # The broker is gone for most of a second, then back on the same port.
     await asyncio.sleep(0.8)
-    second = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf")
+    second = start_mosquitto(port, tmp_path, REPO / "mosquitto.conf", files.listeners)
     try:
         await asyncio.sleep(1.2)
         during = await _retained_statuses(Broker("127.0.0.1", port), settle_s=0.3)

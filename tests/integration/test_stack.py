@@ -20,6 +20,7 @@ import pytest
 from ingest import stack
 from ingest.settings import Settings
 from ingest.stack import ManagedProcess, StackError, free_port, mqtt_answers, port_in_use
+from tests.brokerauth import GATEWAY, INGEST, Login, device_login
 from tests.services import influx_query, vm_export
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,16 @@ class Session:
 
 
 @contextmanager
-def mqtt_client(port: int, client_id: str = "", clean_session: bool = True) -> Iterator[Session]:
-    """Connect (waiting for the CONNACK); disconnect afterwards."""
+def mqtt_client(
+    port: int, client_id: str = "", clean_session: bool = True, login: Login = INGEST
+) -> Iterator[Session]:
+    """Connect as ``login`` (waiting for the CONNACK); disconnect afterwards."""
     inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
     connacks: queue.Queue[tuple[bool, bool]] = queue.Queue()
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session
     )
+    client.username_pw_set(login.username, login.password)
     client.on_message = lambda _c, _u, msg: inbox.put(msg)
     client.on_connect = lambda _c, _u, flags, rc, _p: connacks.put(
         (rc.is_failure, flags.session_present)
@@ -72,8 +76,8 @@ def subscribe(client: mqtt.Client, topic: str) -> None:
 
 
 def publish(port: int, messages: list[tuple[str, bytes, bool]]) -> None:
-    """Publish (topic, payload, retain) at QoS 1 and wait for every PUBACK."""
-    with mqtt_client(port) as s:
+    """Publish (topic, payload, retain) at QoS 1 as the gateway; wait for every PUBACK."""
+    with mqtt_client(port, login=GATEWAY) as s:
         infos = [s.client.publish(t, p, qos=1, retain=r) for t, p, r in messages]
         for info in infos:
             info.wait_for_publish(TIMEOUT_S)
@@ -133,7 +137,7 @@ def test_mqtt_round_trip_and_queue_for_an_away_persistent_session(
     mosquitto: ManagedProcess,
 ) -> None:
     client_id = f"away-{uuid.uuid4().hex[:8]}"
-    topic = f"stack/{client_id}"
+    topic = f"iot/stack/{client_id}/probe"  # where the ACL lets the gateway write
     with mqtt_client(mosquitto.port, client_id, clean_session=False) as sub:
         subscribe(sub.client, topic)
         publish(mosquitto.port, [(topic, b"while-here", False)])
@@ -153,13 +157,17 @@ def test_mqtt_round_trip_and_queue_for_an_away_persistent_session(
 
 def test_broker_runs_the_repository_policy(mosquitto: ManagedProcess) -> None:
     conf = (mosquitto.log_path.parent / "mosquitto.conf").read_text()
-    assert f"\nlistener {mosquitto.port} 127.0.0.1\n" in conf
-    assert conf.endswith((REPO / "mosquitto.conf").read_text())
+    policy = (REPO / "mosquitto.conf").read_text()
+    # The policy, then the generated listeners and access rules, which must come last.
+    assert policy in conf
+    listeners = conf[conf.index(policy) + len(policy) :]
+    assert f"\nlistener {mosquitto.port} 127.0.0.1\n" in listeners
+    assert "allow_anonymous false" in listeners and "password_file" in listeners
     # max_packet_size: a client sending more is cut off, not acknowledged and then dropped.
     disconnected: queue.Queue[object] = queue.Queue()
-    with mqtt_client(mosquitto.port) as s:
+    with mqtt_client(mosquitto.port, login=GATEWAY) as s:
         s.client.on_disconnect = lambda *args: disconnected.put(args)
-        info = s.client.publish("stack/too-big", b"x" * 300_000, qos=1)
+        info = s.client.publish("iot/stack/too-big/probe", b"x" * 300_000, qos=1)
         disconnected.get(timeout=TIMEOUT_S)
         assert not info.is_published()
 
@@ -202,6 +210,7 @@ def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
 def _settings(root: Path) -> Settings:
     return Settings(
         mqtt_port=free_port(),
+        mqtt_tls_port=free_port(),
         influx_url=f"http://127.0.0.1:{free_port()}",
         influx_database="stacktest",
         data_dir=root / "data",
@@ -247,10 +256,15 @@ def test_up_reuses_two_stacks_run_side_by_side_down_stops_only_its_own(tmp_path:
 
 def test_data_survives_down_and_up(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    status_topic = "iot/river/stack-r1/status"
+    # A broker from `stack up` knows the example city's devices and the ingest service.
+    status_topic = "iot/river/river-zj-0001/status"
     try:
         _, influxdb = stack.up(settings, REPO)
-        publish(settings.mqtt_port, [(status_topic, b'{"online": true}', True)])
+        river = device_login("river-zj-0001")
+        with mqtt_client(settings.mqtt_port, login=river) as s:
+            s.client.publish(
+                status_topic, b'{"online": true}', qos=1, retain=True
+            ).wait_for_publish(TIMEOUT_S)
         line = b"stack_probe,device=r1 level=3.25 1700000000000"
         url = f"{influxdb.url}/write?db=stacktest&precision=ms"
         with urllib.request.urlopen(urllib.request.Request(url, data=line), timeout=5):

@@ -16,17 +16,13 @@ from cryptography import x509
 
 from devices.credentials import (
     LOCAL_EXAMPLE_DEV_SECRET,
+    LOCAL_EXAMPLE_INGEST_PASSWORD,
     device_password,
     worker_password,
 )
 from devices.kinds import Level
 from devices.registry import Registry, load_registry, parse_registry
-from ingest.brokerconfig import (
-    LOCAL_EXAMPLE_INGEST_PASSWORD,
-    BrokerConfigError,
-    BrokerFiles,
-    write_broker_files,
-)
+from ingest.brokerconfig import BrokerConfigError, BrokerFiles, write_broker_files
 from ingest.cli import main
 from ingest.tls import RENEW_BEFORE, SERVER_DAYS, ensure_local_tls
 from ingest.workers import Worker, WorkersError, load_workers, parse_workers

@@ -88,7 +88,7 @@ def test_status_without_ts_takes_receive_time() -> None:
     ("topic", "payload", "expected"),
     [
         ("iot/river/r1/telemetry", "{not json", Reason.INVALID_JSON),
-        ("iot/river/r1/telemetry", b"\xff\xfe\x00", Reason.INVALID_JSON),
+        ("iot/river/r1/telemetry", b"\xff\xfe\x00", Reason.NOT_UTF8),
         ("iot/river/r1/telemetry", "", Reason.INVALID_JSON),
         ("iot/river/r1/telemetry", '{"ts": 1795000000000, "ph": NaN}', Reason.NOT_FINITE),
         ("iot/river/r1/telemetry", '{"ts": 1795000000000, "ph": Infinity}', Reason.NOT_FINITE),
