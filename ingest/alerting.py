@@ -20,7 +20,7 @@ from devices.payloads import DeviceMessage
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import alert_topic
 from ingest.alertfeed import AlertFeed, Change
-from ingest.delivery import Deliverer
+from ingest.batcher import Batcher
 from ingest.lineprotocol import encode_fields, series_key
 from ingest.outbox import MqttOutbox
 from rules import Engine, RuleSet, Transition
@@ -55,7 +55,7 @@ class Alerting:
         registry: Registry,
         store: AlertStore,
         outbox: MqttOutbox,
-        deliverer: Deliverer,
+        batcher: Batcher,
         *,
         start_grace_s: float = 0.0,
         snapshot_interval_s: float = 5.0,
@@ -67,12 +67,13 @@ class Alerting:
         self._registry = registry
         self._store = store
         self._outbox = outbox
-        self._deliverer = deliverer
+        self._batcher = batcher  # alert points go the way of every point (spool included)
         snapshot = store.load_state(SNAPSHOT_KEY)
         self.engine = (
             Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
         )
-        self._queue: asyncio.Queue[Transition] = asyncio.Queue(10_000)
+        # Changes already in the store, waiting to be told (MQTT, listeners, InfluxDB).
+        self._queue: asyncio.Queue[tuple[Alert, AlertEvent]] = asyncio.Queue(10_000)
         self._deadlines_from_ms = _now_ms() + round(start_grace_s * 1000)
         self._snapshot_every_ms = round(snapshot_interval_s * 1000)
         self._renotify_ms = round(renotify_s * 1000)
@@ -89,22 +90,31 @@ class Alerting:
         message: DeviceMessage,
         ts_ms: int,
     ) -> None:
-        """Evaluate one valid message; queue what the engine says."""
+        """Evaluate one valid message; store what the engine says, queue it to be told.
+
+        The store is written here, before the message's point can be written and the message
+        acknowledged: an alert is never lost with a message the broker will not send again.
+        Transitions are rare (state changes, repeats), so the thread hop is too.
+        """
         started = time.perf_counter()
         transitions = self.engine.observe(device, channel, message, ts_ms)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1
+        if transitions:
+            await self._store_and_queue(transitions)
+
+    async def _store_and_queue(self, transitions: list[Transition]) -> None:
         for transition in transitions:
-            await self._queue.put(transition)
+            change = await asyncio.to_thread(self._apply, transition, _now_ms())
+            if change is not None:
+                await self._queue.put(change)
 
     async def run(self) -> None:
-        """Apply queued transitions until cancelled."""
+        """Tell people of stored changes, in order, until cancelled."""
         while True:
-            transition = await self._queue.get()
+            alert, event = await self._queue.get()
             try:
-                change = await asyncio.to_thread(self._apply, transition, _now_ms())
-                if change is not None:
-                    await self.announce(*change)
+                await self.announce(alert, event)
             finally:
                 self._queue.task_done()
 
@@ -147,9 +157,7 @@ class Alerting:
         if self._worth_telling(alert, event):
             for level, area in alert.audience:
                 await self._outbox.put(alert_topic(level, area), payload)
-        outcome = await self._deliverer.deliver([self._line(alert, event)])
-        for _, error in outcome.refused:
-            log.error("InfluxDB refused an alert point: %s", error)
+        await self._batcher.add(self._line(alert, event), "alert", own=True)
 
     def _worth_telling(self, alert: Alert, event: AlertEvent) -> bool:
         """Every change of state goes out; a repeat only ``renotify_s`` after the last word.
@@ -198,9 +206,8 @@ class Alerting:
         while True:
             await asyncio.sleep(TICK_S)
             now = _now_ms()
-            if now >= self._deadlines_from_ms:
-                for transition in self.engine.tick(now):
-                    await self._queue.put(transition)
+            if now >= self._deadlines_from_ms and (due := self.engine.tick(now)):
+                await self._store_and_queue(due)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
                 await self.announce(alert, event)
             if now - saved_ms >= self._snapshot_every_ms:
@@ -229,7 +236,7 @@ class Alerting:
         return out
 
     async def settle(self, timeout_s: float) -> None:
-        """Wait (bounded) until queued transitions are applied; for an orderly stop."""
+        """Wait (bounded) until stored changes have been told; for an orderly stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout_s)
 

@@ -18,7 +18,9 @@ class Batch:
 
     lines: list[str] = field(default_factory=list)
     per_measurement: Counter[str] = field(default_factory=Counter)
-    tokens: list[int] = field(default_factory=list)  # ack tokens of the messages (acks.py)
+    # Per line: the ack token of its message (acks.py), None for citysense's own points.
+    tokens: list[int | None] = field(default_factory=list)
+    own: int = 0  # lines that are citysense's own points (alerts), not counted per measurement
 
 
 class Batcher:
@@ -46,14 +48,21 @@ class Batcher:
         """Sealed batches waiting for the writer."""
         return len(self._sealed)
 
-    async def add(self, line: str, measurement: str, token: int | None = None) -> None:
-        """Add a line; wait while too many sealed batches are waiting for the writer."""
+    async def add(
+        self, line: str, measurement: str, token: int | None = None, *, own: bool = False
+    ) -> None:
+        """Add a line; wait while too many sealed batches are waiting for the writer.
+
+        ``own``: a point of citysense's own (an alert), outside the message ledger.
+        """
         if not self._open.lines:
             self._opened_at = asyncio.get_running_loop().time()
         self._open.lines.append(line)
-        self._open.per_measurement[measurement] += 1
-        if token is not None:
-            self._open.tokens.append(token)
+        self._open.tokens.append(token)
+        if own:
+            self._open.own += 1
+        else:
+            self._open.per_measurement[measurement] += 1
         if len(self._open.lines) >= self._size:
             self._seal()
         while len(self._sealed) > self._max_pending:

@@ -16,7 +16,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     stop_never,
     wait_random_exponential,
 )
@@ -101,11 +101,13 @@ class Deliverer:
 
     async def _write_retrying(self, lines: Sequence[str], give_up_after_s: float | None) -> None:
         # Without a bound, retries forever: the caller bounds memory (the batcher's queue
-        # blocks the consumer, and unacknowledged messages stop the broker's sending).
+        # blocks the consumer, and unacknowledged messages stop the broker's sending). With
+        # one, stop *before* a sleep would pass it, so spooling starts at the bound, not a
+        # backoff later.
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Retryable),
             wait=self._wait,
-            stop=stop_never if give_up_after_s is None else stop_after_delay(give_up_after_s),
+            stop=stop_never if give_up_after_s is None else stop_before_delay(give_up_after_s),
             before_sleep=_log_retry,
             reraise=True,
         )

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 Safe = Callable[[list[int]], None]
 REPLAY_IDLE_S = 1.0  # how often an idle replayer looks at the spool again
 REPLAY_RETRY_S = 2.0  # how long the replayer waits after InfluxDB failed it again
+ALERT_MEASUREMENT = "alert"
+
+
+def _tokens(tokens: list[int | None]) -> list[int]:
+    return [t for t in tokens if t is not None]
 
 
 def measurement_of_line(line: str) -> str:
@@ -122,15 +127,15 @@ class Drain:
             )
             return False
         self.stats.spooled_batches += 1
-        self._ledger.spooled += len(batch.lines)
-        self._on_safe(batch.tokens)
+        self._ledger.spooled += len(batch.lines) - batch.own
+        self._on_safe(_tokens(batch.tokens))
         self._spooled_one.set()
         return True
 
     async def _settle(self, batch: Batch, outcome: Outcome) -> None:
         if not outcome.refused:
             self._ledger.written.update(batch.per_measurement)
-            self._on_safe(batch.tokens)
+            self._on_safe(_tokens(batch.tokens))
             return
         await self._dead_letter_refused(batch, outcome.refused)
 
@@ -140,12 +145,13 @@ class Drain:
         errors: dict[str, list[str]] = {}
         for line, error in refused:
             errors.setdefault(line, []).append(error)
-        tokens: list[int | None] = list(batch.tokens) or [None] * len(batch.lines)
         written: list[int] = []
-        for line, token in zip(batch.lines, tokens, strict=True):
+        for line, token in zip(batch.lines, batch.tokens, strict=True):
             waiting = errors.get(line)
             if not waiting:
-                self._ledger.written[measurement_of_line(line)] += 1
+                measurement = measurement_of_line(line)
+                if measurement != ALERT_MEASUREMENT:  # citysense's own, outside the ledger
+                    self._ledger.written[measurement] += 1
                 if token is not None:
                     written.append(token)
                 continue
@@ -195,7 +201,11 @@ class Drain:
         assert self._spool is not None
         await asyncio.to_thread(self._spool.commit, spooled)
         self._ledger.replayed.update(
-            Counter(measurement_of_line(line) for line in spooled.lines if line not in refused)
+            Counter(
+                m
+                for line in spooled.lines
+                if line not in refused and (m := measurement_of_line(line)) != ALERT_MEASUREMENT
+            )
         )
         self.stats.replayed_batches += 1
         if self._influx_down:

@@ -2,9 +2,10 @@
 
 Start-up: open the dead-letter store and the InfluxDB sink, then start the writer side before
 the consumer, so the first message has somewhere to go. Shutdown (``stop`` set, e.g. SIGTERM):
-stop the API, stop taking messages (the one in hand is finished), seal the open batch, let the
-writer drain (at most ``SHUTDOWN_TIMEOUT_S``), commit the last dead letters — each step
-acknowledging to the broker what it made durable — then DISCONNECT, settle alerts, close.
+stop the API, stop taking messages (the one in hand is finished), tell the last alert changes,
+seal the open batch, let the writer drain (at most ``SHUTDOWN_TIMEOUT_S``), commit the last
+dead letters — each step acknowledging to the broker what it made durable — then DISCONNECT,
+let the alert publisher finish, close.
 At most about 5 + 5 + 15 + 5 + 5 + 5 s ≈ 40 s even with InfluxDB gone; a few hundred
 milliseconds normally.
 """
@@ -154,7 +155,7 @@ async def serve(
         registry,
         alert_store,
         outbox,
-        deliverer,
+        batcher,
         start_grace_s=settings.alert_start_grace_s,
         snapshot_interval_s=settings.alert_snapshot_interval_s,
         renotify_s=settings.alert_renotify_s,
@@ -221,7 +222,12 @@ async def serve(
                 await asyncio.wait([serving], timeout=API_STOP_TIMEOUT_S)
                 serving.cancel()
             consumer.stop_reading()
-            await asyncio.wait([reading], timeout=HANDLING_GRACE_S + 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(consumer.reading_stopped.wait(), HANDLING_GRACE_S + 1)
+            # Alert changes of the last messages: told, and their points into the last batch.
+            clock.cancel()
+            await alerting.settle(ALERT_SETTLE_S)
+            applying.cancel()
             batcher.close()
             await asyncio.wait([timer])
             done, _ = await asyncio.wait([writer], timeout=SHUTDOWN_TIMEOUT_S)
@@ -241,9 +247,6 @@ async def serve(
             done, _ = await asyncio.wait([reading], timeout=RELEASE_TIMEOUT_S)
             if not done:
                 reading.cancel()
-            clock.cancel()
-            await alerting.settle(ALERT_SETTLE_S)
-            applying.cancel()
             await outbox.settle(ALERT_SETTLE_S)
             publishing.cancel()
             reporter.cancel()
