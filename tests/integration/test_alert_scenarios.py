@@ -43,7 +43,7 @@ from simulator import SCENARIOS, SimulationConfig, dry_run
 from simulator.behaviour import Condition
 from simulator.device import Outgoing
 from simulator.plan import plan_run
-from tests.brokerauth import GATEWAY, MONITOR
+from tests.brokerauth import GATEWAY, MONITOR, clear_retained_statuses
 from tests.integration.test_ingest_e2e import REPO, make_settings, now_ms, running_service, settle
 from tests.services import influx_query
 
@@ -163,24 +163,6 @@ def publish(port: int, messages: list[Outgoing]) -> None:
         client.loop_stop()
 
 
-def clear_retained(port: int, registry: Registry) -> None:
-    """Remove retained statuses of the example city, so no run sees another run's."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"clr-{uuid.uuid4().hex[:8]}")
-    client.username_pw_set(GATEWAY.username, GATEWAY.password)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        infos = [
-            client.publish(f"iot/{d.kind}/{d.id}/status", b"", qos=1, retain=True)
-            for d in registry.devices.values()
-        ]
-        for info in infos:
-            info.wait_for_publish(timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def silent_timing(registry: Registry) -> tuple[str, float]:
     """The silent scenario's device and run length.
 
@@ -217,9 +199,9 @@ async def wait_until(check: Callable[[], bool], timeout_s: float = WAIT_S) -> bo
 
 @pytest.fixture
 def clean_broker(mosquitto: Any, registry: Registry) -> Iterator[None]:
-    clear_retained(mosquitto.port, registry)
+    clear_retained_statuses(mosquitto.port, registry)
     yield
-    clear_retained(mosquitto.port, registry)
+    clear_retained_statuses(mosquitto.port, registry)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
