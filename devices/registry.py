@@ -160,11 +160,17 @@ class Registry:
         return [a for a in self.areas.values() if a.parent == area_id]
 
 
+_KIND_TAGS = frozenset(k.value for k in Kind)
+
+
 def _problems_from(file: str, entry: str, error: ValidationError) -> list[Problem]:
     out = []
     for e in error.errors(include_url=False):
-        # A discriminated union puts the chosen tag in the location: drop it for readers.
-        loc = [str(p) for p in e["loc"] if p not in {k.value for k in Kind}]
+        # A discriminated union puts the chosen tag first in the location: drop it for
+        # readers (only there: `river` and `road` are also field names).
+        loc = [str(p) for p in e["loc"]]
+        if loc and loc[0] in _KIND_TAGS:
+            loc = loc[1:]
         out.append(Problem(file, entry, ".".join(loc) or "(entry)", e["msg"]))
     return out
 
@@ -176,27 +182,28 @@ def _entry_name(section: str, index: int, raw: Any) -> str:
 
 def _parse_entries(
     file: str, section: str, raw: Any, parse: Any, problems: list[Problem]
-) -> list[Any]:
+) -> list[tuple[int, Any]]:
+    """The entries that parse, each with its index in the file (problems name that index)."""
     if not isinstance(raw, list):
         problems.append(Problem(file, section, "(section)", "must be a list"))
         return []
     parsed = []
     for i, item in enumerate(raw):
         try:
-            parsed.append(parse(item))
+            parsed.append((i, parse(item)))
         except ValidationError as e:
             problems.extend(_problems_from(file, _entry_name(section, i, item), e))
     return parsed
 
 
-def _check_areas(file: str, areas: list[Area], problems: list[Problem]) -> None:
+def _check_areas(file: str, areas: list[tuple[int, Area]], problems: list[Problem]) -> None:
     by_id: dict[str, Area] = {}
-    for i, area in enumerate(areas):
+    for i, area in areas:
         entry = f"areas[{i}] (id={area.id})"
         if area.id in by_id:
             problems.append(Problem(file, entry, "id", "duplicate area id"))
         by_id[area.id] = area
-    for i, area in enumerate(areas):
+    for i, area in areas:
         entry = f"areas[{i}] (id={area.id})"
         expected = area.level.parent_level
         if expected is None:
@@ -218,10 +225,10 @@ def _check_areas(file: str, areas: list[Area], problems: list[Problem]) -> None:
 
 
 def _check_devices(
-    file: str, devices: list[Any], areas: dict[str, Area], problems: list[Problem]
+    file: str, devices: list[tuple[int, Any]], areas: dict[str, Area], problems: list[Problem]
 ) -> None:
     seen: set[str] = set()
-    for i, device in enumerate(devices):
+    for i, device in devices:
         entry = f"devices[{i}] (id={device.id})"
         if device.id in seen:
             problems.append(Problem(file, entry, "id", "duplicate device id"))
@@ -245,10 +252,10 @@ def parse_registry(data: Any, file: str = "<registry>") -> Registry:
         file, "devices", data.get("devices"), _DEVICE.validate_python, problems
     )
     _check_areas(file, areas, problems)
-    _check_devices(file, devices, {a.id: a for a in areas}, problems)
+    _check_devices(file, devices, {a.id: a for _, a in areas}, problems)
     if problems:
         raise RegistryError(problems)
-    return Registry(areas, devices)
+    return Registry([a for _, a in areas], [d for _, d in devices])
 
 
 def load_registry(path: Path) -> Registry:

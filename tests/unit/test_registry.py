@@ -94,3 +94,19 @@ def test_duplicate_ids() -> None:
     found = problems({"areas": [*AREAS, AREAS[-1]], "devices": [RIVER, RIVER]})
     assert "city.yaml: areas[5] (id=g): id: duplicate area id" in found
     assert "city.yaml: devices[1] (id=r1): id: duplicate device id" in found
+
+
+def test_problems_name_the_entry_by_its_place_in_the_file() -> None:
+    # devices[0] does not parse; the unknown grid is on devices[2] of the file, not the
+    # second device that parsed.
+    broken = {**RIVER, "id": "r0", "lat": "north"}
+    found = problems(
+        {"areas": AREAS, "devices": [broken, RIVER, {**RIVER, "id": "r2", "grid": "zz"}]}
+    )
+    assert "city.yaml: devices[2] (id=r2): grid: no area 'zz'" in found
+
+
+def test_a_field_named_like_a_kind_is_still_named() -> None:
+    # `river` is both the river station's kind tag and one of its fields.
+    found = problems({"areas": AREAS, "devices": [{**RIVER, "river": ""}]})
+    assert len(found) == 1 and found[0].startswith("city.yaml: devices[0] (id=r1): river: ")
