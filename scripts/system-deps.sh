@@ -11,6 +11,8 @@ command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 # mosquitto_sub/_pub, for watching alerts the way a grid worker's phone receives them.
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# The headless browser of the web page tests (tests/integration/test_web.py, via Playwright).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then

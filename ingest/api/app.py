@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest import web
 from ingest.api import alerts, deadletters, devices, health, rules, timeseries
 from ingest.api.context import ApiContext
 from ingest.api.errors import error_response, install_error_handlers
@@ -89,6 +90,7 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
 
     for module in (health, devices, timeseries, alerts, rules, deadletters):
         app.include_router(module.router)
+    app.include_router(web.router)  # the pages under /ui/ (public; data comes from the API)
     # No CORSMiddleware, on purpose: the API is for the command centre's server side and the
     # grid workers' app, not for pages of other origins; browsers then refuse cross-origin
     # reads. tests/unit/test_api_hardening.py holds that.

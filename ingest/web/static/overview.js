@@ -1,0 +1,135 @@
+// Overview: device counts, a plain SVG map of the devices, unresolved alerts per county, and
+// the live alert list from the SSE stream.
+import { api, fmtTime, followAlerts, h, placeOf, SEVERITY, SEVERITY_ORDER, signIn, STATE } from "./app.js";
+
+const SVG = "http://www.w3.org/2000/svg";
+const COLOUR = { ok: "#2f9e44", warning: "#d4a106", major: "#e8590c", critical: "#b3261e", info: "#5c7cfa", offline: "#868e96" };
+const KIND = { river: "河 river", gate: "门 gate", road: "路 road" };
+const LIVE_MAX = 50;
+
+let devices = []; // DeviceSummary[]
+const byId = new Map();
+const active = new Map(); // alert id → alert, not resolved
+
+function deviceState(id) {
+  const mine = [...active.values()].filter((a) => a.device_id === id);
+  if (mine.some((a) => a.rule_id === "device_silent")) return "offline";
+  for (const s of SEVERITY_ORDER) if (mine.some((a) => a.severity === s)) return s;
+  return "ok";
+}
+
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  el.append(...children);
+  return el;
+}
+
+function renderCounts() {
+  const offline = devices.filter((d) => deviceState(d.device.id) === "offline").length;
+  document.getElementById("count-total").textContent = devices.length;
+  document.getElementById("count-online").textContent = devices.length - offline;
+  document.getElementById("count-offline").textContent = offline;
+}
+
+function renderMap() {
+  const box = document.getElementById("map-svg");
+  if (!devices.length) {
+    box.replaceChildren(h("p", { class: "muted" }, "没有设备 No devices"));
+    return;
+  }
+  const lats = devices.map((d) => d.device.lat);
+  const lons = devices.map((d) => d.device.lon);
+  const [s, n, w, e] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
+  const midLat = ((s + n) / 2) * (Math.PI / 180);
+  const spanX = Math.max((e - w) * Math.cos(midLat), 1e-3);
+  const spanY = Math.max(n - s, 1e-3);
+  const W = 640;
+  const pad = 24;
+  const scale = (W - 2 * pad) / Math.max(spanX, spanY * 0.8);
+  const H = Math.round(spanY * scale + 2 * pad);
+  const x = (lon) => pad + (lon - w) * Math.cos(midLat) * scale;
+  const y = (lat) => pad + (n - lat) * scale;
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "设备地图 device map" });
+  // Faint graticule every 0.05°, so distances read at a glance.
+  for (let v = Math.ceil(w / 0.05) * 0.05; v <= e; v += 0.05)
+    root.append(svg("line", { x1: x(v), x2: x(v), y1: 0, y2: H, stroke: "#d5e0ea" }));
+  for (let v = Math.ceil(s / 0.05) * 0.05; v <= n; v += 0.05)
+    root.append(svg("line", { x1: 0, x2: W, y1: y(v), y2: y(v), stroke: "#d5e0ea" }));
+  const order = { ok: 0, info: 1, warning: 2, major: 3, offline: 4, critical: 5 };
+  const sorted = [...devices].sort((a, b) => order[deviceState(a.device.id)] - order[deviceState(b.device.id)]);
+  for (const d of sorted) {
+    const state = deviceState(d.device.id);
+    const shape =
+      d.device.kind === "river"
+        ? svg("rect", { x: x(d.device.lon) - 6, y: y(d.device.lat) - 6, width: 12, height: 12, rx: 2 })
+        : svg("circle", { cx: x(d.device.lon), cy: y(d.device.lat), r: d.device.kind === "road" ? 6 : 5 });
+    shape.setAttribute("fill", COLOUR[state]);
+    shape.setAttribute("stroke", "#fff");
+    shape.setAttribute("stroke-width", "1.5");
+    const title = svg("title");
+    title.textContent = `${d.device.name} (${d.device.id}) · ${KIND[d.device.kind]} · ${state}`;
+    const link = svg("a", { href: `device.html?id=${encodeURIComponent(d.device.id)}`, class: "marker", "data-device": d.device.id, "data-state": state }, shape, title);
+    root.append(link);
+  }
+  box.replaceChildren(root);
+}
+
+function renderCounties() {
+  const counties = new Map(); // id → name
+  for (const d of devices) for (const p of d.path) if (p.level === "county") counties.set(p.id, p.name);
+  const rows = [...counties].map(([id, name]) => {
+    const here = [...active.values()].filter((a) => a.areas.county === id);
+    return h("tr", { dataset: { county: id } }, h("td", {}, name), ...SEVERITY_ORDER.map((s) => h("td", {}, here.filter((a) => a.severity === s).length)));
+  });
+  const head = h("tr", {}, h("th", {}, "区县 County"), ...SEVERITY_ORDER.map((s) => h("th", {}, h("span", { class: `sev sev-${s}` }, SEVERITY[s]))));
+  document.getElementById("by-county").replaceChildren(head, ...rows);
+}
+
+function liveItem(alert, text, fresh) {
+  const device = byId.get(alert.device_id);
+  return h(
+    "li",
+    { class: fresh ? "new" : undefined, dataset: { alert: alert.id, state: alert.state } },
+    h("span", { class: `sev sev-${alert.severity}` }, SEVERITY[alert.severity] ?? alert.severity),
+    " ",
+    h("b", {}, STATE[alert.state] ?? alert.state),
+    " ",
+    h("a", { href: `device.html?id=${encodeURIComponent(alert.device_id)}` }, device ? device.device.name : alert.device_id),
+    h("div", {}, text),
+    h("div", { class: "muted" }, `${alert.rule_id} · ${fmtTime(alert.updated_ms)} · ${placeOf(device)}`),
+  );
+}
+
+function render() {
+  renderCounts();
+  renderMap();
+  renderCounties();
+}
+
+async function start() {
+  devices = await api("/devices");
+  for (const d of devices) byId.set(d.device.id, d);
+  const open = await api("/alerts?state=open&state=acknowledged&limit=1000");
+  for (const a of open) active.set(a.id, a);
+  render();
+  const live = document.getElementById("live");
+  live.replaceChildren(...open.slice(0, 20).map((a) => liveItem(a, a.detail || a.rule_id, false)));
+  let pending = null;
+  followAlerts((change) => {
+    const alert = change.alert;
+    if (alert.state === "resolved") active.delete(alert.id);
+    else active.set(alert.id, alert);
+    live.prepend(liveItem(alert, `${change.message_zh} / ${change.message_en}`, true));
+    while (live.children.length > LIVE_MAX) live.lastElementChild.remove();
+    // A burst of changes redraws once.
+    if (pending === null) pending = setTimeout(() => ((pending = null), render()), 300);
+  });
+}
+
+const liveState = new MutationObserver(() => {
+  const v = document.body.dataset.live;
+  document.getElementById("live-state").textContent = v === "connected" ? "● 已连接 connected" : v === "reconnecting" ? "○ 重连中 reconnecting" : "";
+});
+liveState.observe(document.body, { attributes: true, attributeFilter: ["data-live"] });
+signIn(() => start().catch((e) => console.error(e)));
