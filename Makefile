@@ -48,6 +48,12 @@ clean:
 	-$(BIN)/citysense stack down
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
 
+# End to end against the broker's own limit: its own Mosquitto and InfluxDB, ~5 minutes,
+# writes bench-results.json (see benchmarks/README.md). BENCH_ARGS="--k 20000 --repeat 1" etc.
+BENCH_ARGS ?=
+bench: deps
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 # Per-message cost of decode, rules and line protocol, on a dry run of the example city.
 bench-stages: venv
 	$(BIN)/python benchmarks/stage_costs.py

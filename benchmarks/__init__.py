@@ -1,0 +1,1 @@
+"""End-to-end benchmark of citysense against the broker's own limit: `make bench`."""
