@@ -40,6 +40,12 @@ def caller(
         ctx.tokens.reload_if_changed()
     principal = ctx.tokens.verify(credentials.credentials)
     if principal is None:
+        # A token added a moment ago: another request may have just taken the periodic check
+        # and still be reloading. reload_if_changed waits for that (the store's lock) or
+        # reloads itself; then look once more before saying no.
+        ctx.tokens.reload_if_changed()
+        principal = ctx.tokens.verify(credentials.credentials)
+    if principal is None:
         raise _unauthorized("unknown or revoked token")
     request.state.principal = principal
     return principal
