@@ -1,7 +1,8 @@
 """Per-message cost of each ingest stage, on the simulator's example city (no I/O).
 
 Runs the simulator dry (an hour of the example city with every scenario), then times each
-stage over the same messages: decode + validate, the rule engine, line protocol. Prints
+stage over the same messages: MQTT receive (parsing PUBLISH packets from 64 KiB reads, as the
+consumer does), decode + validate, the rule engine, line protocol. Prints
 microseconds per message, overall and per (kind, channel). Run: `make bench-stages`.
 """
 
@@ -16,12 +17,27 @@ from pathlib import Path
 from devices.registry import load_registry
 from ingest.decode import Decoded, Decoder
 from ingest.lineprotocol import LineEncoder
+from ingest.mqttcodec import parse
 from ingest.plates import PlateHasher
 from rules.engine import Engine
 from rules.loader import load_rules
 from simulator import SimulationConfig, dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
+READ_SIZE = 65_536  # what one socket read typically returns to the consumer under load
+
+
+def publish_frame(topic: str, payload: bytes, mid: int) -> bytes:
+    """A QoS 1 PUBLISH as the broker sends it."""
+    body = len(topic.encode()).to_bytes(2, "big") + topic.encode() + mid.to_bytes(2, "big")
+    body += payload
+    n, length = len(body), bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([0x32]) + bytes(length) + body
 
 
 def main() -> None:
@@ -49,6 +65,15 @@ def main() -> None:
     decoder = Decoder(registry, max_payload_bytes=16384, future_skew_ms=300_000, max_age_ms=10**10)
     decoded = [d for d in (decoder.decode(t, p, now) for t, p in raw) if isinstance(d, Decoded)]
     encoder = LineEncoder(registry, PlateHasher(b"bench"))
+    stream = b"".join(publish_frame(t, p, i % 65535 + 1) for i, (t, p) in enumerate(raw))
+    reads = [stream[i : i + READ_SIZE] for i in range(0, len(stream), READ_SIZE)]
+
+    def receive_all() -> None:
+        buf = bytearray()
+        for chunk in reads:
+            buf += chunk
+            _, used = parse(buf)
+            del buf[:used]
 
     def decode_all() -> None:
         for topic, payload in raw:
@@ -65,6 +90,7 @@ def main() -> None:
 
     print(f"{len(raw)} messages ({len(decoded)} valid), {args.repeat} passes, median:")
     for name, stage in (
+        ("mqtt receive", receive_all),
         ("decode+validate", decode_all),
         ("rules", rules_all),
         ("line protocol", encode_all),

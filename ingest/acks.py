@@ -17,7 +17,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 
-Ack = Callable[[int], object]  # send PUBACK for a message id
+# Send PUBACKs for these message ids, in this order (one write); called after every report
+# of safe messages, with an empty list when none could be acknowledged yet.
+Ack = Callable[[list[int]], object]
 
 
 class AckTracker:
@@ -43,6 +45,10 @@ class AckTracker:
         self._safe.clear()
         self._first_of_generation = self._next
 
+    def disconnected(self) -> None:
+        """The connection is gone: nothing more can be acknowledged on it."""
+        self._ack = None
+
     def received(self, mid: int, qos: int) -> int:
         """Register a message in arrival order; return its token."""
         token = self._next
@@ -55,9 +61,12 @@ class AckTracker:
         first = self._first_of_generation
         self._safe.update(t for t in tokens if t >= first)
         order, safe = self._order, self._safe
+        mids: list[int] = []
         while order and order[0][0] in safe:
             token, mid = order.popleft()
             safe.discard(token)
-            if mid and self._ack is not None:
-                self._ack(mid)
-                self.acknowledged += 1
+            if mid:
+                mids.append(mid)
+        if self._ack is not None:
+            self._ack(mids)
+            self.acknowledged += len(mids)

@@ -1,10 +1,12 @@
 """From the rule engine's transitions to alerts people receive.
 
-The pipeline hands every valid message to the engine (cheap, pure) and queues what it says;
-one task applies transitions to the alert store (a worker thread), publishes each change on
-``alerts/{level}/{area}`` for every level the alert has reached, and writes it to InfluxDB
-(measurement ``alert``). Two more tasks drive time: the engine's deadlines (silence,
-expiry) and escalation of unacknowledged alerts.
+The pipeline hands every valid message to the engine (cheap, pure, on the event loop) and,
+when it says something, hands over the transitions together with the message's point. One
+task stores transitions in the alert store (a worker thread, a batch per round trip), then
+lets the points go on to the batcher — so a message is acknowledged only after the alerts it
+caused are stored. Another task publishes each change on ``alerts/{level}/{area}`` for every
+level the alert has reached, and writes it to InfluxDB (measurement ``alert``). A clock task
+drives time: the engine's deadlines (silence, expiry), escalation, and state saves.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 
 from devices.kinds import Channel
 from devices.payloads import DeviceMessage
@@ -34,12 +38,16 @@ from rules.alerts import (
     due_for_escalation,
 )
 from rules.messages import describe
-from rules.store import AlertStore
+from rules.store import AlertStore, StoreTransition
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "engine"
 TICK_S = 1.0
+STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same batch again
+
+# A message's point held back until its transitions are stored: (line, measurement, ack token).
+HeldPoint = tuple[str, str, int | None]
 
 
 def _now_ms() -> int:
@@ -72,8 +80,14 @@ class Alerting:
         self.engine = (
             Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
         )
+        # Transitions not yet stored, each with the point of the message that caused it.
+        self._to_store: deque[tuple[list[Transition], HeldPoint | None]] = deque()
+        self._held_points = 0  # points among _to_store and in the thread
+        self._to_store_ready = asyncio.Event()
+        self._stored_all = asyncio.Event()
+        self._stored_all.set()
         # Changes already in the store, waiting to be told (MQTT, listeners, InfluxDB).
-        self._queue: asyncio.Queue[tuple[Alert, AlertEvent]] = asyncio.Queue(10_000)
+        self._queue: asyncio.Queue[tuple[Alert, AlertEvent]] = asyncio.Queue()
         self._deadlines_from_ms = _now_ms() + round(start_grace_s * 1000)
         self._snapshot_every_ms = round(snapshot_interval_s * 1000)
         self._renotify_ms = round(renotify_s * 1000)
@@ -83,31 +97,75 @@ class Alerting:
         self.eval_seconds = 0.0
         self.changes = 0  # alert changes applied, for tests and the status line
 
-    async def observe(
+    @property
+    def pending_points(self) -> int:
+        """Message points held back until their transitions are stored."""
+        return self._held_points
+
+    def observe(
         self,
         device: GateDevice | RiverDevice | RoadDevice,
         channel: Channel,
         message: DeviceMessage,
         ts_ms: int,
-    ) -> None:
-        """Evaluate one valid message; store what the engine says, queue it to be told.
-
-        The store is written here, before the message's point can be written and the message
-        acknowledged: an alert is never lost with a message the broker will not send again.
-        Transitions are rare (state changes, repeats), so the thread hop is too.
-        """
+    ) -> list[Transition]:
+        """Evaluate one valid message; what the engine says goes to ``take`` (if anything)."""
         started = time.perf_counter()
         transitions = self.engine.observe(device, channel, message, ts_ms)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1
-        if transitions:
-            await self._store_and_queue(transitions)
+        return transitions
 
-    async def _store_and_queue(self, transitions: list[Transition]) -> None:
-        for transition in transitions:
-            change = await asyncio.to_thread(self._apply, transition, _now_ms())
-            if change is not None:
-                await self._queue.put(change)
+    def take(self, transitions: list[Transition], point: HeldPoint | None = None) -> None:
+        """Queue transitions to be stored; ``point`` goes to the batcher once they are."""
+        self._to_store.append((transitions, point))
+        if point is not None:
+            self._held_points += 1
+        self._stored_all.clear()
+        self._to_store_ready.set()
+
+    async def run_store(self) -> None:
+        """Store queued transitions, queue their changes to be told, release held points."""
+        while True:
+            await self._to_store_ready.wait()
+            self._to_store_ready.clear()
+            while self._to_store:
+                items = list(self._to_store)
+                self._to_store.clear()
+                transitions = [t for ts, _ in items for t in ts]
+                try:
+                    changes = await asyncio.to_thread(self._apply_all, transitions, _now_ms())
+                except Exception:
+                    log.exception("could not store %d alert changes; retrying", len(transitions))
+                    self._to_store.extendleft(reversed(items))
+                    await asyncio.sleep(STORE_RETRY_S)
+                    continue
+                for change in changes:
+                    self._queue.put_nowait(change)
+                for _, point in items:
+                    if point is not None:
+                        self._held_points -= 1
+                        self._batcher.add(*point)
+            self._stored_all.set()
+
+    def _apply_all(
+        self, transitions: Sequence[Transition], now_ms: int
+    ) -> list[tuple[Alert, AlertEvent]]:
+        """Store a batch in one transaction (in the store's thread); the changes it made.
+
+        One transaction reads and writes, so a person's acknowledgement and these changes
+        cannot overwrite each other; one per batch, because a transaction's fixed cost is
+        most of a change's (rules/store.py).
+        """
+        items = []
+        for t in transitions:
+            rule = self._rules.get(t.rule_id)
+            device = self._registry.devices.get(t.device_id)
+            if rule is None or device is None:
+                continue
+            areas = area_ids(self._registry.device_path(device.id))
+            items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
+        return [(alert, event) for alert, event, _ in filter(None, self._store.apply_many(items))]
 
     async def run(self) -> None:
         """Tell people of stored changes, in order, until cancelled."""
@@ -117,25 +175,6 @@ class Alerting:
                 await self.announce(alert, event)
             finally:
                 self._queue.task_done()
-
-    def _apply(self, t: Transition, now_ms: int) -> tuple[Alert, AlertEvent] | None:
-        rule = self._rules.get(t.rule_id)
-        device = self._registry.devices.get(t.device_id)
-        if rule is None or device is None:
-            return None
-        # One store transaction reads and writes, so a person's acknowledgement and this
-        # change cannot overwrite each other.
-        applied = self._store.apply(
-            t,
-            severity=rule.severity,
-            kind=device.kind,
-            areas=area_ids(self._registry.device_path(device.id)),
-            now_ms=now_ms,
-        )
-        if applied is None:
-            return None
-        alert, event, _created = applied
-        return alert, event
 
     async def announce(self, alert: Alert, event: AlertEvent) -> None:
         """Tell people of a change: MQTT (grid and escalation levels), live listeners, InfluxDB."""
@@ -157,7 +196,7 @@ class Alerting:
         if self._worth_telling(alert, event):
             for level, area in alert.audience:
                 await self._outbox.put(alert_topic(level, area), payload)
-        await self._batcher.add(self._line(alert, event), "alert", own=True)
+        self._batcher.add(self._line(alert, event), "alert", own=True)
 
     def _worth_telling(self, alert: Alert, event: AlertEvent) -> bool:
         """Every change of state goes out; a repeat only ``renotify_s`` after the last word.
@@ -207,10 +246,12 @@ class Alerting:
             await asyncio.sleep(TICK_S)
             now = _now_ms()
             if now >= self._deadlines_from_ms and (due := self.engine.tick(now)):
-                await self._store_and_queue(due)
+                self.take(due)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
                 await self.announce(alert, event)
-            if now - saved_ms >= self._snapshot_every_ms:
+            # Saved only when every transition the engine has made is in the store: a
+            # snapshot ahead of the store could forget an alert a crash left unstored.
+            if now - saved_ms >= self._snapshot_every_ms and self._stored_all.is_set():
                 await self._save_async(now)
                 saved_ms = now
 
@@ -236,10 +277,19 @@ class Alerting:
         return out
 
     async def settle(self, timeout_s: float) -> None:
-        """Wait (bounded) until stored changes have been told; for an orderly stop."""
+        """Wait (bounded) until queued transitions are stored and told; for an orderly stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._stored_all.wait()
+                await self._queue.join()
 
     def save(self) -> None:
-        """Persist the engine's state now (at shutdown; the clock also saves it periodically)."""
+        """Persist the engine's state now (at shutdown; the clock also saves it periodically).
+
+        Not when transitions are still unstored (the stop gave up waiting): the last periodic
+        snapshot is behind, and the unacknowledged messages come again to redo the rest.
+        """
+        if not self._stored_all.is_set():
+            log.warning("%d alert changes not stored; engine state not saved", len(self._to_store))
+            return
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())

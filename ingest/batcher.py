@@ -1,8 +1,11 @@
 """Batching by size and age, owned by one piece (as Telegraf's running_output does).
 
-Sealed batches wait in a bounded line for the writer; when the line is full, ``add`` waits,
-so a slow database slows the consumer instead of growing memory. A batch is sealed before
-anything awaits, so cancelling a waiting producer loses no line.
+Sealed batches wait for the writer. ``add`` never waits: it is called from the consumer's
+synchronous hot path. What bounds memory is upstream: every line of a device message is an
+unacknowledged QoS 1 message, and the broker sends no more than its in-flight window
+(``max_inflight_messages``) of those until we acknowledge — which we do only once the writer
+has made them durable (``ingest/acks.py``). A slow database therefore slows the broker's
+sending, not our memory; the consumer also stops reading the socket past a bound.
 """
 
 from __future__ import annotations
@@ -26,16 +29,14 @@ class Batch:
 class Batcher:
     """Collects lines; seals a batch at ``size`` lines or ``interval_s`` after its first."""
 
-    def __init__(self, size: int, interval_s: float, max_pending: int) -> None:
+    def __init__(self, size: int, interval_s: float) -> None:
         self._size = size
         self._interval_s = interval_s
-        self._max_pending = max_pending
         self._open = Batch()
         self._opened_at = 0.0
         self._sealed: deque[Batch] = deque()
         self._writing = 0  # lines handed to the writer and not yet done
         self._ready = asyncio.Event()  # a sealed batch is waiting, or we are closing
-        self._room = asyncio.Event()  # the sealed line has room again
         self._closed = False
 
     @property
@@ -48,26 +49,24 @@ class Batcher:
         """Sealed batches waiting for the writer."""
         return len(self._sealed)
 
-    async def add(
+    def add(
         self, line: str, measurement: str, token: int | None = None, *, own: bool = False
     ) -> None:
-        """Add a line; wait while too many sealed batches are waiting for the writer.
+        """Add a line (never waits; see the module docstring for what bounds memory).
 
         ``own``: a point of citysense's own (an alert), outside the message ledger.
         """
-        if not self._open.lines:
+        batch = self._open
+        if not batch.lines:
             self._opened_at = asyncio.get_running_loop().time()
-        self._open.lines.append(line)
-        self._open.tokens.append(token)
+        batch.lines.append(line)
+        batch.tokens.append(token)
         if own:
-            self._open.own += 1
+            batch.own += 1
         else:
-            self._open.per_measurement[measurement] += 1
-        if len(self._open.lines) >= self._size:
+            batch.per_measurement[measurement] += 1
+        if len(batch.lines) >= self._size:
             self._seal()
-        while len(self._sealed) > self._max_pending:
-            self._room.clear()
-            await self._room.wait()
 
     def _seal(self) -> None:
         if self._open.lines:
@@ -95,7 +94,6 @@ class Batcher:
             await self._ready.wait()
         batch = self._sealed.popleft()
         self._writing += len(batch.lines)
-        self._room.set()
         return batch
 
     def done(self, batch: Batch) -> None:

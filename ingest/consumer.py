@@ -1,10 +1,12 @@
 """The MQTT side: a persistent QoS 1 session, acknowledging each message once it is durable.
 
 A fixed client id with clean session off makes the broker keep our subscription and queue
-messages while we are away. PUBACKs are sent by hand (paho's ``manual_ack``) only when the
-pipeline reports a message safe (``ingest/acks.py``): a message lost in our memory by a crash
-is delivered again. The broker's in-flight window (``max_inflight_messages``) bounds how many
-unacknowledged messages we hold, so a slow InfluxDB slows the broker's sending, not our memory.
+messages while we are away. PUBACKs are sent only when the pipeline reports a message safe
+(``ingest/acks.py``): a message lost in our memory by a crash is delivered again. The
+broker's in-flight window (``max_inflight_messages``) bounds how many unacknowledged QoS 1
+messages we hold, so a slow InfluxDB slows the broker's sending, not our memory; past
+``PAUSE_ABOVE`` unacknowledged messages (QoS 0 ones are not windowed) the socket is not read
+until acknowledgements catch up.
 
 Subscription: a plain ``iot/+/+/+`` by default. Mosquitto 2.0.11 restores a persistent
 session's plain subscription after a broker restart but not a shared one
@@ -12,31 +14,60 @@ session's plain subscription after a broker restart but not a shared one
 broker's restart and our re-subscribe is lost; set ``mqtt_share_group`` only to split load
 over several processes, accepting that gap (README, "Delivery guarantee").
 
-Lost connections are retried with jittered exponential backoff, as aiomqtt's own reconnect
-example does. aiomqtt drives paho for us; manual acknowledgement is reached through its paho
-client (``Client._client``), a private attribute of the pinned aiomqtt 2.5.1 — a test checks
-that a message not acknowledged is delivered again, so an upgrade that breaks this fails it.
+The wire: an asyncio protocol over ``ingest/mqttcodec.py`` rather than aiomqtt/paho — paho's
+receive path was half of the service's CPU (benchmarks/README.md). Each chunk the socket
+gives is parsed in one go and every PUBLISH in it handed to the pipeline synchronously: no
+per-message task, future or queue. Lost connections are retried with jittered exponential
+backoff, as aiomqtt's reconnect example does; a silent broker is detected by keepalive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable
-
-import aiomqtt
+from collections.abc import Callable
+from typing import Any
 
 from devices.topics import DEVICE_TOPIC_FILTER, shared_filter
 from ingest.acks import AckTracker
+from ingest.mqttcodec import (
+    CONNACK,
+    CONNACK_REFUSALS,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    SUBACK,
+    SUBACK_FAILURE,
+    Control,
+    ProtocolError,
+    Publish,
+    connack_result,
+    connect_packet,
+    parse,
+    pubacks,
+    suback_codes,
+    subscribe_packet,
+)
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, bytes, int], Awaitable[None]]
-HANDLING_GRACE_S = 5.0  # at stop, how long the message in hand may take to be handled
+# (topic, payload, ack token); must not block and must not raise (the pipeline catches).
+Handler = Callable[[str, bytes, int], None]
+
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 2.0
+# Unacknowledged messages held: the broker's QoS 1 window is 20,000 (mosquitto.conf), so
+# only a flood of QoS 0 messages, or a smaller window misconfigured higher, reaches these.
+PAUSE_ABOVE = 50_000
+RESUME_BELOW = 25_000
+SUBSCRIBE_MID = 1
+
+
+class ConnectRefused(ConnectionError):
+    """The broker answered CONNECT with a refusal (bad password, not authorised, ...)."""
 
 
 def backoff_delay(attempt: int, initial: float = 0.5, maximum: float = 30.0) -> float:
@@ -48,6 +79,79 @@ def subscription(settings: Settings) -> str:
     """The topic filter the service subscribes to (see the module docstring)."""
     group = settings.mqtt_share_group
     return shared_filter(group) if group else DEVICE_TOPIC_FILTER
+
+
+class _Wire(asyncio.Protocol):
+    """One TCP connection to the broker: bytes in → packets; PUBLISHes to ``on_publish``."""
+
+    def __init__(self, on_publish: Callable[[Publish], None], after_chunk: Callable[[], None]):
+        self._on_publish = on_publish
+        self._after_chunk = after_chunk
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._waiting: dict[int, asyncio.Future[Control]] = {}
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.last_heard = self._loop.time()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = self._loop.time()
+        buf = self._buf
+        if buf:
+            buf += data
+        try:
+            packets, used = parse(buf if buf else data)
+        except ProtocolError as e:
+            self.fail(e)
+            return
+        if buf:
+            del buf[:used]
+        elif used < len(data):
+            buf += memoryview(data)[used:]
+        on_publish = self._on_publish
+        for packet in packets:
+            if type(packet) is Publish:
+                on_publish(packet)
+            elif isinstance(packet, Control):
+                self._control(packet)
+        self._after_chunk()
+
+    def _control(self, packet: Control) -> None:
+        waiter = self._waiting.pop(packet.type, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(packet)
+        # PINGRESP needs nothing: hearing anything at all is what keepalive checks.
+
+    async def expect(self, packet_type: int) -> Control:
+        """The next packet of this type (CONNACK, SUBACK)."""
+        if self.closed.done():
+            raise ConnectionError("connection closed during the handshake")
+        waiter: asyncio.Future[Control] = self._loop.create_future()
+        self._waiting[packet_type] = waiter
+        return await waiter  # connection_lost fails it
+
+    def send(self, data: bytes) -> None:
+        """Write, unless the connection is gone (what it carried is then moot)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def fail(self, error: Exception) -> None:
+        """Drop the connection at once (a protocol error, a silent broker)."""
+        log.warning("closing the MQTT connection: %s", error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("connection closed during the handshake"))
+        self._waiting.clear()
 
 
 class MqttConsumer:
@@ -64,34 +168,27 @@ class MqttConsumer:
         self.acks = acks or AckTracker()
         self.connected = False
         self.sessions = 0  # successful connect-and-subscribe rounds; > 1 means it reconnected
-        self._stop_reading = asyncio.Event()
+        self._reading = True
+        self._paused = False
+        self._wire: _Wire | None = None
         self._release = asyncio.Event()
         self.reading_stopped = asyncio.Event()
-        self._handling = asyncio.Lock()  # held while one message is being handled
 
     def stop_reading(self) -> None:
-        """Take no more messages (those already taken are still acknowledged when safe)."""
-        self._stop_reading.set()
+        """Take no more messages (those already taken are still acknowledged when safe).
+
+        Messages are handled synchronously as they are parsed, so none is ever half-handled.
+        """
+        self._reading = False
+        if self._wire is not None and self._wire.transport is not None:
+            with contextlib.suppress(RuntimeError):  # already closing
+                self._wire.transport.pause_reading()
+        self.reading_stopped.set()
 
     def release(self) -> None:
         """Disconnect; unacknowledged messages stay with the broker for the next session."""
-        self._stop_reading.set()
+        self.stop_reading()
         self._release.set()
-
-    def _client(self) -> aiomqtt.Client:
-        s = self._settings
-        client = aiomqtt.Client(
-            s.mqtt_host,
-            s.mqtt_port,
-            identifier=s.mqtt_client_id,
-            clean_session=False,
-            username=s.mqtt_username,
-            password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            keepalive=30,
-        )
-        client._client.manual_ack_set(True)  # see the module docstring
-        return client
 
     async def run(self) -> None:
         """Consume until released (or cancelled)."""
@@ -99,59 +196,139 @@ class MqttConsumer:
         attempt = 0
         try:
             while not self._release.is_set():
+                sessions = self.sessions
                 try:
-                    async with self._client() as client:
-                        self.acks.connected(functools.partial(client._client.ack, qos=1))
-                        await client.subscribe(topic_filter, qos=1)
-                        self.connected = True
-                        self.sessions += 1
-                        attempt = 0
-                        log.info(
-                            "subscribed to %s on %s:%d as %s",
-                            topic_filter,
-                            self._settings.mqtt_host,
-                            self._settings.mqtt_port,
-                            self._settings.mqtt_client_id,
-                        )
-                        await self._read_until_stopped(client)
-                        await self._release.wait()
-                        return
-                except aiomqtt.MqttError as e:
-                    self.connected = False
-                    if self._stop_reading.is_set():
+                    await self._session(topic_filter)
+                    return
+                except (OSError, ProtocolError, TimeoutError) as e:  # ConnectionError is OSError
+                    if not self._reading:
                         return  # nothing more to acknowledge on a lost connection
+                    if self.sessions > sessions:
+                        attempt = 0  # it had worked: start the backoff over
                     delay = backoff_delay(attempt)
                     attempt += 1
-                    log.warning("MQTT connection lost (%s); reconnecting in %.1f s", e, delay)
-                    await asyncio.sleep(delay)
+                    # A refusal is the operator's to fix (password, ACL): say so louder.
+                    level = logging.ERROR if isinstance(e, ConnectRefused) else logging.WARNING
+                    log.log(level, "MQTT connection failed (%s); retrying in %.1f s", e, delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._release.wait(), delay)
         finally:
             self.connected = False
             self.reading_stopped.set()
 
-    async def _read_until_stopped(self, client: aiomqtt.Client) -> None:
-        reading = asyncio.create_task(self._read(client), name="mqtt-read")
-        stopping = asyncio.create_task(self._stop_reading.wait(), name="mqtt-stop-reading")
+    async def _session(self, topic_filter: str) -> None:
+        """Connect, subscribe, keep the connection alive until released; raise when lost."""
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            _, wire = await loop.create_connection(
+                lambda: _Wire(self._received, self._after_chunk), s.mqtt_host, s.mqtt_port
+            )
+        self._wire = wire
+        self._paused = False
+        # A new connection: what the old one received and did not acknowledge comes again.
+        self.acks.connected(lambda mids: self._send_acks(wire, mids))
         try:
-            await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
-            # Do not cut a message's handling in half (the rule engine may have moved on and
-            # its alert not yet be queued): wait for the one in hand, then stop — within a
-            # bound, since handling waits while the writer is full.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HANDLING_GRACE_S), self._handling:
-                    reading.cancel()
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._handshake(wire, topic_filter)
+            self.connected = True
+            self.sessions += 1
+            log.info(
+                "subscribed to %s on %s:%d as %s",
+                topic_filter,
+                s.mqtt_host,
+                s.mqtt_port,
+                s.mqtt_client_id,
+            )
+            await self._keep_alive(wire)
         finally:
-            reading.cancel()
-            stopping.cancel()
-            await asyncio.wait([reading, stopping])
-        if not reading.cancelled() and (error := reading.exception()) is not None:
-            raise error  # a lost connection: the MqttError goes to run()'s reconnect
-        self.reading_stopped.set()
+            self.connected = False
+            self.acks.disconnected()
+            self._wire = None
+            if wire.transport is not None:
+                wire.transport.abort()
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes):  # paho always gives bytes
-                payload = str(payload).encode()
-            async with self._handling:
-                token = self.acks.received(message.mid, message.qos)
-                await self._handle(message.topic.value, payload, token)
+    async def _handshake(self, wire: _Wire, topic_filter: str) -> None:
+        s = self._settings
+        password = s.mqtt_password.get_secret_value() if s.mqtt_password else None
+        # Sending and then waiting is race-free: the answer is read on this loop, after we yield.
+        wire.send(
+            connect_packet(
+                s.mqtt_client_id,
+                keepalive_s=KEEPALIVE_S,
+                clean_session=False,
+                username=s.mqtt_username,
+                password=password,
+            )
+        )
+        _, code = connack_result((await wire.expect(CONNACK)).body)
+        if code:
+            raise ConnectRefused(f"broker refused CONNECT: {CONNACK_REFUSALS.get(code, code)}")
+        wire.send(subscribe_packet(SUBSCRIBE_MID, topic_filter, qos=1))
+        _, granted = suback_codes((await wire.expect(SUBACK)).body)
+        if not granted or granted[0] == SUBACK_FAILURE:
+            raise ConnectRefused(f"broker refused the subscription to {topic_filter}")
+
+    async def _keep_alive(self, wire: _Wire) -> None:
+        """PINGREQ every half keepalive; return on release (after DISCONNECT), raise on loss."""
+        released = asyncio.ensure_future(self._release.wait())
+        waits: list[asyncio.Future[Any]] = [released, wire.closed]
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    waits,
+                    timeout=KEEPALIVE_S / 2,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if released in done:
+                    await self._disconnect(wire)
+                    return
+                if wire.closed.done():
+                    raise ConnectionError("the broker closed the connection")
+                silent_s = asyncio.get_running_loop().time() - wire.last_heard
+                if silent_s > KEEPALIVE_S * 1.5:
+                    raise ConnectionError(f"nothing from the broker for {silent_s:.0f} s")
+                wire.send(PINGREQ_PACKET)
+        finally:
+            released.cancel()
+
+    @staticmethod
+    async def _disconnect(wire: _Wire) -> None:
+        """DISCONNECT, then let the broker close first.
+
+        Closing our end while bytes we have not read sit in the socket (reading is paused
+        at stop) makes the kernel send a reset, and the broker may then drop the last
+        PUBACKs unread — measured: a test saw 18 of 20 final acknowledgements lost. So:
+        half-close after DISCONNECT, read (and ignore) until the broker's end-of-file.
+        """
+        wire.send(DISCONNECT_PACKET)
+        transport = wire.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(wire.closed), CLOSE_TIMEOUT_S)
+
+    # -- the hot path: called from data_received, once per message / per chunk ---------------
+
+    def _received(self, packet: Publish) -> None:
+        if not self._reading:
+            return  # not acknowledged: the broker sends it again next session
+        token = self.acks.received(packet.mid, packet.qos)
+        self._handle(packet.topic, packet.payload, token)
+
+    def _after_chunk(self) -> None:
+        transport = self._wire.transport if self._wire is not None else None
+        if not self._paused and self.acks.unacknowledged > PAUSE_ABOVE and transport is not None:
+            transport.pause_reading()
+            self._paused = True
+
+    def _send_acks(self, wire: _Wire, mids: list[int]) -> None:
+        if mids:
+            wire.send(pubacks(mids))
+        if self._paused and self.acks.unacknowledged < RESUME_BELOW and self._reading:
+            self._paused = False
+            if wire.transport is not None and not wire.transport.is_closing():
+                wire.transport.resume_reading()

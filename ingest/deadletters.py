@@ -144,8 +144,9 @@ class DeadLetterStore:
 class DeadLetterBuffer:
     """Rejections on their way to the store, committed in batches by one task.
 
-    Bounded: past ``max_rows`` waiting rows, ``add`` waits for the commit, so a flood of bad
-    input slows the consumer rather than growing memory.
+    ``add`` never waits (the consumer's hot path is synchronous): past ``max_rows`` waiting rows
+    it asks for an early commit. Memory is bounded because each row holds back its message's
+    PUBACK, and the broker sends no more than its in-flight window unacknowledged.
     """
 
     def __init__(
@@ -164,7 +165,6 @@ class DeadLetterBuffer:
         self._rows: list[NewDeadLetter] = []
         self._committing = 0
         self._due = asyncio.Event()
-        self._flushed = asyncio.Event()
         self._closed = False
 
     @property
@@ -172,14 +172,11 @@ class DeadLetterBuffer:
         """Rows not yet committed."""
         return len(self._rows) + self._committing
 
-    async def add(self, row: NewDeadLetter) -> None:
-        """Queue a row; wait if too many are already waiting."""
+    def add(self, row: NewDeadLetter) -> None:
+        """Queue a row; commit early once many are waiting."""
         self._rows.append(row)
         if len(self._rows) >= self._max_rows:
             self._due.set()
-            while len(self._rows) >= self._max_rows:
-                self._flushed.clear()
-                await self._flushed.wait()
 
     async def run(self) -> None:
         """Commit waiting rows every ``interval_s`` (sooner when many); return once closed."""
@@ -208,7 +205,6 @@ class DeadLetterBuffer:
         self._on_commit(committed)
         if self._on_safe is not None:
             self._on_safe([r.token for r in rows if r.token is not None])
-        self._flushed.set()
 
     def close(self) -> None:
         """Stop after one last flush."""

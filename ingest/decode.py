@@ -34,6 +34,7 @@ class Reason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"  # ts further ahead than future_skew_s
     STALE_TIMESTAMP = "stale_timestamp"  # ts older than max_age_s
     WRITE_REJECTED = "write_rejected"  # InfluxDB refused the point (set by the writer)
+    INTERNAL_ERROR = "internal_error"  # citysense failed on it: a bug, logged with its traceback
 
 
 class Rejection(NamedTuple):

@@ -155,13 +155,13 @@ class Drain:
                 if token is not None:
                     written.append(token)
                 continue
-            await self._dead_letter(line, waiting.pop(), token)
+            self._dead_letter(line, waiting.pop(), token)
         self._on_safe(written)
 
-    async def _dead_letter(self, line: str, error: str, token: int | None) -> None:
+    def _dead_letter(self, line: str, error: str, token: int | None) -> None:
         log.error("InfluxDB refused a point: %s", error)
         self._ledger.rejected[Reason.WRITE_REJECTED] += 1
-        await self._dead_letters.add(
+        self._dead_letters.add(
             NewDeadLetter(
                 time.time_ns() // 1_000_000,
                 f"influx:{measurement_of_line(line)}",
@@ -197,7 +197,7 @@ class Drain:
     async def _replayed(self, spooled: SpooledBatch, outcome: Outcome) -> None:
         refused = {line for line, _ in outcome.refused}
         for line, error in outcome.refused:
-            await self._dead_letter(line, error, None)  # acknowledged when it was spooled
+            self._dead_letter(line, error, None)  # acknowledged when it was spooled
         assert self._spool is not None
         await asyncio.to_thread(self._spool.commit, spooled)
         self._ledger.replayed.update(

@@ -1,15 +1,23 @@
-"""The per-message path: decode, encode, batch; rejections to the dead-letter buffer."""
+"""The per-message path: decode, encode, evaluate, batch; rejections to the dead-letter buffer.
+
+Synchronous on purpose: the consumer calls ``handle`` for each message as it parses them, so
+a message costs no task, future or queue hop (benchmarks/README.md). Nothing here waits;
+what bounds memory is the broker's window of unacknowledged messages (``ingest/batcher.py``).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from ingest.alerting import Alerting
 from ingest.batcher import Batcher
 from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
-from ingest.decode import Decoder, Rejection
+from ingest.decode import Decoder, Reason, Rejection
 from ingest.ledger import Ledger
 from ingest.lineprotocol import LineEncoder, measurement_of
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -30,26 +38,55 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._ledger = ledger
         self._alerting = alerting
+        self.rule_failures = 0  # messages the rule engine raised on (their points are kept)
 
     @property
     def in_flight(self) -> int:
         """Messages received and not yet written or dead-lettered."""
-        return self._batcher.in_flight + self._dead_letters.pending
+        pending_alerts = self._alerting.pending_points if self._alerting else 0
+        return self._batcher.in_flight + self._dead_letters.pending + pending_alerts
 
-    async def handle(self, topic: str, payload: bytes, token: int | None = None) -> None:
-        """Process one MQTT message; ``token`` is reported safe once it is durable."""
+    def handle(self, topic: str, payload: bytes, token: int | None = None) -> None:
+        """Process one MQTT message; ``token`` is reported safe once it is durable. Never raises."""
         self._ledger.received += 1
         now_ms = time.time_ns() // 1_000_000
+        try:
+            self._handle(topic, payload, token, now_ms)
+        except Exception as e:
+            # A bug of ours: keep the message for inspection rather than stop the service, and
+            # give its token an end, or every acknowledgement behind it would wait forever.
+            log.exception("failed on a message on %s", topic)
+            detail = f"{type(e).__name__}: {e}"
+            self._reject(now_ms, topic, Rejection(Reason.INTERNAL_ERROR, detail), payload, token)
+
+    def _handle(self, topic: str, payload: bytes, token: int | None, now_ms: int) -> None:
         result = self._decoder.decode(topic, payload, now_ms)
         if isinstance(result, Rejection):
-            self._ledger.rejected[result.reason] += 1
-            await self._dead_letters.add(
-                NewDeadLetter(now_ms, topic, result.reason, result.detail, payload, token)
-            )
+            self._reject(now_ms, topic, result, payload, token)
             return
-        if self._alerting is not None:
-            await self._alerting.observe(
-                result.device, result.channel, result.message, result.ts_ms
-            )
         line = self._encoder.encode(result)
-        await self._batcher.add(line, measurement_of(result.kind, result.channel), token)
+        measurement = measurement_of(result.kind, result.channel)
+        if self._alerting is not None:
+            try:
+                transitions = self._alerting.observe(
+                    result.device, result.channel, result.message, result.ts_ms
+                )
+            except Exception:
+                # A rule's bug must not cost the reading: store the point, log the failure.
+                self.rule_failures += 1
+                log.exception("the rule engine failed on a message on %s", topic)
+                transitions = []
+            if transitions:
+                # The point (and so the acknowledgement) waits until the alert store has what
+                # the message caused: an alert is never lost with a message not sent again.
+                self._alerting.take(transitions, (line, measurement, token))
+                return
+        self._batcher.add(line, measurement, token)
+
+    def _reject(
+        self, now_ms: int, topic: str, rejection: Rejection, payload: bytes, token: int | None
+    ) -> None:
+        self._ledger.rejected[rejection.reason] += 1
+        self._dead_letters.add(
+            NewDeadLetter(now_ms, topic, rejection.reason, rejection.detail, payload, token)
+        )

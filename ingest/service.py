@@ -2,7 +2,8 @@
 
 Start-up: open the dead-letter store and the InfluxDB sink, then start the writer side before
 the consumer, so the first message has somewhere to go. Shutdown (``stop`` set, e.g. SIGTERM):
-stop the API, stop taking messages (the one in hand is finished), tell the last alert changes,
+stop the API, stop taking messages (each is handled whole as it is read), store and tell the
+last alert changes,
 seal the open batch, let the writer drain (at most ``SHUTDOWN_TIMEOUT_S``), commit the last
 dead letters — each step acknowledging to the broker what it made durable — then DISCONNECT,
 let the alert publisher finish, close.
@@ -25,7 +26,7 @@ from ingest.alerting import Alerting
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
 from ingest.batcher import Batcher
-from ingest.consumer import HANDLING_GRACE_S, MqttConsumer
+from ingest.consumer import MqttConsumer
 from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
 from ingest.decode import Decoder
 from ingest.delivery import Deliverer
@@ -137,7 +138,7 @@ async def serve(
     if sink is None:
         return state
     store = DeadLetterStore(store_path(settings.data_dir), settings.deadletter_max_rows)
-    batcher = Batcher(settings.batch_size, settings.batch_interval_s, settings.max_pending_batches)
+    batcher = Batcher(settings.batch_size, settings.batch_interval_s)
     acks = AckTracker()
     dead_letters = DeadLetterBuffer(store, ledger.add_dead_lettered, on_safe=acks.safe)
     decoder = Decoder(
@@ -205,7 +206,8 @@ async def serve(
             replaying = tg.create_task(drain.replay(), name="spool-replay")
             serving = tg.create_task(api.run(), name="http-api") if api else None
             publishing = tg.create_task(outbox.run(), name="alert-publisher")
-            applying = tg.create_task(alerting.run(), name="alert-apply")
+            storing = tg.create_task(alerting.run_store(), name="alert-store")
+            telling = tg.create_task(alerting.run(), name="alert-tell")
             clock = tg.create_task(alerting.run_clock(), name="alert-clock")
             timer = tg.create_task(batcher.run_timer(), name="batch-timer")
             flusher = tg.create_task(dead_letters.run(), name="dead-letter-flush")
@@ -222,12 +224,11 @@ async def serve(
                 await asyncio.wait([serving], timeout=API_STOP_TIMEOUT_S)
                 serving.cancel()
             consumer.stop_reading()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(consumer.reading_stopped.wait(), HANDLING_GRACE_S + 1)
-            # Alert changes of the last messages: told, and their points into the last batch.
+            # Alert changes of the last messages: stored, told, their points into the last batch.
             clock.cancel()
             await alerting.settle(ALERT_SETTLE_S)
-            applying.cancel()
+            storing.cancel()
+            telling.cancel()
             batcher.close()
             await asyncio.wait([timer])
             done, _ = await asyncio.wait([writer], timeout=SHUTDOWN_TIMEOUT_S)

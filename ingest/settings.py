@@ -87,9 +87,6 @@ class Settings(BaseSettings):
     # Pipeline
     batch_size: int = Field(5000, ge=1, description="flush a batch at this many points")
     batch_interval_s: float = Field(0.5, gt=0, description="... or when its oldest is this old")
-    max_pending_batches: int = Field(
-        4, ge=1, description="batches waiting for InfluxDB before the consumer stops reading"
-    )
     spool_after_s: float = Field(
         5.0, gt=0, description="InfluxDB failing this long: batches go to the on-disk spool"
     )

@@ -8,7 +8,7 @@ from ingest.acks import AckTracker
 def tracker() -> tuple[AckTracker, list[int]]:
     sent: list[int] = []
     acks = AckTracker()
-    acks.connected(sent.append)
+    acks.connected(sent.extend)
     return acks, sent
 
 
@@ -36,9 +36,26 @@ def test_a_new_connection_forgets_the_old_ones_pending_messages() -> None:
     acks, old = tracker()
     stale = [acks.received(mid, 1) for mid in (1, 2)]
     new: list[int] = []
-    acks.connected(new.append)  # the broker will deliver those two again
+    acks.connected(new.extend)  # the broker will deliver those two again
     fresh = acks.received(1, 1)  # message ids start over on a new connection
     acks.safe(stale)  # the old batch became durable after the reconnect
     assert old == [] and new == []
     acks.safe([fresh])
     assert new == [1] and acks.unacknowledged == 0
+
+
+def test_after_a_disconnect_nothing_is_sent_until_the_next_connection() -> None:
+    acks, sent = tracker()
+    token = acks.received(7, 1)
+    acks.disconnected()
+    acks.safe([token])
+    assert sent == [] and acks.acknowledged == 0
+
+
+def test_one_report_sends_its_pubacks_in_one_call() -> None:
+    calls: list[list[int]] = []
+    acks = AckTracker()
+    acks.connected(calls.append)
+    tokens = [acks.received(mid, 1) for mid in (1, 2, 3)]
+    acks.safe(tokens)
+    assert calls == [[1, 2, 3]]

@@ -39,17 +39,17 @@ class DeadLetters:
     def __init__(self) -> None:
         self.rows: list[NewDeadLetter] = []
 
-    async def add(self, row: NewDeadLetter) -> None:
+    def add(self, row: NewDeadLetter) -> None:
         self.rows.append(row)
 
 
 async def fill(batcher: Batcher, start: int, n: int) -> None:
     for i in range(start, start + n):
-        await batcher.add(f"river v={i}i {i}", "river", token=i)
+        batcher.add(f"river v={i}i {i}", "river", token=i)
 
 
 def drain_for(tmp_path: Path, sink: FlakySink, safe: list[int]) -> tuple[Drain, Batcher, Spool]:
-    batcher = Batcher(size=10, interval_s=60, max_pending=100)
+    batcher = Batcher(size=10, interval_s=60)
     spool = Spool(tmp_path / "spool")
     drain = Drain(
         batcher,
@@ -121,7 +121,7 @@ async def test_refused_lines_are_dead_lettered_and_only_then_safe(tmp_path: Path
     drain, batcher, spool = drain_for(tmp_path, sink, safe)
     for i in range(10):
         line = "river bad=1 3" if i == 3 else f"river v={i}i {i}"
-        await batcher.add(line, "river", token=i)
+        batcher.add(line, "river", token=i)
     batcher.close()
     await asyncio.wait_for(drain.run(), 5)
     assert safe == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # 3 becomes safe when its dead letter commits
