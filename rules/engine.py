@@ -14,6 +14,10 @@ and is dropped before any rule sees it. Both are compared because a device that 
 
 State: everything per (rule, device) and per device is plain data (``rules.state``);
 ``snapshot()`` returns it as JSON-ready data and ``Engine.restore`` continues from it exactly.
+Every part of it is bounded whatever the message rate (recent seqs, rate points, event times and
+flap times are capped; states are at most one per rule and registered device), so a snapshot
+does not grow with the message rate: well under a millisecond for the example city (60 devices)
+at 2,000 msg/s as at a reading a minute, taken on the ingest service's event loop.
 """
 
 from __future__ import annotations
@@ -51,7 +55,16 @@ from rules.state import (
 from rules.threshold import ThresholdEvaluator
 from rules.transition import Transition
 
-RECENT_SEQS = 64  # (seq, ts) pairs remembered per device to drop redeliveries
+# (seq, ts) pairs remembered per device to drop redeliveries. A count, not a time: memory and
+# snapshot size stay bounded per device whatever its rate (60 devices × 64 pairs is ~85 KB of
+# snapshot JSON), and redeliveries come in messages, not seconds: a device resends what it had
+# in flight, the broker what the service had not acknowledged yet. 64 covers that up to 64
+# messages back per device (an hour of readings at one a minute; 2 s of the benchmark's 33 msg/s
+# per device). What gets past it changes little: the other forms ignore a message no newer than
+# the newest they evaluated (a rate rule may merge it into its window as a late reading; an
+# event count keeps one event per timestamp), and an event rule takes a redelivered match for a
+# repeat of an open condition (an ``update``) or drops it after the condition cleared.
+RECENT_SEQS = 64
 Route = tuple[Kind, Channel, str | None]
 
 
@@ -239,7 +252,11 @@ class Engine:
     # -- restart --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """All state as JSON-ready plain data (a copy); see ``restore``.
+        """All state as JSON-ready plain data; see ``restore``.
+
+        A copy: later messages and ticks do not change it, so it may be serialised elsewhere
+        (a worker thread) while the engine goes on. Cheap (no deep copy: ``rules.state.encode``),
+        and the same size at any message rate, as all state is bounded.
 
         Shape::
 

@@ -7,6 +7,8 @@ lifecycle methods (``open_or_repeat``, ``resolve_auto``, ``acknowledge``, ``reso
 ``escalate``) read the alert and write it back in the same transaction, with the row locked
 (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two writers (the
 service escalating, a worker acknowledging from the CLI) never overwrite each other.
+``apply_many`` applies a batch of engine transitions in one transaction, as ``apply`` would
+one after the other.
 
 Invariant held by the database itself: at most one alert not resolved per (rule, device), by a
 partial unique index on SQLite and PostgreSQL, and checked in ``open_or_repeat`` everywhere.
@@ -20,10 +22,11 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +39,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
@@ -62,7 +66,7 @@ from rules.alerts import (
 from rules.model import Severity
 from rules.transition import Reason, Transition
 
-__all__ = ["AlertNotFound", "AlertStore", "sqlite_url"]
+__all__ = ["AlertNotFound", "AlertStore", "StoreTransition", "sqlite_url"]
 
 metadata = MetaData()
 
@@ -124,10 +128,53 @@ engine_state = Table(
 _AREA_COLUMNS = ("grid", "village", "township", "county", "city")
 _WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
 _BUSY_TIMEOUT_MS = 10_000
+_T = TypeVar("_T")
+
+
+# Statements of the write path, built once with their values as parameters: building a new
+# construct per call (``.values(**row)``, ``column == value``) and its cache key cost SQLAlchemy
+# more than SQLite's own work on one row.
+_NOT_RESOLVED = select(alerts.c.body).where(
+    alerts.c.rule_id == bindparam("rule_id"),
+    alerts.c.device_id == bindparam("device_id"),
+    _UNRESOLVED,
+)
+_NOT_RESOLVED_LOCKED = _NOT_RESOLVED.with_for_update()
+# A batch reads its alerts one query per rule, not per (rule, device): still a search of the
+# unique index per pair on SQLite (``(rule_id, device_id) IN (VALUES ...)`` scans it instead).
+_NOT_RESOLVED_OF_DEVICES = (
+    select(alerts.c.body)
+    .where(
+        alerts.c.rule_id == bindparam("rule_id"),
+        alerts.c.device_id.in_(bindparam("device_ids", expanding=True)),
+        _UNRESOLVED,
+    )
+    .with_for_update()
+)
+_DEVICES_PER_QUERY = 500  # well under any driver's limit on parameters
+_LOCKED = select(alerts.c.body).where(alerts.c.id == bindparam("alert_id")).with_for_update()
+_INSERT_ALERT = alerts.insert()  # the columns are the keys of ``_row``
+_UPDATE_ALERT = alerts.update().where(alerts.c.id == bindparam("alert_id"))  # SET: the keys
+_INSERT_EVENT = alert_events.insert()
 
 
 class AlertNotFound(LookupError):
     """No alert with that id (the API answers 404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreTransition:
+    """One engine transition and what ``AlertStore.apply_many`` needs to store it.
+
+    The same as the arguments of ``AlertStore.apply``: ``severity`` (the rule's), ``kind`` and
+    ``areas`` (the device's) for an alert it opens, ``now_ms`` the wall clock it is raised at.
+    """
+
+    transition: Transition
+    severity: Severity
+    kind: Kind
+    areas: dict[Level, str]
+    now_ms: int
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -207,6 +254,25 @@ class AlertStore:
         with self._writer.begin() as conn:
             yield conn
 
+    @contextmanager
+    def _transaction(self) -> Iterator[_Tx]:
+        """One write transaction; what the work in it wrote is stored when the work is done."""
+        with self._write() as conn:
+            tx = _Tx(conn)
+            yield tx
+            tx.flush()
+
+    def _retrying(self, work: Callable[[_Tx], _T]) -> _T:
+        """``work`` in one write transaction, and in a second one if an insert was refused."""
+        try:
+            with self._transaction() as tx:
+                return work(tx)
+        except IntegrityError:
+            # Another writer opened the alert between our read and our insert (PostgreSQL, read
+            # committed): the partial unique index refused ours; now it is a repeat.
+            with self._transaction() as tx:
+                return work(tx)
+
     # -- the lifecycle, one transaction each ----------------------------------------------------
 
     def open_or_repeat(
@@ -232,49 +298,27 @@ class AlertStore:
         (a transition whose reason is ``flapping``: a clear held back) an existing alert is
         marked flapping instead of counted as a repeat.
         """
-        for attempt in (1, 2):
-            try:
-                with self._write() as conn:
-                    existing = self._not_resolved(conn, rule_id, device_id, lock=True)
-                    if existing is None:
-                        alert, change = open_alert(
-                            rule_id=rule_id,
-                            severity=severity,
-                            device_id=device_id,
-                            kind=kind,
-                            areas=areas,
-                            at_ms=ts_ms,
-                            value=value,
-                            detail=detail,
-                            flapping=flapping,
-                            raised_ms=_now_ms() if now_ms is None else now_ms,
-                        )
-                        self._insert(conn, alert, change)
-                        return alert, change, True
-                    if flapping:
-                        alert, change = mark_flapping(existing, ts_ms, detail)
-                    else:
-                        alert, change = repeat(existing, ts_ms, value, detail)
-                    self._update(conn, alert, change)
-                    return alert, change, False
-            except IntegrityError:
-                # Another writer opened it between our read and our insert (PostgreSQL, read
-                # committed): the partial unique index refused ours; now it is a repeat.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return self._retrying(
+            lambda tx: tx.open_or_repeat(
+                rule_id=rule_id,
+                device_id=device_id,
+                severity=severity,
+                kind=kind,
+                areas=areas,
+                ts_ms=ts_ms,
+                value=value,
+                detail=detail,
+                flapping=flapping,
+                now_ms=now_ms,
+            )
+        )
 
     def resolve_auto(
         self, rule_id: str, device_id: str, at_ms: int, detail: str
     ) -> tuple[Alert, AlertEvent] | None:
         """The rule's clear condition holds: resolve the alert as ``auto``; None if none is open."""
-        with self._write() as conn:
-            existing = self._not_resolved(conn, rule_id, device_id, lock=True)
-            if existing is None:
-                return None
-            alert, change = resolve(existing, AUTO, at_ms, detail or None)
-            self._update(conn, alert, change)
-            return alert, change
+        with self._transaction() as tx:
+            return tx.resolve_auto(rule_id, device_id, at_ms, detail)
 
     def apply(
         self,
@@ -288,46 +332,59 @@ class AlertStore:
         """One engine transition: ``open``/``update`` → ``open_or_repeat``, ``clear`` →
         ``resolve_auto``. None when a clear finds nothing open; ``created`` is False on a clear.
         """
-        t = transition
-        if t.action == "clear":
-            done = self.resolve_auto(t.rule_id, t.device_id, t.ts_ms, t.detail)
-            return None if done is None else (*done, False)
-        return self.open_or_repeat(
-            rule_id=t.rule_id,
-            device_id=t.device_id,
-            severity=severity,
-            kind=kind,
-            areas=areas,
-            ts_ms=t.ts_ms,
-            value=t.value,
-            detail=t.detail,
-            flapping=t.reason is Reason.FLAPPING,
-            now_ms=now_ms,
+        return self._retrying(
+            lambda tx: tx.apply(
+                transition, severity=severity, kind=kind, areas=areas, now_ms=now_ms
+            )
         )
+
+    def apply_many(
+        self, items: Sequence[StoreTransition]
+    ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
+        """Engine transitions in one transaction, in order: what ``apply`` on each in turn gives.
+
+        A later item sees what an earlier one did (an open then a clear of the same rule and
+        device resolves the alert just opened). All or nothing: on an error nothing is stored.
+        Much cheaper per transition than ``apply`` (one commit, statements reused).
+        """
+        if not items:
+            return []
+        if len(items) == 1:
+            (item,) = items
+            return [self._retrying(lambda tx: tx.apply_item(item))]
+        try:
+            with self._transaction() as tx:
+                tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
+                return [tx.apply_item(item) for item in items]
+        except IntegrityError:
+            # Another writer opened an alert of one of the batch's (rule, device) between our
+            # read and our insert (PostgreSQL): the whole batch was rolled back. Redo it one item
+            # per transaction, each retried once as ``apply`` does.
+            return [self.apply_many([item])[0] for item in items]
 
     def acknowledge(
         self, alert_id: str, actor: str, at_ms: int, note: str | None = None
     ) -> tuple[Alert, AlertEvent]:
         """Someone took it on. AlertNotFound, or InvalidTransition if resolved or acknowledged."""
-        with self._write() as conn:
-            alert, change = acknowledge(self._locked(conn, alert_id), actor, at_ms, note)
-            self._update(conn, alert, change)
+        with self._transaction() as tx:
+            alert, change = acknowledge(tx.locked(alert_id), actor, at_ms, note)
+            tx.update(alert, change)
             return alert, change
 
     def resolve(
         self, alert_id: str, actor: str, at_ms: int, note: str | None = None
     ) -> tuple[Alert, AlertEvent]:
         """Closed by ``actor``. AlertNotFound, or InvalidTransition if already resolved."""
-        with self._write() as conn:
-            alert, change = resolve(self._locked(conn, alert_id), actor, at_ms, note)
-            self._update(conn, alert, change)
+        with self._transaction() as tx:
+            alert, change = resolve(tx.locked(alert_id), actor, at_ms, note)
+            tx.update(alert, change)
             return alert, change
 
     def escalate(self, alert_id: str, at_ms: int) -> tuple[Alert, AlertEvent]:
         """Up one level. AlertNotFound, or InvalidTransition if not open or at the top."""
-        with self._write() as conn:
-            alert, change = escalate(self._locked(conn, alert_id), at_ms)
-            self._update(conn, alert, change)
+        with self._transaction() as tx:
+            alert, change = escalate(tx.locked(alert_id), at_ms)
+            tx.update(alert, change)
             return alert, change
 
     # -- low-level writes (the caller computed the change; no concurrency check) ---------------
@@ -337,13 +394,13 @@ class AlertStore:
 
         Prefer ``open_or_repeat``, which decides and writes in one transaction.
         """
-        with self._write() as conn:
-            existing = self._not_resolved(conn, alert.rule_id, alert.device_id, lock=True)
+        with self._transaction() as tx:
+            existing = tx.not_resolved(alert.rule_id, alert.device_id)
             if existing is not None:
                 raise ValueError(
                     f"{alert.rule_id}/{alert.device_id} already has alert {existing.id}"
                 )
-            self._insert(conn, alert, first)
+            tx.insert(alert, first)
 
     def update(self, alert: Alert, change: AlertEvent) -> None:
         """Store a changed alert as given, and the history row that says why.
@@ -351,13 +408,17 @@ class AlertStore:
         Overwrites whatever is stored: a change computed from an alert read earlier can undo a
         concurrent acknowledgement. Prefer the lifecycle methods, which read and write at once.
         """
-        with self._write() as conn:
-            self._update(conn, alert, change)
+        with self._transaction() as tx:
+            tx.locked(alert.id)  # AlertNotFound if there is none
+            tx.update(alert, change)
 
     def not_resolved(self, rule_id: str, device_id: str) -> Alert | None:
         """The one alert of (rule, device) that is open or acknowledged, if any."""
         with self._engine.connect() as conn:
-            return self._not_resolved(conn, rule_id, device_id)
+            body = conn.execute(
+                _NOT_RESOLVED, {"rule_id": rule_id, "device_id": device_id}
+            ).scalar_one_or_none()
+        return Alert.model_validate(body) if body is not None else None
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -467,50 +528,190 @@ class AlertStore:
             raise ValueError(f"state {key!r} is not a JSON object")
         return loaded
 
-    # -- inside a transaction -------------------------------------------------------------------
 
-    @staticmethod
-    def _not_resolved(
-        conn: Connection, rule_id: str, device_id: str, *, lock: bool = False
-    ) -> Alert | None:
-        query = select(alerts.c.body).where(
-            alerts.c.rule_id == rule_id, alerts.c.device_id == device_id, _UNRESOLVED
+class _Tx:
+    """Inside one write transaction: the lifecycle of engine transitions, and the rows.
+
+    Remembers the alert not resolved of each (rule, device) it has read or written, so a later
+    item of a batch finds what an earlier one did without reading and validating it again.
+    Nothing else changes those meanwhile: on SQLite ``BEGIN IMMEDIATE`` holds the write lock; on
+    PostgreSQL a row read is locked ``FOR UPDATE``, and an alert another writer opens meanwhile
+    makes our insert fail with IntegrityError, as it would without the memory.
+
+    Writes are kept and made at the end (``flush``), each table in one ``executemany``, an alert
+    changed several times written once as it ends: one statement per row costs SQLAlchemy more
+    than SQLite's work on the row. Nothing reads them back inside the transaction: alerts are
+    found through the memory above, or by id (``locked``) before anything is written.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._unresolved: dict[tuple[str, str], Alert | None] = {}
+        self._opened: dict[str, Alert] = {}  # alerts new in this transaction, by id, as now
+        self._changed: dict[str, Alert] = {}  # alerts read locked and changed, by id, as now
+        self._events: builtins.list[dict[str, Any]] = []
+
+    # -- engine transitions -----------------------------------------------------------------
+
+    def apply_item(self, item: StoreTransition) -> tuple[Alert, AlertEvent, bool] | None:
+        return self.apply(
+            item.transition,
+            severity=item.severity,
+            kind=item.kind,
+            areas=item.areas,
+            now_ms=item.now_ms,
         )
-        if lock:
-            query = query.with_for_update()
-        body = conn.execute(query).scalar_one_or_none()
-        return Alert.model_validate(body) if body is not None else None
 
-    @staticmethod
-    def _locked(conn: Connection, alert_id: str) -> Alert:
-        body = conn.execute(
-            select(alerts.c.body).where(alerts.c.id == alert_id).with_for_update()
-        ).scalar_one_or_none()
+    def apply(
+        self,
+        t: Transition,
+        *,
+        severity: Severity,
+        kind: Kind,
+        areas: dict[Level, str],
+        now_ms: int | None,
+    ) -> tuple[Alert, AlertEvent, bool] | None:
+        if t.action == "clear":
+            done = self.resolve_auto(t.rule_id, t.device_id, t.ts_ms, t.detail)
+            return None if done is None else (*done, False)
+        return self.open_or_repeat(
+            rule_id=t.rule_id,
+            device_id=t.device_id,
+            severity=severity,
+            kind=kind,
+            areas=areas,
+            ts_ms=t.ts_ms,
+            value=t.value,
+            detail=t.detail,
+            flapping=t.reason is Reason.FLAPPING,
+            now_ms=now_ms,
+        )
+
+    def open_or_repeat(
+        self,
+        *,
+        rule_id: str,
+        device_id: str,
+        severity: Severity,
+        kind: Kind,
+        areas: dict[Level, str],
+        ts_ms: int,
+        value: float | str | None,
+        detail: str,
+        flapping: bool,
+        now_ms: int | None,
+    ) -> tuple[Alert, AlertEvent, bool]:
+        existing = self.not_resolved(rule_id, device_id)
+        if existing is None:
+            alert, change = open_alert(
+                rule_id=rule_id,
+                severity=severity,
+                device_id=device_id,
+                kind=kind,
+                areas=areas,
+                at_ms=ts_ms,
+                value=value,
+                detail=detail,
+                flapping=flapping,
+                raised_ms=_now_ms() if now_ms is None else now_ms,
+            )
+            self.insert(alert, change)
+            return alert, change, True
+        if flapping:
+            alert, change = mark_flapping(existing, ts_ms, detail)
+        else:
+            alert, change = repeat(existing, ts_ms, value, detail)
+        self.update(alert, change)
+        return alert, change, False
+
+    def resolve_auto(
+        self, rule_id: str, device_id: str, at_ms: int, detail: str
+    ) -> tuple[Alert, AlertEvent] | None:
+        existing = self.not_resolved(rule_id, device_id)
+        if existing is None:
+            return None
+        alert, change = resolve(existing, AUTO, at_ms, detail or None)
+        self.update(alert, change)
+        return alert, change
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def not_resolved(self, rule_id: str, device_id: str) -> Alert | None:
+        """The alert not resolved of (rule, device), locked."""
+        key = (rule_id, device_id)
+        if key not in self._unresolved:
+            body = self.conn.execute(
+                _NOT_RESOLVED_LOCKED, {"rule_id": rule_id, "device_id": device_id}
+            ).scalar_one_or_none()
+            self._unresolved[key] = Alert.model_validate(body) if body is not None else None
+        return self._unresolved[key]
+
+    def read_not_resolved(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Read (locked) the alerts not resolved of many (rule, device) at once, as
+        ``not_resolved`` would one at a time: one query per rule instead of one per pair."""
+        device_ids: dict[str, builtins.list[str]] = {}
+        for rule_id, device_id in pairs:
+            if (rule_id, device_id) not in self._unresolved:
+                self._unresolved[rule_id, device_id] = None  # unless found below
+                device_ids.setdefault(rule_id, []).append(device_id)
+        for rule_id, ids in device_ids.items():
+            for start in range(0, len(ids), _DEVICES_PER_QUERY):
+                chunk = ids[start : start + _DEVICES_PER_QUERY]
+                query = {"rule_id": rule_id, "device_ids": chunk}
+                for body in self.conn.execute(_NOT_RESOLVED_OF_DEVICES, query).scalars():
+                    alert = Alert.model_validate(body)
+                    self._unresolved[alert.rule_id, alert.device_id] = alert
+
+    def locked(self, alert_id: str) -> Alert:
+        body = self.conn.execute(_LOCKED, {"alert_id": alert_id}).scalar_one_or_none()
         if body is None:
             raise AlertNotFound(f"no alert {alert_id!r}")
         return Alert.model_validate(body)
 
-    @classmethod
-    def _insert(cls, conn: Connection, alert: Alert, first: AlertEvent) -> None:
-        conn.execute(alerts.insert().values(**_row(alert)))
-        cls._record(conn, first)
+    def insert(self, alert: Alert, first: AlertEvent) -> None:
+        self._opened[alert.id] = alert
+        self._remember(alert)
+        self._record(first)
 
-    @classmethod
-    def _update(cls, conn: Connection, alert: Alert, change: AlertEvent) -> None:
-        values = _row(alert)
-        del values["id"]
-        done = conn.execute(alerts.update().where(alerts.c.id == alert.id).values(**values))
-        if done.rowcount == 0:
-            raise AlertNotFound(f"no alert {alert.id!r}")
-        cls._record(conn, change)
+    def update(self, alert: Alert, change: AlertEvent) -> None:
+        """A change to an alert read (locked) or inserted in this transaction, so it exists."""
+        if alert.id in self._opened:
+            self._opened[alert.id] = alert
+        else:
+            self._changed[alert.id] = alert
+        self._remember(alert)
+        self._record(change)
 
-    @staticmethod
-    def _record(conn: Connection, change: AlertEvent) -> None:
-        conn.execute(
-            alert_events.insert().values(
-                alert_id=change.alert_id, at_ms=change.at_ms, body=change.model_dump(mode="json")
-            )
+    def flush(self) -> None:
+        """Write what the transaction did. Alerts changed first: one resolved here frees its
+        (rule, device) for an alert opened after it, which the unique index would refuse before.
+        """
+        if self._changed:
+            rows = [_row(a) for a in self._changed.values()]
+            for row in rows:
+                row["alert_id"] = row.pop("id")  # the WHERE; "id" would be a SET
+            self.conn.execute(_UPDATE_ALERT, rows)
+        if self._opened:
+            self.conn.execute(_INSERT_ALERT, [_row(a) for a in self._opened.values()])
+        if self._events:
+            self.conn.execute(_INSERT_EVENT, self._events)
+        self._changed, self._opened, self._events = {}, {}, []
+
+    def _record(self, change: AlertEvent) -> None:
+        self._events.append(
+            {
+                "alert_id": change.alert_id,
+                "at_ms": change.at_ms,
+                "body": change.model_dump(mode="json"),
+            }
         )
+
+    def _remember(self, alert: Alert) -> None:
+        key = (alert.rule_id, alert.device_id)
+        if alert.state is not AlertState.RESOLVED:
+            self._unresolved[key] = alert
+        elif (known := self._unresolved.get(key)) is not None and known.id == alert.id:
+            self._unresolved[key] = None  # else: an older alert, or a pair not read yet
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

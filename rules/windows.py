@@ -44,6 +44,8 @@ def count_drops_below_at(times: Sequence[int], n: int, window: int) -> int | Non
 
 
 # Points for rates: [ts_ms, value] pairs (lists, so a snapshot is plain JSON), sorted by ts.
+# A point is never changed in place (a newer reading replaces it with a new list): snapshots
+# share the pairs with the live state (rules.state.encode).
 Point = list[float]
 # Running least-squares sums over the points: [t0, v0, n, Σt, Σv, Σt², Σtv] with t and v taken
 # relative to the origin (t0, v0). Kept in step with the points by add_point and trim_points,
