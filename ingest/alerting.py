@@ -127,26 +127,27 @@ class Alerting:
     async def run_store(self) -> None:
         """Store queued transitions, queue their changes to be told, release held points."""
         while True:
-            await self._to_store_ready.wait()
-            self._to_store_ready.clear()
-            while self._to_store:
-                items = list(self._to_store)
-                self._to_store.clear()
-                transitions = [t for ts, _ in items for t in ts]
-                try:
-                    changes = await asyncio.to_thread(self._apply_all, transitions, _now_ms())
-                except Exception:
-                    log.exception("could not store %d alert changes; retrying", len(transitions))
-                    self._to_store.extendleft(reversed(items))
-                    await asyncio.sleep(STORE_RETRY_S)
-                    continue
-                for change in changes:
-                    self._queue.put_nowait(change)
-                for _, point in items:
-                    if point is not None:
-                        self._held_points -= 1
-                        self._batcher.add(*point)
-            self._stored_all.set()
+            if not self._to_store:
+                self._stored_all.set()
+                self._to_store_ready.clear()
+                await self._to_store_ready.wait()
+                continue
+            items = list(self._to_store)
+            self._to_store.clear()
+            transitions = [t for ts, _ in items for t in ts]
+            try:
+                changes = await asyncio.to_thread(self._apply_all, transitions, _now_ms())
+            except Exception:
+                log.exception("could not store %d alert changes; retrying", len(transitions))
+                self._to_store.extendleft(reversed(items))
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
+            for change in changes:
+                self._queue.put_nowait(change)
+            for _, point in items:
+                if point is not None:
+                    self._held_points -= 1
+                    self._batcher.add(*point)
 
     def _apply_all(
         self, transitions: Sequence[Transition], now_ms: int
