@@ -203,18 +203,20 @@ class Service:
             time.sleep(0.02)
         raise BenchError(f"the service did not subscribe within {timeout_s:g} s:\n{self.tail()}")
 
-    def subscribed_after(self) -> float:
-        """Seconds from ``start`` to the log line saying it subscribed (interpreter start,
-        imports, stores opened, MQTT connect), by the log's timestamp (millisecond)."""
+    def connected_after(self) -> float:
+        """Seconds from ``start`` to the log line saying the broker accepted the connection
+        (interpreter start, imports, stores opened, MQTT connect), by the log's timestamp
+        (millisecond). Not "subscribed": a resumed session's backlog starts to flow right
+        after CONNACK and is read before the SUBACK behind it."""
         with self.log_path.open("rb") as f:
             f.seek(self._log_offset)
             for raw in f:
                 line = raw.decode(errors="replace")
-                if "subscribed to" in line:
+                if "MQTT connected to" in line:
                     stamp, _, millis = line[:23].partition(",")
                     at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
                     return at + int(millis) / 1000 - self.started_wall
-        raise BenchError(f"the service never said it subscribed:\n{self.tail()}")
+        raise BenchError(f"the service never said it connected:\n{self.tail()}")
 
     def check_alive(self) -> None:
         if self.popen is None or self.popen.poll() is not None:

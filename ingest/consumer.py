@@ -261,9 +261,17 @@ class MqttConsumer:
                 password=password,
             )
         )
-        _, code = connack_result((await wire.expect(CONNACK)).body)
+        present, code = connack_result((await wire.expect(CONNACK)).body)
         if code:
             raise ConnectRefused(f"broker refused CONNECT: {CONNACK_REFUSALS.get(code, code)}")
+        # A resumed session's queued messages start to flow now, before the SUBACK.
+        log.info(
+            "MQTT connected to %s:%d as %s (session %s)",
+            s.mqtt_host,
+            s.mqtt_port,
+            s.mqtt_client_id,
+            "resumed" if present else "new",
+        )
         wire.send(subscribe_packet(SUBSCRIBE_MID, topic_filter, qos=1))
         _, granted = suback_codes((await wire.expect(SUBACK)).body)
         if not granted or granted[0] == SUBACK_FAILURE:
