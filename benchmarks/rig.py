@@ -160,7 +160,9 @@ class Service:
                 "CITYSENSE_REGISTRY": str(REGISTRY_FILE),
                 "CITYSENSE_RULES": str(RULES_FILE),
                 "CITYSENSE_DATA_DIR": str(self.data_dir),
-                "CITYSENSE_API_ENABLED": "false",
+                # The HTTP API on, as `citysense serve` runs by default (start-up counts).
+                "CITYSENSE_API_ENABLED": "true",
+                "CITYSENSE_API_PORT": "0",
                 # No device may be judged silent while its backlog is read: not under test.
                 "CITYSENSE_ALERT_START_GRACE_S": "86400",
             }
