@@ -329,7 +329,12 @@ class MqttConsumer:
 
     def _after_chunk(self) -> None:
         transport = self._wire.transport if self._wire is not None else None
-        if not self._paused and self.acks.unacknowledged > PAUSE_ABOVE and transport is not None:
+        if (
+            self._reading  # after stop, reading continues only to see the broker's goodbye
+            and not self._paused
+            and self.acks.unacknowledged > PAUSE_ABOVE
+            and transport is not None
+        ):
             transport.pause_reading()
             self._paused = True
 

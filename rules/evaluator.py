@@ -82,7 +82,9 @@ class Evaluator(ABC, Generic[S]):
     def deadline(self, st: S, device: AnyDevice) -> int | None:
         """The earliest time ``expire`` has something to do."""
         form = self.form_deadline(st, device)
-        settle = self.settle_at(st.life)
+        life = st.life
+        # settle_at is None unless flapping; checked here as this runs after every message.
+        settle = self.settle_at(life) if life.flapping else None
         if form is None:
             return settle
         return form if settle is None else min(form, settle)
@@ -225,6 +227,8 @@ def compare(x: float, op: str, ref: float) -> bool:
 def number(message: DeviceMessage, field: str) -> float | None:
     """A numeric field of a message, or None if absent (bools are not numbers)."""
     value = getattr(message, field, None)
+    if type(value) is float:  # the usual case first: one check instead of three
+        return value
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)

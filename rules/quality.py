@@ -17,7 +17,7 @@ from rules.evaluator import AnyDevice, Evaluator
 from rules.model import WaterQualityRule
 from rules.state import QualityState
 from rules.transition import Reason, Transition
-from rules.waterquality import FIELDS, WaterClass, classify, worst_class
+from rules.waterquality import TABLE, WaterClass, classify
 
 
 class QualityEvaluator(Evaluator[QualityState]):
@@ -43,13 +43,22 @@ class QualityEvaluator(Evaluator[QualityState]):
         ts: int,
         newest: int,
     ) -> list[Transition]:
-        values = {f: v for f in FIELDS if (v := getattr(message, f, None)) is not None}
-        if not values or (st.last_ts is not None and ts <= st.last_ts):
+        if st.last_ts is not None and ts <= st.last_ts:
             return []
-        st.last_ts = ts
-        cls = worst_class(values)
+        # The sample and its class in one pass over the table (worst_class, inline: this runs
+        # on every river reading).
+        values: dict[str, float] = {}
+        cls: WaterClass | None = None
+        for row in TABLE:
+            value = getattr(message, row.field, None)
+            if value is not None:
+                values[row.field] = value
+                found = row.class_of(value)
+                if cls is None or found > cls:
+                    cls = found
         if cls is None:
             return []
+        st.last_ts = ts
         life = st.life
         limit = self.limit_text
         if cls > self.limit:

@@ -14,13 +14,24 @@ must hold continuously cannot be re-judged from an older sample without the ones
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
+
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage
 from rules.durations import format_duration
-from rules.evaluator import AnyDevice, Evaluator, compare, number
+from rules.evaluator import AnyDevice, Evaluator, number
 from rules.model import ThresholdRule
 from rules.state import ThresholdState
 from rules.transition import Reason, Transition
+
+# The four comparison operators a rule may use (evaluator.compare), as functions.
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+}
 
 
 class ThresholdEvaluator(Evaluator[ThresholdState]):
@@ -34,6 +45,10 @@ class ThresholdEvaluator(Evaluator[ThresholdState]):
         self.field = rule.field
         self.trigger = rule.trigger
         self.clear = rule.clear_condition
+        # The operators as functions, taken once: compare() and reading the op from the
+        # pydantic model cost a call and lookups per reading.
+        self._meets = _OPS[self.trigger.op]
+        self._clears = _OPS[self.clear.op]
         self.hold = rule.for_
         self.clear_hold = rule.clear_for
         # Each device's two reference numbers, worked out once per device object (a reloaded
@@ -67,7 +82,7 @@ class ThresholdEvaluator(Evaluator[ThresholdState]):
             return []
         st.last_ts = ts
         life = st.life
-        met = compare(x, self.trigger.op, at)
+        met = self._meets(x, at)
         out: list[Transition] = []
         if met:
             st.clear_since = None
@@ -90,7 +105,7 @@ class ThresholdEvaluator(Evaluator[ThresholdState]):
                     st.pending_since = None
         else:
             st.pending_since = None
-            if life.active and compare(x, self.clear.op, back):
+            if life.active and self._clears(x, back):
                 if st.clear_since is None:
                     st.clear_since = ts
                 if ts - st.clear_since >= self.clear_hold:
