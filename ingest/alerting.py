@@ -66,7 +66,7 @@ class Alerting:
         batcher: Batcher,
         *,
         start_grace_s: float = 0.0,
-        snapshot_interval_s: float = 5.0,
+        snapshot_interval_s: float = 1.0,
         renotify_s: float = 0.0,
         feed: AlertFeed | None = None,
     ) -> None:
