@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -28,15 +27,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.workload import MEASUREMENTS, REGISTRY_FILE, REPO, Message
+from benchmarks.workload import MEASUREMENTS, REPO, Message
 from devices.topics import DEVICE_TOPIC_FILTER
 from ingest.stack import ManagedProcess, free_port, influx_command, start_influxd, start_mosquitto
 from tests import brokerauth
+from tests.serviceproc import HOST, PYTHON, memory_kb, service_env, spawn_service
 
-HOST = "127.0.0.1"
-RULES_FILE = REPO / "config" / "rules.yaml"
 MOSQUITTO_CONF = REPO / "mosquitto.conf"
-PYTHON = REPO / ".venv" / "bin" / "python"
+__all__ = ["PYTHON"]  # benchmarks.run starts the monitor with the same interpreter
 Login = brokerauth.Login
 GATEWAY, MONITOR, INGEST = brokerauth.GATEWAY, brokerauth.MONITOR, brokerauth.INGEST
 
@@ -112,20 +110,6 @@ def stored_count(influx_url: str, database: str, timeout_s: float = 5.0) -> int 
 # --- the service ---------------------------------------------------------------------------------
 
 
-def read_status_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in kB (empty if it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            out[name] = int(rest.split()[0])
-    return out
-
-
 class Service:
     """One ``python -m ingest.cli serve`` process (one data directory, one database, one fixed
     client id); its peak RSS is read from ``/proc`` (VmHWM) while it runs."""
@@ -147,26 +131,15 @@ class Service:
         stack.create_database(self.database)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSENSE_")}
-        env.update(
-            {
-                "PYTHONUNBUFFERED": "1",
-                "CITYSENSE_MQTT_HOST": HOST,
-                "CITYSENSE_MQTT_PORT": str(self.stack.mqtt_port),
-                "CITYSENSE_MQTT_CLIENT_ID": self.client_id,
-                "CITYSENSE_INFLUX_URL": self.stack.influx_url,
-                "CITYSENSE_INFLUX_DIALECT": "v1",
-                "CITYSENSE_INFLUX_DATABASE": self.database,
-                "CITYSENSE_REGISTRY": str(REGISTRY_FILE),
-                "CITYSENSE_RULES": str(RULES_FILE),
-                "CITYSENSE_DATA_DIR": str(self.data_dir),
-                # The HTTP API on, as `citysense serve` runs by default (start-up counts).
-                "CITYSENSE_API_ENABLED": "true",
-                "CITYSENSE_API_PORT": "0",
-                # No device may be judged silent while its backlog is read: not under test.
-                "CITYSENSE_ALERT_START_GRACE_S": "86400",
-            }
+        env = service_env(
+            mqtt_port=self.stack.mqtt_port,
+            client_id=self.client_id,
+            influx_url=self.stack.influx_url,
+            database=self.database,
+            data_dir=self.data_dir,
         )
+        # The HTTP API on, as `citysense serve` runs by default (start-up counts).
+        env.update({"CITYSENSE_API_ENABLED": "true", "CITYSENSE_API_PORT": "0"})
         env.update(self.extra_env)
         return env
 
@@ -176,18 +149,9 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
-            python = str(PYTHON) if PYTHON.exists() else sys.executable
             self.started_at = time.monotonic()
             self.started_wall = time.time()
-            self.popen = subprocess.Popen(
-                [python, "-m", "ingest.cli", "serve"],
-                cwd=REPO,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.popen = spawn_service(self.env(), log)
         self.peak_rss_kb = 0
         self._sampling.clear()
         self._sampler = threading.Thread(target=self._sample, name="rss", daemon=True)
@@ -258,8 +222,9 @@ class Service:
     def _read_rss(self) -> None:
         if self.popen is None:
             return
-        values = read_status_kb(self.popen.pid)
-        self.peak_rss_kb = max(self.peak_rss_kb, values.get("VmHWM", 0), values.get("VmRSS", 0))
+        got = memory_kb(self.popen.pid)
+        if got is not None:
+            self.peak_rss_kb = max(self.peak_rss_kb, *got)
 
     def _sample(self) -> None:
         while not self._sampling.wait(0.2):

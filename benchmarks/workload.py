@@ -15,13 +15,10 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from devices.registry import Device, GateDevice, RiverDevice, load_registry
-
-REPO = Path(__file__).resolve().parents[1]
-REGISTRY_FILE = REPO / "config" / "registry.yaml"
+from tests.serviceproc import REGISTRY_FILE
 
 # The measurements device messages land in (status is not sent); the count query sums them.
 MEASUREMENTS = ("gate", "gate_event", "river", "road", "road_event")

@@ -33,7 +33,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -61,14 +60,18 @@ from rules import Engine, load_rules
 from rules.alerts import area_ids
 from rules.store import AlertStore, sqlite_url
 from tests import brokerauth
+from tests.serviceproc import (
+    HOST,
+    REGISTRY_FILE,
+    REPO,
+    RULES_FILE,
+    memory_kb,
+    service_env,
+    spawn_service,
+)
 from tests.services import influx_query
 
-REPO = Path(__file__).resolve().parents[2]
-REGISTRY_FILE = REPO / "config" / "registry.yaml"
-RULES_FILE = REPO / "config" / "rules.yaml"
 MOSQUITTO_CONF = REPO / "mosquitto.conf"
-PYTHON = REPO / ".venv" / "bin" / "python"
-HOST = "127.0.0.1"
 
 TELEMETRY = ("river", "gate", "road")  # the measurements the publisher writes to
 # Device time advances a minute per message, so the threshold rules (for: 2m, 5m) open and
@@ -168,22 +171,6 @@ class Stack:
 # --- the service under test --------------------------------------------------------------------
 
 
-def read_rss_kb(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, VmHWM) of ``pid`` in kB, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    values: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            values[name] = int(rest.split()[0])
-    if "VmRSS" not in values:
-        return None  # a zombie has no memory lines
-    return values["VmRSS"], values.get("VmHWM", values["VmRSS"])
-
-
 class Service:
     """``citysense serve`` as a subprocess: start, SIGKILL, SIGTERM, restart; RSS sampled."""
 
@@ -204,24 +191,18 @@ class Service:
         self._sampler.start()
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSENSE_")}
+        # CITYSENSE_MQTT_SHARE_GROUP is left to the service's default: the broker is this
+        # test's own, and the subscription mode is part of what is under test.
+        env = service_env(
+            mqtt_port=self.stack.mqtt_port,
+            client_id=self.client_id,
+            influx_url=self.stack.influx_url,
+            database=self.stack.database,
+            data_dir=self.data_dir,
+        )
         env.update(
             {
-                "PYTHONUNBUFFERED": "1",
-                "CITYSENSE_MQTT_HOST": HOST,
-                "CITYSENSE_MQTT_PORT": str(self.stack.mqtt_port),
-                "CITYSENSE_MQTT_CLIENT_ID": self.client_id,
-                # CITYSENSE_MQTT_SHARE_GROUP is left to the service's default: the broker is
-                # this test's own, and the subscription mode is part of what is under test.
-                "CITYSENSE_INFLUX_URL": self.stack.influx_url,
-                "CITYSENSE_INFLUX_DATABASE": self.stack.database,
-                "CITYSENSE_INFLUX_DIALECT": "v1",
-                "CITYSENSE_REGISTRY": str(REGISTRY_FILE),
-                "CITYSENSE_RULES": str(RULES_FILE),
-                "CITYSENSE_DATA_DIR": str(self.data_dir),
                 "CITYSENSE_API_ENABLED": "false",
-                # No device is judged silent while the test runs: silence is not under test.
-                "CITYSENSE_ALERT_START_GRACE_S": "86400",
                 "CITYSENSE_STATUS_INTERVAL_S": "1",
                 "CITYSENSE_LOG_LEVEL": "INFO",
             }
@@ -245,16 +226,7 @@ class Service:
             log.write(f"--- faults harness: start #{self.starts} at {stamp()}\n".encode())
             log.flush()
             offset = log.tell()
-            python = str(PYTHON) if PYTHON.exists() else sys.executable
-            self.popen = subprocess.Popen(
-                [python, "-m", "ingest.cli", "serve"],
-                cwd=REPO,
-                env=self.env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.popen = spawn_service(self.env(), log)
         if wait_subscribed:
             self._wait_for_log("subscribed", offset, SERVICE_READY_S)
 
@@ -326,7 +298,7 @@ class Service:
             pid = self.pid
             if pid is None:
                 continue
-            got = read_rss_kb(pid)
+            got = memory_kb(pid)
             if got is None:
                 continue
             rss, hwm = got
