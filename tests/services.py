@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from typing import Any
 
 
@@ -29,6 +30,13 @@ def influx_query(url: str, database: str, query: str, epoch: str | None = None) 
         raise AssertionError(f"InfluxDB error for {query!r}: {result['error']}")
     series: list[Any] = result.get("series", [])
     return series
+
+
+def new_database(url: str, prefix: str) -> str:
+    """Create an InfluxDB database of a fresh name starting with ``prefix``; return the name."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    influx_query(url, "", f'CREATE DATABASE "{database}"')
+    return database
 
 
 def vm_export(url: str, match: str) -> list[dict[str, Any]]:

@@ -45,7 +45,7 @@ from simulator.device import Outgoing
 from simulator.plan import plan_run
 from tests.brokerauth import GATEWAY, MONITOR, clear_retained_statuses
 from tests.integration.test_ingest_e2e import REPO, make_settings, now_ms, running_service, settle
-from tests.services import influx_query
+from tests.services import new_database
 
 pytestmark = pytest.mark.integration
 
@@ -238,8 +238,7 @@ async def test_scenario_raises_exactly_its_alerts(
     assert kind is None or target.kind is kind
     expected = {(rule, target.id) for rule in case.rules}
 
-    database = f"scen_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "scen")
     settings = make_settings(
         tmp_path,
         mosquitto.port,

@@ -28,7 +28,7 @@ from tests.integration.test_ingest_e2e import (
     running_service,
     settle,
 )
-from tests.services import influx_query
+from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +82,7 @@ class Worker:
 async def test_forced_gate_reaches_its_grid_worker_once(
     tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
 ) -> None:
-    database = f"alerts_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "alerts")
     settings = make_settings(
         tmp_path, mosquitto.port, influx_url=influxdb.url, influx_database=database
     )
@@ -149,18 +148,15 @@ def river_readings(
     ]
 
 
-def new_database(influxdb: Any) -> str:
-    database = f"alerts_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
-    return database
-
-
 async def test_a_flood_of_repeats_keeps_one_open_alert(
     tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
 ) -> None:
     gate = registry.devices[first_of(registry, "gate")]
     settings = make_settings(
-        tmp_path, mosquitto.port, influx_url=influxdb.url, influx_database=new_database(influxdb)
+        tmp_path,
+        mosquitto.port,
+        influx_url=influxdb.url,
+        influx_database=new_database(influxdb.url, "alerts"),
     )
     worker = Worker(mosquitto.port, f"alerts/grid/{gate.grid}")
     n = 500
@@ -199,7 +195,10 @@ async def test_an_offline_worker_gets_its_alerts_on_reconnect(
 ) -> None:
     gate = registry.devices[first_of(registry, "gate")]
     settings = make_settings(
-        tmp_path, mosquitto.port, influx_url=influxdb.url, influx_database=new_database(influxdb)
+        tmp_path,
+        mosquitto.port,
+        influx_url=influxdb.url,
+        influx_database=new_database(influxdb.url, "alerts"),
     )
     phone = f"worker-{uuid.uuid4().hex[:6]}"
     Worker(mosquitto.port, f"alerts/grid/{gate.grid}", phone).close()  # subscribed, then away
@@ -232,7 +231,7 @@ async def test_unacknowledged_alerts_escalate_level_by_level_until_acknowledged(
         tmp_path,
         mosquitto.port,
         influx_url=influxdb.url,
-        influx_database=new_database(influxdb),
+        influx_database=new_database(influxdb.url, "alerts"),
         rules=rules,
     )
     village = Worker(mosquitto.port, f"alerts/village/{areas[Level.VILLAGE]}")
@@ -286,7 +285,10 @@ async def test_a_restart_in_the_middle_of_a_for_window_neither_loses_nor_duplica
     assert isinstance(river, RiverDevice)
     level = river.warning_level_m + 0.2
     settings = make_settings(
-        tmp_path, mosquitto.port, influx_url=influxdb.url, influx_database=new_database(influxdb)
+        tmp_path,
+        mosquitto.port,
+        influx_url=influxdb.url,
+        influx_database=new_database(influxdb.url, "alerts"),
     )
     worker = Worker(mosquitto.port, f"alerts/grid/{river.grid}")
     start = now_ms() - 300_000

@@ -20,7 +20,7 @@ from ingest.deadletters import DeadLetterStore
 from ingest.service import ServiceState, serve
 from ingest.settings import InfluxDialect, Settings
 from tests.brokerauth import GATEWAY, broker_files
-from tests.services import influx_query, vm_export
+from tests.services import influx_query, new_database, vm_export
 
 pytestmark = pytest.mark.integration
 
@@ -167,8 +167,7 @@ def known_bad(registry: Registry) -> list[tuple[str, bytes, str]]:
 async def test_every_message_stored_once_or_dead_lettered(
     tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
 ) -> None:
-    database = f"e2e_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "e2e")
     settings = make_settings(
         tmp_path,
         mosquitto.port,
@@ -276,8 +275,7 @@ async def wait_for_export(url: str, match: str, timeout_s: float = 10) -> dict[s
 async def test_service_shuts_down_in_order_and_loses_nothing(
     tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
 ) -> None:
-    database = f"stop_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "stop")
     settings = make_settings(
         tmp_path,
         mosquitto.port,
@@ -309,8 +307,7 @@ async def test_consumer_reconnects_after_a_broker_restart(
     broker_dir = tmp_path / "broker"
     listeners = broker_files(broker_dir / "broker", port, free_port()).listeners
     broker = start_mosquitto(port, broker_dir, REPO / "mosquitto.conf", listeners)
-    database = f"restart_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "restart")
     settings = make_settings(tmp_path, port, influx_url=influxdb.url, influx_database=database)
     before = known_good(registry, now_ms() - 60_000)
     after = known_good(registry, now_ms() - 30_000)
@@ -378,8 +375,7 @@ async def test_what_was_never_durable_is_delivered_again_to_the_next_session(
 ) -> None:
     """Manual acknowledgement: a service that could store nothing acknowledged nothing, so
     after it dies the broker hands every message to the next run of the same session."""
-    database = f"redeliver_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "redeliver")
     good = known_good(registry, now_ms() - 60_000)
     client_id = f"citysense-test-{uuid.uuid4().hex[:8]}"
     async with refusing_influx() as url:

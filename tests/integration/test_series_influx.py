@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +17,7 @@ from ingest.lineprotocol import LineEncoder
 from ingest.series import QueryRefused, SeriesQuery, SeriesResult, build_influxql, run_series
 from ingest.series import to_csv as series_csv
 from ingest.stack import ManagedProcess
-from tests.services import influx_query
+from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -52,8 +51,7 @@ async def db(influxdb: ManagedProcess, registry: Registry) -> AsyncIterator[str]
     for device_id in (A, B, OTHER):
         assert registry.devices[device_id].kind is Kind.RIVER
     assert registry.devices[A].grid != registry.devices[B].grid  # same village, two grids
-    database = f"series_{uuid.uuid4().hex[:12]}"
-    influx_query(influxdb.url, "", f'CREATE DATABASE "{database}"')
+    database = new_database(influxdb.url, "series")
     encoder = LineEncoder(registry, hash_plate=lambda plate: plate)
     lines = []
     for device_id, second, level, ph in WRITTEN:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from tests.integration.test_ingest_e2e import (
     running_service,
     settle,
 )
-from tests.services import influx_query
+from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +28,7 @@ async def test_simulated_city_is_stored_message_for_message(
     tmp_path: Path, mosquitto: Any, influxdb: Any
 ) -> None:
     registry = load_registry(REGISTRY_FILE)
-    database = f"sim_{uuid.uuid4().hex[:8]}"
-    influx_query(influxdb.url, "", f"CREATE DATABASE {database}")
+    database = new_database(influxdb.url, "sim")
     settings = make_settings(
         tmp_path,
         mosquitto.port,
