@@ -172,7 +172,6 @@ class MqttConsumer:
         self._paused = False
         self._wire: _Wire | None = None
         self._release = asyncio.Event()
-        self.reading_stopped = asyncio.Event()
 
     def stop_reading(self) -> None:
         """Take no more messages (those already taken are still acknowledged when safe).
@@ -183,7 +182,6 @@ class MqttConsumer:
         if self._wire is not None and self._wire.transport is not None:
             with contextlib.suppress(RuntimeError):  # already closing
                 self._wire.transport.pause_reading()
-        self.reading_stopped.set()
 
     def release(self) -> None:
         """Disconnect; unacknowledged messages stay with the broker for the next session."""
@@ -214,7 +212,6 @@ class MqttConsumer:
                         await asyncio.wait_for(self._release.wait(), delay)
         finally:
             self.connected = False
-            self.reading_stopped.set()
 
     async def _session(self, topic_filter: str) -> None:
         """Connect, subscribe, keep the connection alive until released; raise when lost."""

@@ -7,7 +7,7 @@ last alert changes,
 seal the open batch, let the writer drain (at most ``SHUTDOWN_TIMEOUT_S``), commit the last
 dead letters — each step acknowledging to the broker what it made durable — then DISCONNECT,
 let the alert publisher finish, close.
-At most about 5 + 5 + 15 + 5 + 5 + 5 s ≈ 40 s even with InfluxDB gone; a few hundred
+At most about 5 + 5 + 15 + 5 + 5 s ≈ 35 s even with InfluxDB gone; a few hundred
 milliseconds normally.
 """
 
