@@ -3,10 +3,9 @@
 Start-up: open the dead-letter store and the InfluxDB sink, then start the writer side before
 the consumer, so the first message has somewhere to go. Shutdown (``stop`` set, e.g. SIGTERM):
 stop the API, stop taking messages (each is handled whole as it is read), store and tell the
-last alert changes,
-seal the open batch, let the writer drain (at most ``SHUTDOWN_TIMEOUT_S``), commit the last
-dead letters — each step acknowledging to the broker what it made durable — then DISCONNECT,
-let the alert publisher finish, close.
+last alert changes, seal the open batch, let the writer drain (at most ``SHUTDOWN_TIMEOUT_S``),
+commit the last dead letters — each step acknowledging to the broker what it made durable —
+then DISCONNECT, let the alert publisher finish, close.
 At most about 5 + 5 + 15 + 5 + 5 s ≈ 35 s even with InfluxDB gone; a few hundred
 milliseconds normally.
 """
