@@ -20,7 +20,7 @@ from ingest.service import ServiceState
 from ingest.settings import Settings
 from ingest.tokens import Role, TokenStore, tokens_path
 from rules.alerts import area_ids
-from tests.integration.test_alerts_e2e import applied, new_database
+from tests.integration.test_alerts_e2e import applied
 from tests.integration.test_ingest_e2e import (
     first_of,
     make_settings,
@@ -29,6 +29,7 @@ from tests.integration.test_ingest_e2e import (
     running_service,
     settle,
 )
+from tests.services import new_database
 
 pytestmark = pytest.mark.integration
 RULES_TEXT = (Path(__file__).resolve().parents[2] / "config" / "rules.yaml").read_text("utf-8")
@@ -67,7 +68,10 @@ async def api(
 ) -> AsyncIterator[Api]:
     tmp: Path = tmp_path_factory.mktemp("api")
     settings = make_settings(
-        tmp, mosquitto.port, influx_url=influxdb.url, influx_database=new_database(influxdb)
+        tmp,
+        mosquitto.port,
+        influx_url=influxdb.url,
+        influx_database=new_database(influxdb.url, "api"),
     )
     river = registry.devices[first_of(registry, "river")]
     assert isinstance(river, RiverDevice)
