@@ -27,11 +27,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.workload import MEASUREMENTS, REPO, Message
+from benchmarks.workload import MEASUREMENTS, Message
 from devices.topics import DEVICE_TOPIC_FILTER
 from ingest.stack import ManagedProcess, free_port, influx_command, start_influxd, start_mosquitto
 from tests import brokerauth
-from tests.serviceproc import HOST, PYTHON, memory_kb, service_env, spawn_service
+from tests.serviceproc import HOST, PYTHON, REPO, memory_kb, service_env, spawn_service
 
 MOSQUITTO_CONF = REPO / "mosquitto.conf"
 __all__ = ["PYTHON"]  # benchmarks.run starts the monitor with the same interpreter

@@ -46,7 +46,8 @@ from benchmarks.rig import (
     stored_count,
     subscribe_session,
 )
-from benchmarks.workload import REPO, TRIGGER_RULE, Message, Workload
+from benchmarks.workload import TRIGGER_RULE, Message, Workload
+from tests.serviceproc import REPO
 
 POLL_S = 0.1
 STALL_S = 60.0  # no new point for this long: the run has failed

@@ -1,0 +1,39 @@
+"""`make bench` in miniature, inside `make test`, so the benchmark cannot break unnoticed.
+
+It once did (an import moved and nobody ran it for days). This runs the real harness —
+its own Mosquitto and InfluxDB, the reference drain, citysense end to end, the alert latency
+run and an InfluxDB outage — with a small K and one repetition, and checks that it finishes
+and that nothing was lost. Speed is not judged here (a timed test on a shared machine is
+noise); the figures are `make bench`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.serviceproc import REPO
+
+
+def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--k", "30000", "--repeat", "1", "--rate", "300", "--duration", "3"]
+    args += ["--outage", "3", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["lost_messages"] == 0
+    assert results["citysense_msgs_per_s"]["stored"] == [30000]
+    assert results["influx_outage"]["stored"] == 30000
+    latency = results["alert_latency_ms"]
+    assert latency["triggers"] > 0 and latency["alerts_matched"] == latency["triggers"]
+    assert results["reference_msgs_per_s"]["median"] > 0
