@@ -1,11 +1,15 @@
 """From the rule engine's transitions to alerts people receive.
 
-The pipeline hands every valid message to the engine (cheap, pure, on the event loop) and,
-when it says something, hands over the transitions together with the message's point. One
-task stores transitions in the alert store (a worker thread, a batch per round trip), then
-lets the points go on to the batcher — so a message is acknowledged only after the alerts it
-caused are stored. Another task publishes each change on ``alerts/{level}/{area}`` for every
-level the alert has reached, and writes it to InfluxDB (measurement ``alert``). A clock task
+The pipeline hands every valid message to the engine (cheap, pure, on the event loop), then
+hands over what it said (often nothing) together with the message's point. One task stores
+the waiting transitions in the alert store together with the engine's state after them (one
+transaction, a worker thread), then lets the points go on to the batcher — so a message is
+acknowledged only once the alerts it caused and an engine state that has seen it are stored:
+after a crash the restored engine has judged every message the broker will not send again
+(those it will send again and the engine has judged are recognised as redeliveries), and the
+store holds exactly what that engine said (``take``, ``run_store``).
+Another task publishes each change on ``alerts/{level}/{area}`` for every level the alert
+has reached, and writes it to InfluxDB (measurement ``alert``). A clock task
 drives time: the engine's deadlines (silence, expiry), escalation, and state saves.
 """
 
@@ -38,12 +42,15 @@ from rules.alerts import (
     due_for_escalation,
 )
 from rules.messages import describe
-from rules.store import AlertStore, StoreTransition
+from rules.store import AlertStore, NamedState, StoreTransition
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "engine"
 TICK_S = 1.0
+# Points with no alert change wait at most this long for a store round (which saves the
+# engine's state, ~1 ms for the example city); a round with alert changes starts at once.
+COVER_EVERY_S = 0.05
 STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same batch again
 
 # A message's point held back until its transitions are stored: (line, measurement, ack token).
@@ -69,6 +76,7 @@ class Alerting:
         snapshot_interval_s: float = 1.0,
         renotify_s: float = 0.0,
         feed: AlertFeed | None = None,
+        cover_every_s: float | None = None,
     ) -> None:
         self._rules = rules
         self.rules = rules
@@ -80,10 +88,14 @@ class Alerting:
         self.engine = (
             Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
         )
-        # Transitions not yet stored, each with the point of the message that caused it.
+        # What the engine said of each message (often nothing) with the message's point, and
+        # its ticks' transitions, not yet stored with an engine state that has seen them.
         self._to_store: deque[tuple[list[Transition], HeldPoint | None]] = deque()
         self._held_points = 0  # points among _to_store and in the thread
-        self._to_store_ready = asyncio.Event()
+        self._to_store_ready = asyncio.Event()  # set: run_store has something to do now
+        self._urgent = False  # transitions wait in _to_store: no pacing
+        self._save_wanted = False  # the clock asks for a state save with nothing waiting
+        self._cover_every_s = COVER_EVERY_S if cover_every_s is None else cover_every_s
         self._stored_all = asyncio.Event()
         self._stored_all.set()
         # Changes already in the store, waiting to be told (MQTT, listeners, InfluxDB).
@@ -117,47 +129,79 @@ class Alerting:
         return transitions
 
     def take(self, transitions: list[Transition], point: HeldPoint | None = None) -> None:
-        """Queue transitions to be stored; ``point`` goes to the batcher once they are."""
+        """What the engine said of a message (or a tick), stored with the engine's state;
+        ``point`` goes to the batcher once they are. Called for every message the engine saw.
+        """
         self._to_store.append((transitions, point))
         if point is not None:
             self._held_points += 1
         self._stored_all.clear()
-        self._to_store_ready.set()
+        # Wake the store task only when it has new work to judge: not once per point.
+        if transitions and not self._urgent:
+            self._urgent = True
+            self._to_store_ready.set()
+        elif len(self._to_store) == 1:
+            self._to_store_ready.set()
 
     async def run_store(self) -> None:
-        """Store queued transitions, queue their changes to be told, release held points."""
+        """Store rounds until cancelled: at once for alert changes, else paced by
+        ``cover_every_s`` (each round saves the engine's whole state)."""
+        loop = asyncio.get_running_loop()
+        last_round = -self._cover_every_s
         while True:
-            if not self._to_store:
+            if not self._to_store and not self._save_wanted:
                 self._stored_all.set()
                 self._to_store_ready.clear()
                 await self._to_store_ready.wait()
                 continue
-            items = list(self._to_store)
-            self._to_store.clear()
-            transitions = [t for ts, _ in items for t in ts]
-            try:
-                changes = await asyncio.to_thread(self._apply_all, transitions, _now_ms())
-            except Exception:
-                log.exception("could not store %d alert changes; retrying", len(transitions))
-                self._to_store.extendleft(reversed(items))
-                await asyncio.sleep(STORE_RETRY_S)
+            wait_s = last_round + self._cover_every_s - loop.time()
+            if wait_s > 0 and not self._urgent and not self._save_wanted:
+                self._to_store_ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._to_store_ready.wait(), wait_s)
                 continue
-            for change in changes:
-                self._queue.put_nowait(change)
-            for _, point in items:
-                if point is not None:
-                    self._held_points -= 1
-                    self._batcher.add(*point)
+            last_round = loop.time()
+            await self._store_round()
+
+    async def _store_round(self) -> None:
+        """Store every waiting transition with the engine's state, then release their points.
+
+        The state is taken here, on the event loop with no ``await`` since the items were
+        taken: it is the engine after exactly the messages and ticks of this round and of the
+        rounds before it (each message is ``take``n as it is judged), so the transaction holds
+        the alert changes and the state that made them, and nothing the state has not seen.
+        """
+        items = list(self._to_store)
+        self._to_store.clear()
+        self._urgent = self._save_wanted = False
+        state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
+        transitions = [t for ts, _ in items for t in ts]
+        try:
+            changes = await asyncio.to_thread(self._apply_all, transitions, state)
+        except Exception:
+            log.exception("could not store %d alert changes; retrying", len(transitions))
+            self._to_store.extendleft(reversed(items))
+            self._urgent = True
+            await asyncio.sleep(STORE_RETRY_S)
+            return
+        for change in changes:
+            self._queue.put_nowait(change)
+        for _, point in items:
+            if point is not None:
+                self._held_points -= 1
+                self._batcher.add(*point)
 
     def _apply_all(
-        self, transitions: Sequence[Transition], now_ms: int
+        self, transitions: Sequence[Transition], state: NamedState
     ) -> list[tuple[Alert, AlertEvent]]:
-        """Store a batch in one transaction (in the store's thread); the changes it made.
+        """Store a batch and the engine's state in one transaction (in the store's thread);
+        the changes it made.
 
         One transaction reads and writes, so a person's acknowledgement and these changes
         cannot overwrite each other; one per batch, because a transaction's fixed cost is
         most of a change's (rules/store.py).
         """
+        now_ms = state.at_ms
         items = []
         for t in transitions:
             rule = self._rules.get(t.rule_id)
@@ -166,7 +210,8 @@ class Alerting:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
             items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
-        return [(alert, event) for alert, event, _ in filter(None, self._store.apply_many(items))]
+        done = self._store.apply_many(items, state=state)
+        return [(alert, event) for alert, event, _ in filter(None, done)]
 
     async def run(self) -> None:
         """Tell people of stored changes, in order, until cancelled."""
@@ -250,19 +295,13 @@ class Alerting:
                 self.take(due)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
                 await self.announce(alert, event)
-            # Saved only when every transition the engine has made is in the store: a
-            # snapshot ahead of the store could forget an alert a crash left unstored.
-            if now - saved_ms >= self._snapshot_every_ms and self._stored_all.is_set():
-                await self._save_async(now)
+            # Every store round saves the state; this is for a quiet engine whose ticks
+            # changed it without a transition. Through run_store, the one writer of the state,
+            # so an older state never overwrites a newer one.
+            if now - saved_ms >= self._snapshot_every_ms:
+                self._save_wanted = True
+                self._to_store_ready.set()
                 saved_ms = now
-
-    async def _save_async(self, now_ms: int) -> None:
-        # The snapshot is taken here on the event loop, where the engine lives (a worker
-        # thread would read it while messages change it); only the write goes to a thread.
-        # A snapshot that lags the alert store is harmless: the store keeps one unresolved
-        # alert per (rule, device), so a replayed open is a repeat and a replayed clear a no-op.
-        snapshot = self.engine.snapshot()
-        await asyncio.to_thread(self._store.save_state, SNAPSHOT_KEY, snapshot, now_ms)
 
     def _escalate_due(self, now_ms: int) -> list[tuple[Alert, AlertEvent]]:
         out = []
@@ -285,10 +324,11 @@ class Alerting:
                 await self._queue.join()
 
     def save(self) -> None:
-        """Persist the engine's state now (at shutdown; the clock also saves it periodically).
+        """Persist the engine's state now (at shutdown; every store round also saves it).
 
-        Not when transitions are still unstored (the stop gave up waiting): the last periodic
-        snapshot is behind, and the unacknowledged messages come again to redo the rest.
+        Not when messages or transitions are still unstored (the stop gave up waiting): the
+        state of the last stored round is the one that matches the store, and the messages
+        after it were not acknowledged, so they come again to redo the rest.
         """
         if not self._stored_all.is_set():
             log.warning("%d alert changes not stored; engine state not saved", len(self._to_store))

@@ -12,10 +12,11 @@ import time
 
 from ingest.alerting import Alerting
 from ingest.batcher import Batcher
-from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
+from ingest.deadletters import MAX_KEPT_BYTES, DeadLetterBuffer, NewDeadLetter
 from ingest.decode import Decoder, Reason, Rejection
 from ingest.ledger import Ledger
 from ingest.lineprotocol import LineEncoder, measurement_of
+from ingest.plates import redact_plates
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +77,22 @@ class Pipeline:
                 self.rule_failures += 1
                 log.exception("the rule engine failed on a message on %s", topic)
                 transitions = []
-            if transitions:
-                # The point (and so the acknowledgement) waits until the alert store has what
-                # the message caused: an alert is never lost with a message not sent again.
-                self._alerting.take(transitions, (line, measurement, token))
-                return
+            # The point (and so the acknowledgement) waits until the alert store has what the
+            # message caused and an engine state that has seen it (ingest/alerting.py): a
+            # message the broker will not send again is never lost to the rules nor judged twice.
+            self._alerting.take(transitions, (line, measurement, token))
+            return
         self._batcher.add(line, measurement, token)
 
     def _reject(
         self, now_ms: int, topic: str, rejection: Rejection, payload: bytes, token: int | None
     ) -> None:
         self._ledger.rejected[rejection.reason] += 1
+        # Cut to what is kept at once (a waiting row must not hold 256 KiB until its commit),
+        # and no plate in clear in what is kept: rejected input may be anything.
+        kept = redact_plates(payload[:MAX_KEPT_BYTES], self._encoder.hash_plate)
         self._dead_letters.add(
-            NewDeadLetter(now_ms, topic, rejection.reason, rejection.detail, payload, token)
+            NewDeadLetter(
+                now_ms, topic, rejection.reason, rejection.detail, kept, token, len(payload)
+            )
         )

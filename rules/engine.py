@@ -8,9 +8,11 @@ Cheap per message: rules are compiled once into evaluators and indexed by (kind,
 message meets only the rules that read its kind and channel, each knowing which fields it reads.
 Time-driven work sits in a heap of deadlines, so ``tick`` touches only what is due.
 
-Duplicates: a message whose (``seq``, ``ts``) was among the device's recent 64 is a redelivery
-and is dropped before any rule sees it. Both are compared because a device that restarts counts
-``seq`` from 1 again; messages without ``seq`` cannot be recognised and are evaluated.
+Duplicates: a message whose (``seq``, ``ts``) the device already sent is a redelivery and is
+dropped before any rule sees it, however many came since (``rules.seen`` keeps them as runs, so
+a whole in-flight window of 20,000 redelivered messages is recognised). Both are compared
+because a device that restarts counts ``seq`` from 1 again; messages without ``seq`` cannot be
+recognised and are evaluated.
 
 State: everything per (rule, device) and per device is plain data (``rules.state``);
 ``snapshot()`` returns it as JSON-ready data and ``Engine.restore`` continues from it exactly.
@@ -43,6 +45,7 @@ from rules.model import (
 from rules.quality import QualityEvaluator
 from rules.rate import RateEvaluator
 from rules.schema import event_names
+from rules.seen import is_repeat, remember
 from rules.silence import SilenceEvaluator
 from rules.state import (
     SNAPSHOT_FORMAT,
@@ -55,16 +58,6 @@ from rules.state import (
 from rules.threshold import ThresholdEvaluator
 from rules.transition import Transition
 
-# (seq, ts) pairs remembered per device to drop redeliveries. A count, not a time: memory and
-# snapshot size stay bounded per device whatever its rate (60 devices × 64 pairs is ~85 KB of
-# snapshot JSON), and redeliveries come in messages, not seconds: a device resends what it had
-# in flight, the broker what the service had not acknowledged yet. 64 covers that up to 64
-# messages back per device (an hour of readings at one a minute; 2 s of the benchmark's 33 msg/s
-# per device). What gets past it changes little: the other forms ignore a message no newer than
-# the newest they evaluated (a rate rule may merge it into its window as a late reading; an
-# event count keeps one event per timestamp), and an event rule takes a redelivered match for a
-# repeat of an open condition (an ``update``) or drops it after the condition cleared.
-RECENT_SEQS = 64
 Route = tuple[Kind, Channel, str | None]
 # A rule as Engine.observe meets it: (index, evaluator, only, states, dues, observe, timed).
 _Observer = tuple[
@@ -120,7 +113,6 @@ class Engine:
         self._index = {route: tuple(evs) for route, evs in index.items()}
         self._states: list[dict[str, Any]] = [{} for _ in self._evaluators]
         self._devices: dict[str, DeviceState] = {}
-        self._seen: dict[str, set[tuple[int, int]]] = {}
         self._heap: list[tuple[int, int, str]] = []
         # Per rule (by index): device id → the deadline its heap entry is for. One dict per
         # rule, so the per-message check needs no (rule, device) key tuple.
@@ -152,21 +144,19 @@ class Engine:
         dev = self._devices.get(device_id)
         if dev is None:
             dev = self._devices[device_id] = DeviceState()
-            self._seen[device_id] = set()
         seq = message.seq
-        if seq is not None:
-            # The duplicate check, inline as it runs on every message (saves a call).
-            seen = self._seen[device_id]
-            key = (seq, ts_ms)
-            if key in seen:
-                return []
-            seen.add(key)
-            recent = dev.seen
-            recent.append([seq, ts_ms])
-            if len(recent) > RECENT_SEQS:
-                old_seq, old_ts = recent.pop(0)
-                seen.discard((old_seq, old_ts))
         newest = dev.newest_ts
+        if seq is not None:
+            # The duplicate check (rules.seen), its common case inline as it runs on every
+            # message: newer than anything the device sent, the next seq of its last run.
+            runs = dev.seen
+            if newest is not None and ts_ms <= newest and is_repeat(runs, seq, ts_ms):
+                return []
+            last = runs[-1] if runs else None
+            if last is not None and seq == last[1] + 1 and ts_ms > last[3]:
+                runs[-1] = (last[0], seq, last[2], ts_ms)
+            else:
+                remember(runs, seq, ts_ms)
         if newest is None or ts_ms > newest:
             newest = dev.newest_ts = ts_ms
         # _EVENT, not Channel.EVENT: an enum member lookup costs ~0.1 µs each time.
@@ -289,7 +279,8 @@ class Engine:
         Shape::
 
             {"format": 1,
-             "devices": {device_id: {"newest_ts": int | None, "seen": [[seq, ts], ...]}},
+             "devices": {device_id: {"newest_ts": int | None,
+                                     "seen": [[first seq, last seq, first ts, last ts], ...]}},
              "rules": {rule_id: {"type": form, "states": {device_id: {...form state...}}}},
              "armed": [rule_id, ...]}
 
@@ -328,9 +319,7 @@ class Engine:
         for device_id, data in devices.items():
             if device_id not in registry.devices:
                 continue
-            dev = decode_device(data)
-            engine._devices[device_id] = dev
-            engine._seen[device_id] = {(int(s), int(t)) for s, t in dev.seen}
+            engine._devices[device_id] = decode_device(data)
         for rule_id, data in rules_data.items():
             i = engine._by_id.get(rule_id)
             if i is None or not isinstance(data, dict):

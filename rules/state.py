@@ -8,11 +8,11 @@ snapshot is made of these and nothing else (no rule objects, no clocks, no closu
 taken on the ingest service's event loop, and ``asdict`` deep-copies every int one by one
 (``copy.deepcopy``), which made a snapshot of the example city at 2,000 msg/s cost 13-25 ms and
 set off several garbage collections (each a pause of the whole loop), most of it for the
-devices' 64 remembered (seq, ts) pairs. ``encode`` copies each list and dict one
-level down; the pairs inside (``DeviceState.seen``, ``RateState.points``) are shared with the
-snapshot, which is safe because nothing changes a pair in place: the engine only appends new
-pairs, replaces one with a new list, or drops them. A field added to a class must be added to
-its encoder too (``tests/unit/test_rules_state.py`` compares each with ``asdict``).
+devices' then 64 remembered (seq, ts) pairs. ``encode`` copies each list and dict one
+level down; the pairs and runs inside (``RateState.points``, ``DeviceState.seen``) are shared
+with the snapshot, which is safe because nothing changes one in place: the engine only appends
+new ones, replaces one with a new list or tuple, or drops them. A field added to a class must
+be added to its encoder too (``tests/unit/test_rules_state.py`` compares each with ``asdict``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from rules.seen import Run, from_pairs
 
 SNAPSHOT_FORMAT = 1
 
@@ -113,8 +115,8 @@ class DeviceState:
     """Per device, across rules: its newest device time and recent (seq, ts) for duplicates."""
 
     newest_ts: int | None = None
-    # [seq, ts], oldest first, at most engine.RECENT_SEQS; each pair new, never changed.
-    seen: list[list[int]] = field(default_factory=list)
+    # What the device sent, as runs (rules.seen): tuples, replaced and never changed.
+    seen: list[Run] = field(default_factory=list)
 
 
 FormState = ThresholdState | RateState | EventState | EventCountState | QualityState | SilenceState
@@ -180,7 +182,7 @@ def _silence(st: SilenceState) -> dict[str, Any]:
 
 
 def _device(st: DeviceState) -> dict[str, Any]:
-    return {"newest_ts": st.newest_ts, "seen": st.seen.copy()}  # pairs shared: never changed
+    return {"newest_ts": st.newest_ts, "seen": st.seen.copy()}  # runs shared: never changed
 
 
 _ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
@@ -218,6 +220,13 @@ def decode_device(data: Any) -> DeviceState:
     if not isinstance(data, dict):
         raise SnapshotError("DeviceState: expected a mapping")
     try:
-        return DeviceState(**data)
-    except TypeError as e:
+        state = DeviceState(**data)
+        # Runs come back from JSON as lists; [seq, ts] pairs are the format before runs.
+        state.seen = (
+            from_pairs(state.seen)  # type: ignore[arg-type]
+            if any(len(r) == 2 for r in state.seen)
+            else [(int(a), int(b), int(c), int(d)) for a, b, c, d in state.seen]
+        )
+        return state
+    except (TypeError, ValueError) as e:
         raise SnapshotError(f"DeviceState: {e}") from None

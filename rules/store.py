@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,7 +67,7 @@ from rules.alerts import (
 from rules.model import Severity
 from rules.transition import Reason, Transition
 
-__all__ = ["AlertNotFound", "AlertStore", "StoreTransition", "sqlite_url"]
+__all__ = ["AlertNotFound", "AlertStore", "NamedState", "StoreTransition", "sqlite_url"]
 
 metadata = MetaData()
 
@@ -163,6 +164,15 @@ class AlertNotFound(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
+class NamedState:
+    """JSON state to save under ``key`` with a batch (``AlertStore.apply_many``)."""
+
+    key: str
+    value: dict[str, Any]
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoreTransition:
     """One engine transition and what ``AlertStore.apply_many`` needs to store it.
 
@@ -177,9 +187,12 @@ class StoreTransition:
     now_ms: int
 
 
+ALERTS_FILE = "alerts.sqlite3"
+
+
 def sqlite_url(data_dir: Path) -> str:
     """The default store: a SQLite file in the data directory."""
-    return f"sqlite:///{data_dir / 'alerts.sqlite3'}"
+    return f"sqlite:///{data_dir / ALERTS_FILE}"
 
 
 def _now_ms() -> int:
@@ -339,28 +352,38 @@ class AlertStore:
         )
 
     def apply_many(
-        self, items: Sequence[StoreTransition]
+        self, items: Sequence[StoreTransition], *, state: NamedState | None = None
     ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
         """Engine transitions in one transaction, in order: what ``apply`` on each in turn gives.
 
         A later item sees what an earlier one did (an open then a clear of the same rule and
         device resolves the alert just opened). All or nothing: on an error nothing is stored.
         Much cheaper per transition than ``apply`` (one commit, statements reused).
+
+        ``state`` (the engine's snapshot after these transitions) is saved in the same
+        transaction, so the alerts and the state that produced them never disagree after a crash.
         """
         if not items:
+            if state is not None:
+                self.save_state(state.key, state.value, state.at_ms)
             return []
-        if len(items) == 1:
-            (item,) = items
-            return [self._retrying(lambda tx: tx.apply_item(item))]
         try:
             with self._transaction() as tx:
                 tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
-                return [tx.apply_item(item) for item in items]
+                done = [tx.apply_item(item) for item in items]
+                if state is not None:
+                    _put_state(tx.conn, state.key, state.value, state.at_ms)
+                return done
         except IntegrityError:
             # Another writer opened an alert of one of the batch's (rule, device) between our
             # read and our insert (PostgreSQL): the whole batch was rolled back. Redo it one item
-            # per transaction, each retried once as ``apply`` does.
-            return [self.apply_many([item])[0] for item in items]
+            # per transaction, each retried once as ``apply`` does; the state after the last
+            # (a crash in between leaves the store ahead of the state: a replayed open is then a
+            # repeat, a replayed clear a no-op).
+            out = [self._retrying(partial(_Tx.apply_item, item=item)) for item in items]
+            if state is not None:
+                self.save_state(state.key, state.value, state.at_ms)
+            return out
 
     def acknowledge(
         self, alert_id: str, actor: str, at_ms: int, note: str | None = None
@@ -504,16 +527,8 @@ class AlertStore:
 
     def save_state(self, key: str, value: dict[str, Any], at_ms: int | None = None) -> None:
         """Replace the JSON stored under ``key`` (``at_ms`` defaults to now)."""
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        stamp = _now_ms() if at_ms is None else at_ms
         with self._write() as conn:
-            done = conn.execute(
-                engine_state.update()
-                .where(engine_state.c.key == key)
-                .values(value=text, updated_ms=stamp)
-            )
-            if done.rowcount == 0:
-                conn.execute(engine_state.insert().values(key=key, value=text, updated_ms=stamp))
+            _put_state(conn, key, value, at_ms)
 
     def load_state(self, key: str) -> dict[str, Any] | None:
         """The JSON stored under ``key``, if any."""
@@ -527,6 +542,16 @@ class AlertStore:
         if not isinstance(loaded, dict):
             raise ValueError(f"state {key!r} is not a JSON object")
         return loaded
+
+
+def _put_state(conn: Connection, key: str, value: dict[str, Any], at_ms: int | None) -> None:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    stamp = _now_ms() if at_ms is None else at_ms
+    done = conn.execute(
+        engine_state.update().where(engine_state.c.key == key).values(value=text, updated_ms=stamp)
+    )
+    if done.rowcount == 0:
+        conn.execute(engine_state.insert().values(key=key, value=text, updated_ms=stamp))
 
 
 class _Tx:

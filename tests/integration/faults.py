@@ -795,10 +795,7 @@ class Rig:
         self, root: Path, name: str, *, strict_alerts: bool = True, **service_env: str
     ) -> None:
         """``strict_alerts``: fail when the alerts differ from an undisturbed run's. Off for a
-        SIGKILL of the service: messages it judged after its last engine snapshot (every
-        ``CITYSENSE_ALERT_SNAPSHOT_INTERVAL_S``) and had already made durable are not
-        delivered again, so the restarted engine never sees them and may raise an alert at
-        another message; raised twice is still a failure."""
+        broker restart (see ``test_mosquitto_restart``); raised twice is always a failure."""
         self.root = root
         self.name = name
         self.strict_alerts = strict_alerts

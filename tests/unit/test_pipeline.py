@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -120,10 +121,19 @@ async def test_a_message_that_raises_an_alert_waits_for_the_store(parts: Parts) 
     assert parts.outbox.sent and all(alert.id.encode() in p for _, p in parts.outbox.sent)
 
 
-async def test_an_ordinary_message_goes_straight_to_the_batch(parts: Parts) -> None:
+async def test_an_ordinary_message_waits_for_a_saved_engine_state_that_has_seen_it(
+    parts: Parts,
+) -> None:
+    # Acknowledged before a saved state has seen it, a crash would restore an engine that
+    # never judged it while the broker never sends it again (issue 13 item 2).
     parts.pipeline.handle(*parts.gate_event(1, "pass"), token=3)
+    assert parts.lines() == [] and parts.alerting.pending_points == 1
+    assert parts.store.load_state("engine") is None
+    await parts.settle()
     assert [token for _, token in parts.lines()] == [3]
     assert parts.alerting.pending_points == 0
+    saved = parts.store.load_state("engine")
+    assert saved is not None and saved["devices"][parts.gate.id]["seen"] == [[1, 1, ANY, ANY]]
 
 
 async def test_a_failure_inside_citysense_is_kept_as_an_internal_error(
@@ -153,6 +163,7 @@ async def test_a_rule_engine_failure_keeps_the_reading(
 
     monkeypatch.setattr(parts.alerting.engine, "observe", broken)
     parts.pipeline.handle(*parts.gate_event(1, "forced_open"), token=9)
+    await parts.settle()
     assert [token for _, token in parts.lines()] == [9] and parts.dead.rows == []
     assert parts.pipeline.rule_failures == 1
 
@@ -163,12 +174,12 @@ async def test_a_store_failure_is_retried_and_the_point_held_meanwhile(
     real = parts.store.apply_many
     calls = 0
 
-    def flaky(items: Any) -> Any:
+    def flaky(items: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError("disk full")
-        return real(items)
+        return real(items, **kwargs)
 
     monkeypatch.setattr(parts.store, "apply_many", flaky)
     monkeypatch.setattr("ingest.alerting.STORE_RETRY_S", 0.05)
