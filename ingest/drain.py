@@ -198,6 +198,11 @@ class Drain:
         refused = {line for line, _ in outcome.refused}
         for line, error in outcome.refused:
             self._dead_letter(line, error, None)  # acknowledged when it was spooled
+        # The spool's copy is the only one: its position moves past these lines only once their
+        # dead letters are committed (a crash in between replays the batch; a duplicate dead
+        # letter is better than none).
+        while refused and not await self._dead_letters.flush():  # noqa: ASYNC110 (a retry)
+            await asyncio.sleep(REPLAY_RETRY_S)
         assert self._spool is not None
         await asyncio.to_thread(self._spool.commit, spooled)
         self._ledger.replayed.update(

@@ -121,6 +121,11 @@ class LineEncoder:
         self._series: dict[tuple[str, str, str | None], str] = {}
         self._plans: dict[tuple[type, Channel], FieldPlan] = {}
 
+    @property
+    def hash_plate(self) -> Callable[[str], str]:
+        """The keyed plate hash (also for what is kept of rejected messages)."""
+        return self._hash_plate
+
     def tags_for(self, decoded: Decoded) -> dict[str, str]:
         """Tags of a message: device, its area path, kind for status, event type for events."""
         tags = {"device": decoded.device.id, **self._registry.device_path(decoded.device.id).tags()}

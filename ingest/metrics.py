@@ -33,6 +33,7 @@ class Sources:
     alerts_by_state: Callable[[], dict[str, int]]
     connected: Callable[[], bool]
     spool_points: Callable[[], int] = lambda: 0
+    deadletters_pruned: Callable[[], dict[str, int]] = dict
 
 
 def _one(
@@ -114,6 +115,14 @@ class _Collector(Collector):
             "citysense_rule_evaluation_seconds",
             "time spent in the rule engine",
             s.eval_seconds(),
+        )
+        yield _labelled(
+            counter,
+            "citysense_deadletters_pruned",
+            "dead letters pruned past the per-reason cap, by reason (all time; write_rejected "
+            "rows are the only copy of data InfluxDB refused)",
+            "reason",
+            s.deadletters_pruned(),
         )
         yield _labelled(gauge, "citysense_alerts", "alerts by state", "state", s.alerts_by_state())
         yield _one(

@@ -26,6 +26,7 @@ from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
 from ingest.batcher import Batcher
 from ingest.consumer import MqttConsumer
+from ingest.datadir import private_dir, private_file
 from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
 from ingest.decode import Decoder
 from ingest.delivery import Deliverer
@@ -41,8 +42,8 @@ from ingest.spool import Spool
 from ingest.status import report_status, status_line
 from ingest.tokens import TokenStore, tokens_path
 from ingest.writer import LineSink, open_sink, ping_influx
-from rules import load_rules
-from rules.store import AlertStore, sqlite_url
+from rules import RuleSet, load_rules
+from rules.store import ALERTS_FILE, AlertStore, sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,27 @@ SHUTDOWN_TIMEOUT_S = 15.0
 RELEASE_TIMEOUT_S = 5.0  # DISCONNECT after the last acknowledgements
 API_STOP_TIMEOUT_S = 5.0  # open requests finish, live streams are cut (ingest/api/server.py)
 ALERT_SETTLE_S = 5.0  # at shutdown, how long queued alert changes may take to go out
+
+
+class StartRefused(Exception):
+    """The settings ask for something the service must not do; the message says why."""
+
+
+def refuse_unsafe(settings: Settings, rules: RuleSet) -> None:
+    """Raise ``StartRefused`` for settings that would make the alerts wrong.
+
+    A shared subscription on Mosquitto hands each device's messages round-robin to every
+    process of the group, so every ``for``, rate, count and silence rule would see half the
+    story, and every process would save its engine state under one key. Until partitioned
+    scale-out exists, the two do not go together.
+    """
+    if settings.mqtt_share_group and len(rules) > 0:
+        raise StartRefused(
+            f"CITYSENSE_MQTT_SHARE_GROUP={settings.mqtt_share_group!r} with {len(rules)} alert "
+            f"rules in {settings.rules}: a shared subscription splits each device's messages "
+            "between processes, and the rules would judge half of them. Unset "
+            "CITYSENSE_MQTT_SHARE_GROUP, or give the processes of the group an empty rule file."
+        )
 
 
 @dataclass
@@ -133,10 +155,15 @@ async def serve(
     """Run the ingest service until ``stop`` is set; return its final state."""
     state = state or ServiceState()
     ledger = state.ledger
+    rules = load_rules(settings.rules, registry)
+    refuse_unsafe(settings, rules)
     sink = await _open_sink_retrying(settings, stop)
     if sink is None:
         return state
-    store = DeadLetterStore(store_path(settings.data_dir), settings.deadletter_max_rows)
+    private_dir(settings.data_dir)
+    store = DeadLetterStore(
+        private_file(store_path(settings.data_dir)), settings.deadletter_max_rows
+    )
     batcher = Batcher(settings.batch_size, settings.batch_interval_s)
     acks = AckTracker()
     dead_letters = DeadLetterBuffer(store, ledger.add_dead_lettered, on_safe=acks.safe)
@@ -148,10 +175,11 @@ async def serve(
     )
     encoder = LineEncoder(registry, PlateHasher(settings.plate_key.get_secret_value().encode()))
     deliverer = Deliverer(sink)
+    private_file(settings.data_dir / ALERTS_FILE)
     alert_store = AlertStore(sqlite_url(settings.data_dir))
     outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
     alerting = Alerting(
-        load_rules(settings.rules, registry),
+        rules,
         registry,
         alert_store,
         outbox,
@@ -178,6 +206,7 @@ async def serve(
             alerts_by_state=alert_store.count_by_state,
             connected=lambda: consumer.connected,
             spool_points=lambda: spool.lines,
+            deadletters_pruned=store.pruned,
         )
     )
     drain = Drain(

@@ -63,6 +63,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+from ingest.datadir import FILE_MODE, create_private, private_dir
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"CSP1"
@@ -201,8 +203,8 @@ class Spool:
         self._lines = 0
         self._closed = False
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.directory)
+        self._lock_fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -388,7 +390,7 @@ class Spool:
 
     def _new_segment(self, seq: int) -> _Segment:
         segment = _Segment(seq, self.directory / segment_name(seq))
-        f = segment.path.open("xb")
+        f = os.fdopen(create_private(segment.path), "wb")
         try:
             os.fsync(f.fileno())
             # The file's name must survive a crash along with the records fsync()ed into it.
@@ -506,7 +508,8 @@ class Spool:
 
     def _write_position(self, seq: int, offset: int) -> None:
         tmp = self.directory / _POSITION_TMP
-        with tmp.open("w", encoding="ascii") as f:
+        tmp.unlink(missing_ok=True)  # left by a crash; created anew, 0600
+        with os.fdopen(create_private(tmp), "w", encoding="ascii") as f:
             f.write(f"v1 {seq} {offset}\n")
             f.flush()
             os.fsync(f.fileno())

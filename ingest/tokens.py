@@ -197,7 +197,7 @@ _HEADER = (
 
 def _write(path: Path, entries: Iterable[TokenEntry]) -> _Signature:
     """Save atomically with mode 0600; return the new file's signature."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = [e.model_dump(mode="json") for e in entries]
     text = _HEADER + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
     # mkstemp creates the file 0600 whatever the umask, so no moment exists where the

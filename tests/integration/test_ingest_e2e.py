@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -161,12 +162,48 @@ def known_bad(registry: Registry) -> list[tuple[str, bytes, str]]:
             "too_large",
         ),
         (f"iot/river/{river}/event", b'{"ts": %d}' % ts, "bad_topic"),
+        # Plates in rejected events (issue 13 item 10): none may be kept in clear.
+        (
+            f"iot/gate/{gate}/event",
+            json.dumps(
+                {"ts": ts + 3_600_000, "seq": 1, "event": "pass", "plate": "湘E·54321"},
+                ensure_ascii=False,
+            ).encode(),
+            "future_timestamp",
+        ),
+        (
+            f"iot/gate/{gate}/event",
+            b'{"ts": %d, "seq": "two", "event": "pass", "pl\\u0061te": "\\u6e58E66778", "x": 1}'
+            % ts,
+            "schema",
+        ),
+        (
+            f"iot/gate/{gate}/event",
+            '{"ts": %d, "event": "pass", "plate": "湘E99887"'.encode() % ts,
+            "invalid_json",
+        ),
     ]
+
+
+PLATE_DIGITS = (b"54321", b"66778", b"99887")
+
+
+def check_private_and_plate_free(data_dir: Path) -> None:
+    """Issue 13 item 10: no plate in clear in the store's files (the WAL included), only its
+    hash; the data directory 0700 and every store in it 0600."""
+    kept = b"".join(p.read_bytes() for p in data_dir.glob("deadletters.sqlite3*"))
+    assert not [d for d in PLATE_DIGITS if d in kept]
+    assert kept.count(b"plate_hash:") >= 3
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    stores = [*data_dir.glob("deadletters.sqlite3*"), *data_dir.glob("alerts.sqlite3*")]
+    assert len(stores) >= 2
+    assert {p.name: p.stat().st_mode & 0o777 for p in stores} == {p.name: 0o600 for p in stores}
 
 
 async def test_every_message_stored_once_or_dead_lettered(
     tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
 ) -> None:
+    os.chmod(tmp_path, 0o755)  # as an earlier version or a careless operator left it
     database = new_database(influxdb.url, "e2e")
     settings = make_settings(
         tmp_path,
@@ -234,6 +271,7 @@ async def test_every_message_stored_once_or_dead_lettered(
     assert sorted(d.reason for d in letters) == sorted(r for _, _, r in bad)
     too_large = next(d for d in letters if d.reason == "too_large")
     assert too_large.payload_size > 20000 and len(too_large.payload) <= 4096
+    check_private_and_plate_free(tmp_path)
 
 
 async def test_v2_dialect_writes_through_influxdb_client(

@@ -5,11 +5,12 @@ sink stands in for InfluxDB (its outages are scripted); the spool is the real on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ingest.batcher import Batcher
-from ingest.deadletters import NewDeadLetter
+from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, NewDeadLetter
 from ingest.delivery import Deliverer
 from ingest.drain import Drain
 from ingest.ledger import Ledger
@@ -41,6 +42,9 @@ class DeadLetters:
 
     def add(self, row: NewDeadLetter) -> None:
         self.rows.append(row)
+
+    async def flush(self) -> bool:
+        return True
 
 
 async def fill(batcher: Batcher, start: int, n: int) -> None:
@@ -128,3 +132,56 @@ async def test_refused_lines_are_dead_lettered_and_only_then_safe(tmp_path: Path
     dead = drain._dead_letters.rows  # type: ignore[attr-defined]
     assert [(r.token, r.reason) for r in dead] == [(3, "write_rejected")]
     spool.close()
+
+
+class FailingStore(DeadLetterStore):
+    """The real SQLite store, failing its first ``failures`` commits (a locked or full disk)."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+
+    def add_many(self, rows: Iterable[NewDeadLetter]) -> int:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().add_many(rows)
+
+
+async def test_a_line_refused_in_replay_is_committed_before_the_spool_moves_on(
+    tmp_path: Path,
+) -> None:
+    """Issue 13 item 5: the spool's copy of an acknowledged line is the only one; its position
+    moved on while the line's dead letter still waited in memory, so a crash then lost it."""
+    sink = FlakySink()
+    sink.up = False
+    spool = Spool(tmp_path / "spool")
+    spool.append(["river v=1i 1", "river bad=1 2", "river v=3i 3"])
+    store = FailingStore(tmp_path / "dl.sqlite3", failures=1)
+    dead_letters = DeadLetterBuffer(store, on_commit=lambda n: None)  # no flush task: a crash
+    drain = Drain(
+        Batcher(size=10, interval_s=60),
+        Deliverer(sink, initial_backoff_s=0.01, max_backoff_s=0.02),  # type: ignore[arg-type]
+        dead_letters,
+        Ledger(),
+        spool=spool,
+        spool_after_s=0.1,
+    )
+    sink.up = True
+    replayer = asyncio.create_task(drain.replay())
+    try:
+        for _ in range(40):  # while the store fails, the spool keeps the batch
+            await asyncio.sleep(0.05)
+            if store.failures == 0:
+                break
+            assert not spool.is_empty and store.counts() == {}
+        for _ in range(200):
+            if spool.is_empty:
+                break
+            await asyncio.sleep(0.05)
+        assert spool.is_empty
+        assert store.counts() == {"write_rejected": 1}  # committed, not waiting in memory
+    finally:
+        replayer.cancel()
+        spool.close()
+        store.close()

@@ -490,3 +490,20 @@ def test_segment_names_sort_in_sequence_order() -> None:
     names = [segment_name(n) for n in (9, 10, 123_456_789_012)]
     assert names == sorted(names)
     assert names[0] == "spool-00000000000000000009.lp"
+
+
+def test_spool_files_are_private_whatever_the_umask(
+    spool_dir: Path, open_spool: Callable[..., Spool]
+) -> None:
+    """Spooled points are acknowledged readings (plate hashes, places): 0600 in a 0700 dir."""
+    old = os.umask(0o022)
+    try:
+        spool = open_spool(segment_bytes=1000)
+        for i in range(20):
+            spool.append(batch(i))
+        spool.commit(spool.peek())  # writes the position file
+    finally:
+        os.umask(old)
+    assert spool_dir.stat().st_mode & 0o777 == 0o700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in spool_dir.iterdir()}
+    assert len(modes) >= 3 and set(modes.values()) == {0o600}, modes
