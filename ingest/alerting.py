@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from devices.kinds import Channel
 from devices.payloads import DeviceMessage
@@ -31,6 +31,7 @@ from ingest.alertfeed import AlertFeed, Change
 from ingest.batcher import Batcher
 from ingest.lineprotocol import encode_fields, series_key
 from ingest.outbox import MqttOutbox
+from ingest.readclock import ReadClock, clock_data, read_clock_state
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
     Alert,
@@ -88,6 +89,13 @@ class Alerting:
         self.engine = (
             Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
         )
+        # Silence is judged on how far we have read; until ``follow_reading`` says how to
+        # tell, reading counts as always live (the unit tests' engine-only use).
+        # Continued from the snapshot; on a first start the first message read sets it.
+        start = read_clock_state(self.engine.caller_state)
+        self._live: Callable[[], bool] = lambda: True
+        self._waiting: Callable[[], int] = lambda: 0
+        self.read_clock = ReadClock(start, _now_ms(), lambda: self._live(), lambda: self._waiting())
         # What the engine said of each message (often nothing) with the message's point, and
         # its ticks' transitions, not yet stored with an engine state that has seen them.
         self._to_store: deque[tuple[list[Transition], HeldPoint | None]] = deque()
@@ -109,6 +117,10 @@ class Alerting:
         self.eval_seconds = 0.0
         self.changes = 0  # alert changes applied, for tests and the status line
 
+    def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
+        """How the read clock tells we are reading (connected, not paused) and what waits."""
+        self._live, self._waiting = live, waiting
+
     @property
     def pending_points(self) -> int:
         """Message points held back until their transitions are stored."""
@@ -120,10 +132,13 @@ class Alerting:
         channel: Channel,
         message: DeviceMessage,
         ts_ms: int,
+        received_ms: int | None = None,
     ) -> list[Transition]:
-        """Evaluate one valid message; what the engine says goes to ``take`` (if anything)."""
+        """Evaluate one valid message (read at wall time ``received_ms``); what the engine
+        says goes to ``take`` (if anything)."""
         started = time.perf_counter()
-        transitions = self.engine.observe(device, channel, message, ts_ms)
+        arrival = None if received_ms is None else self.read_clock.saw(ts_ms, received_ms)
+        transitions = self.engine.observe(device, channel, message, ts_ms, arrival)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1
         return transitions
@@ -174,6 +189,7 @@ class Alerting:
         items = list(self._to_store)
         self._to_store.clear()
         self._urgent = self._save_wanted = False
+        self.engine.caller_state = clock_data(self.read_clock.state())
         state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
         transitions = [t for ts, _ in items for t in ts]
         try:
@@ -291,7 +307,9 @@ class Alerting:
         while True:
             await asyncio.sleep(TICK_S)
             now = _now_ms()
-            if now >= self._deadlines_from_ms and (due := self.engine.tick(now)):
+            # Deadlines on how far we have read, not the wall clock (ingest/readclock.py).
+            read_now = self.read_clock.now(now)
+            if now >= self._deadlines_from_ms and (due := self.engine.tick(read_now)):
                 self.take(due)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
                 await self.announce(alert, event)
@@ -333,4 +351,5 @@ class Alerting:
         if not self._stored_all.is_set():
             log.warning("%d alert changes not stored; engine state not saved", len(self._to_store))
             return
+        self.engine.caller_state = clock_data(self.read_clock.state())
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())

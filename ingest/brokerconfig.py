@@ -11,8 +11,23 @@
 - ``listeners.conf``: ``allow_anonymous false``, the two files above, a plain listener and a
   TLS listener. It must come *after* the policy (``mosquitto.conf``) in the broker's config:
   these settings are global and Mosquitto keeps the last value it reads.
+- ``clientids.json``: the dynamic-security plugin's config, used for one thing only: it binds
+  each device and each grid worker to the client id equal to its username (see below).
 - ``tls/``: a local CA and a server certificate for localhost (``ingest.tls``), unless the
   caller brings its own.
+
+Client ids (issue 13, item 1). Mosquitto's password file and ACL tie no client id to a user, so
+a device could log in with its own password and the service's client id and wipe (clean
+session) or take over (persistent) the service's queue. ``use_username_as_clientid`` would
+force one connection per user, which the service (consumer + alert publisher, several
+processes) cannot live with. Instead the dynamic-security plugin lists every device and worker
+with ``clientid`` = its username and no password and no roles. Measured on Mosquitto 2.0.11:
+for such a client the plugin refuses a CONNECT with any other client id ("not authorised"), and
+otherwise defers, so the password file and the ACL below still decide everything else. A device
+or worker can therefore only ever own the session named after itself; the service and the
+``gateway``/``monitor`` accounts (trusted, not listed) may use any client id. The plugin reads
+its file at start only: after adding devices or workers, restart the broker (a SIGHUP reloads
+passwords and ACL, but a new device stays unbound to its id until the restart).
 
 How Mosquitto 2.0.11 applies the ACL to shared subscriptions, found by testing it: a SUBSCRIBE
 is always granted (SUBACK with the QoS asked), and each message is checked on delivery against
@@ -24,6 +39,7 @@ bind the ingest user to one share group; the group name is not a security bounda
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -46,6 +62,13 @@ from ingest.workers import USERNAME_PATTERN, Worker
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+# Where Debian's mosquitto package puts the plugin (2.0.11); others as fallbacks.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 
 _HASHED_PREFIX = "$7$"  # Mosquitto 2.0's PBKDF2-SHA512
 
@@ -62,6 +85,7 @@ class BrokerFiles:
     passwords: Path
     acl: Path
     listeners: Path
+    clientids: Path
     tls: TlsFiles
     port: int
     tls_port: int
@@ -133,6 +157,35 @@ def _block(user: str, what: str, rules: list[str]) -> str:
     return "\n".join([f"# {what}", f"user {user}", *rules]) + "\n"
 
 
+def clientids_json(bound_users: Sequence[str]) -> str:
+    """The dynamic-security plugin's config binding each of ``bound_users`` to its own name as
+    client id; no passwords, roles or groups, so the plugin defers all else to the files."""
+    config = {
+        # All false: the plugin then defers every ACL check to acl_file.
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": False,
+        },
+        "clients": [{"username": u, "clientid": u, "roles": []} for u in bound_users],
+        "groups": [],
+        "roles": [],
+    }
+    return json.dumps(config, indent=1) + "\n"
+
+
+def find_dynsec_plugin() -> str:
+    """The path of Mosquitto's dynamic-security plugin; fail clearly if it is not installed."""
+    found = next((p for p in DYNSEC_PLUGIN_PATHS if os.access(p, os.R_OK)), None)
+    if found is None:
+        raise BrokerConfigError(
+            "mosquitto_dynamic_security.so (part of the mosquitto package, 2.0+) is not in "
+            f"{', '.join(DYNSEC_PLUGIN_PATHS)}: it binds device and worker client ids"
+        )
+    return found
+
+
 def listeners_text(
     passwords: Path,
     acl: Path,
@@ -141,6 +194,9 @@ def listeners_text(
     port: int,
     tls_port: int,
     host: str = HOST,
+    tls_host: str = HOST,
+    clientids: Path | None = None,
+    plugin: str | None = None,
 ) -> str:
     """The listeners and access settings; goes after the policy file in the broker's config."""
     return f"""\
@@ -158,18 +214,31 @@ def listeners_text(
 allow_anonymous false
 password_file {passwords}
 acl_file {acl}
-
+{_plugin_lines(clientids, plugin)}
 # --- plain MQTT: for clients on this host (the ingest service, the local simulator) ---
 listener {port} {host}
 
 # --- MQTT over TLS: for devices and workers off this host; password auth, no client cert ---
-listener {tls_port} {host}
+# Bind address: CITYSENSE_MQTT_TLS_BIND (stack up) or --tls-bind (broker-config).
+# tls_version is the minimum in Mosquitto 2.0: TLS 1.2 and 1.3 are both served.
+listener {tls_port} {tls_host}
 cafile {tls.ca_cert}
 certfile {tls.server_cert}
 keyfile {tls.server_key}
 tls_version tlsv1.2
 require_certificate false
 """
+
+
+def _plugin_lines(clientids: Path | None, plugin: str | None) -> str:
+    if clientids is None:
+        return ""
+    return (
+        "# Binds each device and worker to the client id equal to its username (module doc);\n"
+        "# defers passwords and ACL to the two files above.\n"
+        f"plugin {plugin or find_dynsec_plugin()}\n"
+        f"plugin_opt_config_file {clientids}\n"
+    )
 
 
 def hash_password_file(entries: Sequence[tuple[str, str]], dest: Path) -> None:
@@ -218,6 +287,7 @@ def write_broker_files(
     port: int = DEFAULT_PORT,
     tls_port: int = DEFAULT_TLS_PORT,
     host: str = HOST,
+    tls_host: str = HOST,
     tls: TlsFiles | None = None,
     accounts: Sequence[Account] = (),
 ) -> BrokerFiles:
@@ -248,12 +318,25 @@ def write_broker_files(
     hash_password_file(entries, passwords)
     acl = out_dir / "acl"
     _write_text(acl, acl_text(registry, workers, ingest_user, accounts))
+    clientids = out_dir / "clientids.json"
+    _write_text(clientids, clientids_json([*(w.username for w in workers), *registry.devices]))
     tls = tls or ensure_local_tls(out_dir / "tls")
     listeners = out_dir / "listeners.conf"
-    _write_text(
-        listeners, listeners_text(passwords, acl, tls, port=port, tls_port=tls_port, host=host)
+    text = listeners_text(
+        passwords,
+        acl,
+        tls,
+        port=port,
+        tls_port=tls_port,
+        host=host,
+        tls_host=tls_host,
+        clientids=clientids,
+        plugin=find_dynsec_plugin(),
     )
-    return BrokerFiles(out_dir, passwords, acl, listeners, tls, port, tls_port, len(entries))
+    _write_text(listeners, text)
+    return BrokerFiles(
+        out_dir, passwords, acl, listeners, clientids, tls, port, tls_port, len(entries)
+    )
 
 
 def _write_text(path: Path, text: str) -> None:

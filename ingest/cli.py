@@ -35,6 +35,18 @@ def _settings() -> Settings:
         sys.exit(f"citysense: bad CITYSENSE_* setting:\n{e}")
 
 
+def _checked_settings(command: str) -> Settings:
+    """The settings, refused at start if production still has a public secret (issue 13)."""
+    from ingest.production import PublicSecretError, check_production
+
+    settings = _settings()
+    try:
+        check_production(settings)
+    except PublicSecretError as e:
+        sys.exit(f"citysense {command}: {e}")
+    return settings
+
+
 def _registry(path: Path) -> Registry:
     try:
         return load_registry(path)
@@ -75,7 +87,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     """Start, stop or show the local Mosquitto and InfluxDB."""
     from ingest import stack
 
-    settings = _settings()
+    settings = _checked_settings("stack up") if args.action == "up" else _settings()
     rows: list[tuple[str, int, str, str]]
     if args.action == "up":
         try:
@@ -108,9 +120,14 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the ingest service until SIGINT/SIGTERM."""
-    from ingest.service import serve
+    from ingest.mqtttls import MqttTlsError, mqtt_tls_context
+    from ingest.service import StartRefused, serve
 
-    settings = _settings()
+    settings = _checked_settings("serve")
+    try:
+        mqtt_tls_context(settings)  # reads the TLS files now, off the event loop; cached
+    except MqttTlsError as e:
+        sys.exit(f"citysense serve: {e}")
     _setup_logging(settings.log_level)
     registry = _registry(settings.registry)
     log.info(
@@ -124,7 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.influx_database,
     )
     log.info("to see the data: %s", operator_query_hint(settings))
-    asyncio.run(_until_signalled(lambda stop: serve(settings, registry, stop)))
+    try:
+        asyncio.run(_until_signalled(lambda stop: serve(settings, registry, stop)))
+    except StartRefused as e:
+        sys.exit(f"citysense: {e}")
     return 0
 
 
@@ -404,7 +424,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     from ingest.tls import TlsError
     from ingest.workers import WorkersError, load_workers
 
-    settings = _settings()
+    settings = _checked_settings("broker-config")
     registry = _registry(args.registry or settings.registry)
     try:
         workers = load_workers(args.workers, registry)
@@ -435,6 +455,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             ingest_user=settings.mqtt_username,
             port=args.port or settings.mqtt_port,
             tls_port=args.tls_port,
+            tls_host=args.tls_bind or settings.mqtt_tls_bind,
         )
     except (BrokerConfigError, MissingBinaryError, TlsError, OSError) as e:
         print(f"citysense broker-config: {e}", file=sys.stderr)
@@ -496,7 +517,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole thing: local stack, ingest service and simulator, until Ctrl-C."""
     from ingest.demo import run_demo
 
-    settings = _settings()
+    settings = _checked_settings("run")  # it runs `stack up` and `serve` too
     _setup_logging(settings.log_level)
     return run_demo(settings, REPO_ROOT, args)
 
@@ -579,6 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="directory to write into")
     p.add_argument("--port", type=int, help="plain listener port (default $CITYSENSE_MQTT_PORT)")
     p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument(
+        "--tls-bind", default=None, help="TLS listener address (default CITYSENSE_MQTT_TLS_BIND)"
+    )
     p.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
     p.add_argument(
         "--workers",

@@ -49,6 +49,7 @@ from ingest.mqttcodec import (
     suback_codes,
     subscribe_packet,
 )
+from ingest.mqtttls import mqtt_tls_context
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,11 @@ class MqttConsumer:
         self._wire: _Wire | None = None
         self._release = asyncio.Event()
 
+    @property
+    def reading_live(self) -> bool:
+        """Connected and reading (not paused for backpressure, not stopping)."""
+        return self.connected and self._reading and not self._paused
+
     def stop_reading(self) -> None:
         """Take no more messages (those already taken are still acknowledged when safe).
 
@@ -219,7 +225,10 @@ class MqttConsumer:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             _, wire = await loop.create_connection(
-                lambda: _Wire(self._received, self._after_chunk), s.mqtt_host, s.mqtt_port
+                lambda: _Wire(self._received, self._after_chunk),
+                s.mqtt_host,
+                s.mqtt_port,
+                ssl=mqtt_tls_context(s),  # None: plain TCP (CITYSENSE_MQTT_TLS)
             )
         self._wire = wire
         self._paused = False

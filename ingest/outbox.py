@@ -15,6 +15,7 @@ import logging
 import aiomqtt
 
 from ingest.consumer import backoff_delay
+from ingest.mqtttls import mqtt_tls_context
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class MqttOutbox:
                     username=s.mqtt_username,
                     password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
                     protocol=aiomqtt.ProtocolVersion.V311,
+                    tls_context=mqtt_tls_context(s),  # None: plain TCP (CITYSENSE_MQTT_TLS)
                 ) as client:
                     attempt = 0
                     while True:

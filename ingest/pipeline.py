@@ -70,7 +70,7 @@ class Pipeline:
         if self._alerting is not None:
             try:
                 transitions = self._alerting.observe(
-                    result.device, result.channel, result.message, result.ts_ms
+                    result.device, result.channel, result.message, result.ts_ms, now_ms
                 )
             except Exception:
                 # A rule's bug must not cost the reading: store the point, log the failure.

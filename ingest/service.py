@@ -192,6 +192,7 @@ async def serve(
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
     consumer = MqttConsumer(settings, pipeline.handle, acks)
     state.consumer = consumer
+    alerting.follow_reading(lambda: consumer.reading_live, lambda: pipeline.in_flight)
     spool = await asyncio.to_thread(
         Spool, settings.data_dir / "spool", max_bytes=settings.spool_max_bytes
     )

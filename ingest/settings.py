@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
@@ -43,6 +44,25 @@ class Settings(BaseSettings):
         description="its password; the default is public, for the local stack only",
     )
     mqtt_tls_port: int = Field(8883, ge=1, le=65535, description="TLS listener of `stack up`")
+    mqtt_tls_bind: str = Field(
+        "127.0.0.1",
+        description="address the TLS listener of `stack up` binds (0.0.0.0: all interfaces)",
+    )
+    mqtt_tls: bool = Field(
+        False, description="the service connects to the broker over TLS (1.2 or 1.3)"
+    )
+    mqtt_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the broker with; unset: the system's trust store"
+    )
+    mqtt_cert_file: Path | None = Field(
+        None, description="client certificate for TLS (optional; needs CITYSENSE_MQTT_KEY_FILE)"
+    )
+    mqtt_key_file: Path | None = Field(None, description="the client certificate's private key")
+    environment: Literal["local", "production"] = Field(
+        "local",
+        description="production: `serve`, `stack up` and `broker-config` refuse to start "
+        "while a secret is unset or a public example value",
+    )
     dev_secret: SecretStr = Field(
         SecretStr(LOCAL_EXAMPLE_DEV_SECRET),
         description="device and worker passwords are HMAC-SHA256(dev_secret, id); the default "
@@ -102,7 +122,9 @@ class Settings(BaseSettings):
     plate_key: SecretStr = Field(
         SecretStr("citysense-dev-plate-key"), description="HMAC key for plate hashes"
     )
-    deadletter_max_rows: int = Field(100_000, ge=1, description="oldest rows pruned beyond this")
+    deadletter_max_rows: int = Field(
+        100_000, ge=1, description="per reason: the oldest rows of a reason pruned beyond this"
+    )
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status log lines")
     alert_start_grace_s: float = Field(
         30.0,

@@ -471,6 +471,7 @@ def broker_files(settings: Settings, out_dir: Path) -> BrokerFiles:
         ingest_password=settings.mqtt_password.get_secret_value(),
         port=settings.mqtt_port,
         tls_port=settings.mqtt_tls_port,
+        tls_host=settings.mqtt_tls_bind,
     )
 
 

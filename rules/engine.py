@@ -127,6 +127,10 @@ class Engine:
             )
             for route, evs in self._index.items()
         }
+        self._silences = [ev for ev in self._evaluators if isinstance(ev, SilenceEvaluator)]
+        # The caller's own state to restore with the engine's (ingest keeps its read clock
+        # here, ingest/readclock.py): opaque JSON-ready data, saved in every snapshot.
+        self.caller_state: dict[str, Any] | None = None
         self._armed: set[str] = set()  # silence rules whose unseen devices are being watched
         self._armable = sum(
             1
@@ -137,9 +141,20 @@ class Engine:
     # -- messages -------------------------------------------------------------------------
 
     def observe(
-        self, device: AnyDevice, channel: Channel, message: DeviceMessage, ts_ms: int
+        self,
+        device: AnyDevice,
+        channel: Channel,
+        message: DeviceMessage,
+        ts_ms: int,
+        arrival_ms: int | None = None,
     ) -> list[Transition]:
-        """Evaluate one valid message from ``device`` at device time ``ts_ms``."""
+        """Evaluate one valid message from ``device`` at device time ``ts_ms``.
+
+        ``arrival_ms``: when it was read, on the clock later passed to ``tick`` (silence is
+        then judged on arrival; without it, on device time).
+        """
+        for silence in self._silences:
+            silence.arrival_ms = arrival_ms
         device_id = device.id
         dev = self._devices.get(device_id)
         if dev is None:
@@ -282,7 +297,8 @@ class Engine:
              "devices": {device_id: {"newest_ts": int | None,
                                      "seen": [[first seq, last seq, first ts, last ts], ...]}},
              "rules": {rule_id: {"type": form, "states": {device_id: {...form state...}}}},
-             "armed": [rule_id, ...]}
+             "armed": [rule_id, ...],
+             "caller": {...} | None}  # the caller's own state (caller_state)
 
         A form state is its ``rules.state`` dataclass as a dict, with ``life`` the Lifecycle.
         """
@@ -298,6 +314,7 @@ class Engine:
                 if self._states[i]
             },
             "armed": sorted(self._armed),
+            "caller": self.caller_state,
         }
 
     @classmethod
@@ -314,6 +331,8 @@ class Engine:
             raise SnapshotError(f"not an engine snapshot of format {SNAPSHOT_FORMAT}: {found!r}")
         devices = snapshot.get("devices", {})
         rules_data = snapshot.get("rules", {})
+        caller = snapshot.get("caller")  # absent in snapshots before issue 13
+        engine.caller_state = caller if isinstance(caller, dict) else None
         if not isinstance(devices, dict) or not isinstance(rules_data, dict):
             raise SnapshotError("devices and rules must be mappings")
         for device_id, data in devices.items():

@@ -2,7 +2,10 @@
 
 Three causes, told apart in the transition's reason:
 - ``silent``: no message of any kind for ``k`` × the device's ``report_interval_s``, measured
-  from the device time of its newest message to the ``now`` the caller passes to ``tick``;
+  from when its newest message arrived — in the caller's read time, passed to
+  ``Engine.observe`` as ``arrival_ms`` (else the device time of its newest message) — to the
+  ``now`` the caller passes to ``tick`` (ingest passes how far it has read, not the wall clock:
+  a backlog or a broker outage is not silence, ingest/readclock.py);
 - ``offline``: a status ``online: false`` (the device's own, or the broker's last will) newer
   than every other message from the device;
 - ``channel_quiet``: the device keeps sending telemetry but a watched field (``channels``) has
@@ -68,6 +71,10 @@ class SilenceEvaluator(Evaluator[SilenceState]):
         # report_interval_s → limit_ms, worked out once per interval rather than per message
         # (a pure function of the number, so it cannot go stale when a device changes).
         self._limits: dict[float, int] = {}
+        # The caller's read time of the message being observed (Engine.observe sets it): when
+        # given, silence is judged on arrival in the caller's read time, not on the device's
+        # own stamp (a slow device clock, a backlog read late: ingest/readclock.py).
+        self.arrival_ms: int | None = None
 
     def routes(self) -> list[tuple[Kind, Channel]]:
         return [(kind, channel) for kind in self.spec.kinds for channel in Channel]
@@ -120,6 +127,9 @@ class SilenceEvaluator(Evaluator[SilenceState]):
                 st.offline_ts = None
         if last_seen is None or ts > last_seen:
             st.last_seen = ts
+        arrival = self.arrival_ms
+        if arrival is not None and (st.heard_at is None or arrival > st.heard_at):
+            st.heard_at = arrival
         st.heard = True
         if not newer:
             return []
@@ -189,7 +199,8 @@ class SilenceEvaluator(Evaluator[SilenceState]):
             return None
         # limit_ms's cache read inline: this runs after every message.
         limit = self._limits.get(device.report_interval_s)
-        return last_seen + (self.limit_ms(device) if limit is None else limit)
+        heard = st.heard_at if st.heard_at is not None else last_seen
+        return heard + (self.limit_ms(device) if limit is None else limit)
 
     def form_expire(self, st: SilenceState, device: AnyDevice, now: int) -> list[Transition]:
         due = self.form_deadline(st, device)

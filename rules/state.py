@@ -108,6 +108,7 @@ class SilenceState:
     cause: str | None = None  # Reason value while active: silent, offline or channel_quiet
     quiet: list[str] = field(default_factory=list)  # quiet channels, while channel_quiet
     stopped: bool = False  # the newest status announced a planned stop
+    heard_at: int | None = None  # the caller's read time of the newest arrival (ingest/readclock)
 
 
 @dataclass(slots=True)
@@ -178,6 +179,7 @@ def _silence(st: SilenceState) -> dict[str, Any]:
         "cause": st.cause,
         "quiet": st.quiet.copy(),
         "stopped": st.stopped,
+        "heard_at": st.heard_at,
     }
 
 

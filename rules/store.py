@@ -745,7 +745,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL: the CLI and the API read while the service writes; a busy writer is waited for.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a PUBACK follows the commit, and the engine's state is in the same commit; with
+    # NORMAL a power cut may roll back the last commits after their messages were acknowledged.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     cursor.close()
 

@@ -9,13 +9,17 @@ broker dropped them rather than that the test did not wait.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import pwd
 import queue
+import shutil
+import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,10 @@ from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worke
 from devices.kinds import Kind, Level
 from devices.registry import Registry
 from ingest.brokerconfig import BrokerFiles, write_broker_files
+from ingest.consumer import MqttConsumer
+from ingest.mqtttls import mqtt_tls_context
+from ingest.outbox import MqttOutbox
+from ingest.settings import Settings
 from ingest.stack import (
     ManagedProcess,
     find_binary,
@@ -36,7 +44,10 @@ from ingest.stack import (
     spawn,
     wait_ready,
 )
+from ingest.tls import ensure_local_tls
 from ingest.workers import Worker, load_workers
+from tests.serviceproc import service_env, spawn_service
+from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -107,9 +118,26 @@ def broker(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iter
 # --- small clients -------------------------------------------------------------------------
 
 
-def _client(username: str | None, password: str | None, ca: Path | None) -> mqtt.Client:
+def bound_id(username: str | None) -> str:
+    """The client id a user may connect with: a device or worker only its own username (issue
+    13 item 1); the ingest service any, so here a fresh one per connection."""
+    if username is None or username == INGEST_USER:
+        return f"t-{uuid.uuid4().hex[:12]}"
+    return username
+
+
+def _client(
+    username: str | None,
+    password: str | None,
+    ca: Path | None,
+    client_id: str | None = None,
+    clean_session: bool = True,
+) -> mqtt.Client:
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv311
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id or bound_id(username),
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
     )
     if username is not None:
         client.username_pw_set(username, password)
@@ -125,9 +153,11 @@ def try_connect(
     *,
     ca: Path | None = None,
     host: str = "127.0.0.1",
+    client_id: str | None = None,
+    clean_session: bool = True,
 ) -> ReasonCode | None:
     """The CONNACK's reason code, or None if the broker closed the connection without one."""
-    client = _client(username, password, ca)
+    client = _client(username, password, ca, client_id, clean_session)
     answers: list[ReasonCode] = []
     client.on_connect = lambda _c, _u, _f, rc, _p: answers.append(rc)
     client.connect(host, port, keepalive=10)
@@ -147,8 +177,17 @@ def try_connect(
 class Session:
     """A connected client that records every message it receives."""
 
-    def __init__(self, port: int, username: str, password: str, *, ca: Path | None = None):
-        self.client = _client(username, password, ca)
+    def __init__(
+        self,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        ca: Path | None = None,
+        client_id: str | None = None,
+        clean_session: bool = True,
+    ):
+        self.client = _client(username, password, ca, client_id, clean_session)
         self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.seen: list[tuple[str, bytes]] = []
         connected: queue.Queue[ReasonCode] = queue.Queue()
@@ -318,19 +357,20 @@ def test_a_worker_reads_only_its_own_areas_alerts(broker: Broker, sessions: list
     own_1, own_2 = li_na.alert_topics(broker.registry)
     other = broker.workers["wang.fang"].alert_topics(broker.registry)[0]
     own_village = f"alerts/village/{broker.registry.areas[li_na.areas[0]].parent}"
-    everything = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
-    pointed = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
     ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
-    sessions += [everything, pointed, ingest]
-    everything.subscribe("alerts/#")
-    pointed.subscribe(other, own_village, own_1)
-    first, second = nonce(), nonce()
-    ingest.publish(other, nonce())
-    ingest.publish(own_village, nonce())  # the village above her grids: not bound to it
-    ingest.publish(own_1, first)
-    ingest.publish(own_2, second)
-    assert everything.until(second) == [(own_1, first), (own_2, second)]
-    assert pointed.until(first) == [(own_1, first)]
+    sessions.append(ingest)
+    # One after the other: a worker has one client id (her username), so one connection.
+    for filters, expected in [(["alerts/#"], 2), ([other, own_village, own_1], 1)]:
+        worker = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
+        worker.subscribe(*filters)
+        first, second = nonce(), nonce()
+        ingest.publish(other, nonce())
+        ingest.publish(own_village, nonce())  # the village above her grids: not bound to it
+        ingest.publish(own_1, first)
+        ingest.publish(own_2, second)
+        got = worker.until(first if expected == 1 else second)
+        worker.close()
+        assert got == [(own_1, first), (own_2, second)][:expected]
 
 
 def test_a_village_worker_reads_the_village_level_only(
@@ -407,3 +447,267 @@ def test_tls_without_the_ca_or_to_the_plain_port_fails(broker: Broker) -> None:
     # The plain listener speaks no TLS.
     with pytest.raises((ssl.SSLError, ConnectionError)):
         try_connect(broker.port, device_id, password, ca=broker.files.tls.ca_cert)
+
+
+# --- client ids are tied to users (issue 13, item 1) ---------------------------------------
+
+QUEUED = 30
+
+
+def _queue_for(broker: Broker, victim: Session, topic: str, publisher: Session) -> list[bytes]:
+    """Leave ``victim``'s persistent session subscribed to ``topic``, offline, with QUEUED
+    messages queued for it; return the payloads."""
+    victim.subscribe(topic)
+    victim.close()
+    payloads = [f"queued-{i}-".encode() + nonce() for i in range(QUEUED)]
+    for p in payloads:
+        publisher.publish(topic, p)
+    return payloads
+
+
+def _attack(broker: Broker, device_id: str, stolen_id: str) -> list[ReasonCode | None]:
+    """A device logs in with its own password and ``stolen_id``: clean, then persistent."""
+    password = device_password(SECRET, device_id)
+    return [
+        try_connect(broker.port, device_id, password, client_id=stolen_id, clean_session=clean)
+        for clean in (True, False)
+    ]
+
+
+def test_a_device_cannot_take_the_services_session(broker: Broker, sessions: list[Session]) -> None:
+    """On ec1dc14 both logins were accepted and the service then got 0 of 30."""
+    service_id = f"citysense-ingest-{uuid.uuid4().hex[:6]}"
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    topic = f"iot/river/{device_id}/telemetry"
+    service = Session(
+        broker.port, INGEST_USER, INGEST_PASSWORD, client_id=service_id, clean_session=False
+    )
+    device = Session(broker.port, device_id, device_password(SECRET, device_id))
+    sessions.append(device)
+    payloads = _queue_for(broker, service, topic, device)
+    answers = _attack(broker, device_id, service_id)
+    assert all(rc is not None and rc.is_failure for rc in answers), answers
+    back = Session(
+        broker.port, INGEST_USER, INGEST_PASSWORD, client_id=service_id, clean_session=False
+    )
+    sessions.append(back)
+    assert [p for _, p in back.until(payloads[-1])] == payloads  # 30 of 30
+
+
+def test_a_device_cannot_take_a_workers_session(broker: Broker, sessions: list[Session]) -> None:
+    """On ec1dc14 the worker's queued alerts vanished the same way."""
+    li_na = broker.workers["li.na"]
+    topic = li_na.alert_topics(broker.registry)[0]
+    password = worker_password(SECRET, "li.na")
+    device_id = devices_of(broker.registry, Kind.GATE, 1)[0]
+    worker = Session(broker.port, "li.na", password, clean_session=False)
+    ingest = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions.append(ingest)
+    payloads = _queue_for(broker, worker, topic, ingest)
+    answers = _attack(broker, device_id, "li.na")
+    assert all(rc is not None and rc.is_failure for rc in answers), answers
+    back = Session(broker.port, "li.na", password, clean_session=False)
+    sessions.append(back)
+    assert [p for _, p in back.until(payloads[-1])] == payloads
+    back.client.unsubscribe(topic)  # leave no queue behind for a later test
+
+
+def test_devices_and_workers_connect_only_as_themselves(broker: Broker) -> None:
+    a, b = devices_of(broker.registry, Kind.GATE, 2)
+    password = device_password(SECRET, a)
+    assert not _refused(try_connect(broker.port, a, password, client_id=a))
+    assert _refused(try_connect(broker.port, a, password, client_id=b))  # another device's id
+    assert _refused(try_connect(broker.port, a, password, client_id=f"{a}-2"))
+    assert _refused(try_connect(broker.port, a, password, client_id="citysense-ingest-1"))
+    worker = worker_password(SECRET, "li.na")
+    assert not _refused(try_connect(broker.port, "li.na", worker, client_id="li.na"))
+    assert _refused(try_connect(broker.port, "li.na", worker, client_id="citysense-ingest-1"))
+    # The service (trusted) picks its ids freely, and still needs its password.
+    assert not _refused(try_connect(broker.port, INGEST_USER, INGEST_PASSWORD, client_id="any-id"))
+
+
+def _refused(rc: ReasonCode | None) -> bool:
+    """Whether the broker refused the CONNECT (or hung up without a CONNACK)."""
+    return rc is None or rc.is_failure
+
+
+# --- TLS 1.2 and 1.3, on the listener and for the service itself (issue 13, item 9) --------
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+def test_the_tls_listener_serves_tls_1_2_and_1_3(broker: Broker, version: str) -> None:
+    """ec1dc14 pinned `tls_version tlsv1.2` and refused a 1.3-only client."""
+    context = ssl.create_default_context(cafile=str(broker.files.tls.ca_cert))
+    context.minimum_version = context.maximum_version = VERSIONS[version]
+    with (
+        socket.create_connection(("127.0.0.1", broker.tls_port), timeout=WAIT_S) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() == f"TLSv{version}"
+
+
+def _tls_settings(broker: Broker, tmp_path: Path, version: str, ca: Path) -> Settings:
+    """The service's settings for the TLS listener. The CA is copied to a path of this test
+    alone: the service caches one context per CA path, and the test pins its version."""
+    own_ca = tmp_path / f"ca-{version}.crt"
+    shutil.copy(ca, own_ca)
+    settings = Settings(
+        mqtt_host="127.0.0.1",
+        mqtt_port=broker.tls_port,
+        mqtt_username=INGEST_USER,
+        mqtt_password=INGEST_PASSWORD,
+        mqtt_client_id=f"cs-tls-{uuid.uuid4().hex[:6]}",
+        mqtt_tls=True,
+        mqtt_ca_file=own_ca,
+        data_dir=tmp_path,
+    )
+    context = mqtt_tls_context(settings)
+    assert context is not None
+    # Pinned, so the connection below can only have used this version.
+    context.minimum_version = context.maximum_version = VERSIONS[version]
+    return settings
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS))
+async def test_the_service_consumes_and_publishes_over_tls(
+    broker: Broker, tmp_path: Path, sessions: list[Session], version: str
+) -> None:
+    """ec1dc14 spoke plain MQTT to the TLS port and never connected (no CITYSENSE_MQTT_TLS)."""
+    settings = _tls_settings(broker, tmp_path, version, broker.files.tls.ca_cert)
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    li_na = broker.workers["li.na"]
+    alert_topic = li_na.alert_topics(broker.registry)[0]
+    got: list[tuple[str, bytes, int]] = []
+    consumer = MqttConsumer(settings, lambda t, p, token: got.append((t, p, token)))
+    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
+    worker = Session(broker.port, "li.na", worker_password(SECRET, "li.na"))
+    device = Session(broker.port, device_id, device_password(SECRET, device_id))
+    sessions += [worker, device]
+    worker.subscribe(alert_topic)
+    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(outbox.run())]
+    try:
+        await _until(lambda: consumer.connected)
+        sent = [nonce() for _ in range(5)]
+        for payload in sent:
+            await asyncio.to_thread(device.publish, f"iot/river/{device_id}/telemetry", payload)
+        await _until(lambda: len(got) >= len(sent))
+        consumer.acks.safe([token for _, _, token in got])
+        assert [p for _, p, _ in got] == sent
+        alert = nonce()
+        await outbox.put(alert_topic, alert)
+        assert await asyncio.to_thread(worker.until, alert) == [(alert_topic, alert)]
+    finally:
+        consumer.release()
+        await asyncio.wait_for(tasks[0], 10)
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+
+
+async def test_a_wrong_ca_is_logged_as_a_tls_error(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = ensure_local_tls(tmp_path / "other-ca")  # a CA the broker's cert is not from
+    settings = _tls_settings(broker, tmp_path, "1.3", other.ca_cert)
+    consumer = MqttConsumer(settings, lambda _t, _p, _token: None)
+    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
+    caplog.set_level(logging.WARNING)
+    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(outbox.run())]
+
+    def said(logger: str) -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == logger and "CERTIFICATE_VERIFY_FAILED" in r.getMessage()
+        ]
+
+    try:
+        await _until(lambda: bool(said("ingest.consumer") and said("ingest.outbox")))
+        assert not consumer.connected
+        assert all("retrying in" in m for m in said("ingest.consumer") + said("ingest.outbox"))
+    finally:
+        consumer.release()
+        await asyncio.wait_for(tasks[0], 10)
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+
+
+def test_nobody_can_rebind_a_client_id_over_the_plugins_control_topic(
+    broker: Broker, sessions: list[Session]
+) -> None:
+    """The dynamic-security plugin takes commands on $CONTROL; the ACL file grants it to no
+    user, so a device (or the service) cannot unbind itself and then take the session."""
+    a = devices_of(broker.registry, Kind.GATE, 1)[0]
+    command = (
+        b'{"commands":[{"command":"setClientId","username":"' + a.encode() + b'",'
+        b'"clientid":"citysense-ingest-1"},{"command":"deleteClient","username":"'
+        + a.encode()
+        + b'"}]}'
+    )
+    for username, password in [
+        (a, device_password(SECRET, a)),
+        (INGEST_USER, INGEST_PASSWORD),
+    ]:
+        s = Session(broker.port, username, password)
+        sessions.append(s)
+        s.publish("$CONTROL/dynamic-security/v1", command)
+    rc = try_connect(broker.port, a, device_password(SECRET, a), client_id="citysense-ingest-1")
+    assert _refused(rc)
+    assert not _refused(try_connect(broker.port, a, device_password(SECRET, a)))
+
+
+def test_citysense_serve_stores_over_tls(
+    broker: Broker, influxdb: ManagedProcess, tmp_path: Path, sessions: list[Session]
+) -> None:
+    """The real service process, pointed at the TLS listener with CITYSENSE_MQTT_TLS and the
+    local CA, stores what a device sends (ec1dc14 had neither setting and never connected)."""
+    database = new_database(influxdb.url, "tls")
+    env = service_env(
+        mqtt_port=broker.tls_port,
+        client_id=f"cs-serve-tls-{uuid.uuid4().hex[:6]}",
+        influx_url=influxdb.url,
+        database=database,
+        data_dir=tmp_path / "data",
+    )
+    env.update(
+        {
+            "CITYSENSE_MQTT_USERNAME": INGEST_USER,
+            "CITYSENSE_MQTT_PASSWORD": INGEST_PASSWORD,
+            "CITYSENSE_MQTT_TLS": "true",
+            "CITYSENSE_MQTT_CA_FILE": str(broker.files.tls.ca_cert),
+            "CITYSENSE_API_ENABLED": "false",
+        }
+    )
+    device_id = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        service = spawn_service(env, log)
+    try:
+        deadline = time.monotonic() + 30
+        while "subscribed to" not in log_path.read_text(errors="replace"):
+            assert service.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.1)
+        device = Session(broker.port, device_id, device_password(SECRET, device_id))
+        sessions.append(device)
+        now_ms = int(time.time() * 1000)
+        for seq in range(5):
+            payload = b'{"ts": %d, "seq": %d, "water_level_m": 1.5}' % (now_ms + seq, seq)
+            device.publish(f"iot/river/{device_id}/telemetry", payload)
+        query = f"SELECT count(seq) FROM river WHERE device = '{device_id}'"
+        deadline = time.monotonic() + 30
+        while not (series := influx_query(influxdb.url, database, query)):
+            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
+            time.sleep(0.2)
+        assert series[0]["values"][0][1] == 5
+    finally:
+        service.terminate()
+        service.wait(30)

@@ -261,7 +261,8 @@ def test_data_survives_down_and_up(tmp_path: Path) -> None:
     try:
         _, influxdb = stack.up(settings, REPO)
         river = device_login("river-zj-0001")
-        with mqtt_client(settings.mqtt_port, login=river) as s:
+        # A device may connect only with its own id as client id (issue 13 item 1).
+        with mqtt_client(settings.mqtt_port, river.username, login=river) as s:
             s.client.publish(
                 status_topic, b'{"online": true}', qos=1, retain=True
             ).wait_for_publish(TIMEOUT_S)

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+import json
 import stat
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,16 @@ from devices.credentials import (
 )
 from devices.kinds import Level
 from devices.registry import Registry, load_registry, parse_registry
-from ingest.brokerconfig import BrokerConfigError, BrokerFiles, write_broker_files
+from ingest import stack
+from ingest.brokerconfig import (
+    BrokerConfigError,
+    BrokerFiles,
+    find_dynsec_plugin,
+    write_broker_files,
+)
 from ingest.cli import main
+from ingest.settings import Settings
+from ingest.stack import free_port
 from ingest.tls import RENEW_BEFORE, SERVER_DAYS, ensure_local_tls
 from ingest.workers import Worker, WorkersError, load_workers, parse_workers
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
@@ -227,6 +236,7 @@ def test_no_plaintext_password_is_left_anywhere(generated: BrokerFiles) -> None:
         "passwords",
         "acl",
         "listeners.conf",
+        "clientids.json",
         "tls/ca.crt",
         "tls/ca.key",
         "tls/server.crt",
@@ -248,6 +258,8 @@ def test_listeners_conf_closes_anonymous_access_on_both_listeners(generated: Bro
         "allow_anonymous false",
         f"password_file {generated.passwords}",
         f"acl_file {generated.acl}",
+        f"plugin {find_dynsec_plugin()}",
+        f"plugin_opt_config_file {generated.clientids}",
         "listener 11883 127.0.0.1",
         "listener 18883 127.0.0.1",
         f"cafile {tls.ca_cert}",
@@ -258,6 +270,40 @@ def test_listeners_conf_closes_anonymous_access_on_both_listeners(generated: Bro
     ]
     assert all(Path(p).is_absolute() for p in (generated.passwords, tls.server_key))
     assert "message_size_limit" not in "\n".join(lines)  # deprecated: max_packet_size instead
+
+
+def test_every_device_and_worker_is_bound_to_its_own_client_id(generated: BrokerFiles) -> None:
+    """Issue 13 item 1 (the attack itself is refused on a real broker in
+    test_broker_security.py). ec1dc14 wrote no client-id binding at all."""
+    config = json.loads(generated.clientids.read_text())
+    registry = small_registry()
+    bound = {c["username"]: c["clientid"] for c in config["clients"]}
+    expected = [*(w.username for w in small_workers(registry)), *registry.devices]
+    assert bound == {u: u for u in expected}
+    # No passwords or roles: the plugin defers those to the password file and the ACL.
+    assert all(
+        set(c) == {"username", "clientid", "roles"} and not c["roles"] for c in config["clients"]
+    )
+    assert not any(config["defaultACLAccess"].values())
+    assert "citysense-ingest" not in bound  # the service picks its client ids freely
+
+
+def test_the_tls_listener_binds_the_address_asked_for(tmp_path: Path) -> None:
+    """ec1dc14 bound the TLS listener to 127.0.0.1 whatever the settings said."""
+    registry = small_registry()
+    files = write_broker_files(
+        tmp_path,
+        registry,
+        small_workers(registry),
+        dev_secret=SECRET,
+        ingest_password="pw",
+        port=11883,
+        tls_port=18883,
+        tls_host="0.0.0.0",
+    )
+    text = files.listeners.read_text()
+    assert "listener 18883 0.0.0.0\n" in text
+    assert "listener 11883 127.0.0.1\n" in text  # the plain one stays on loopback
 
 
 @pytest.mark.parametrize(
@@ -386,3 +432,17 @@ def test_cli_names_a_bad_workers_file(
         capsys.readouterr().err
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_stack_up_binds_its_tls_listener_where_the_setting_says(tmp_path: Path) -> None:
+    """CITYSENSE_MQTT_TLS_BIND reaches the listener `stack up` writes (ec1dc14: always
+    127.0.0.1)."""
+    settings = Settings(
+        registry=REPO / "config" / "registry.yaml",
+        workers=REPO / "config" / "workers.yaml",
+        mqtt_tls_port=free_port(),
+        mqtt_tls_bind="0.0.0.0",
+        data_dir=tmp_path,
+    )
+    files = stack.broker_files(settings, tmp_path / "broker")
+    assert f"listener {settings.mqtt_tls_port} 0.0.0.0\n" in files.listeners.read_text()

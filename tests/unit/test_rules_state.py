@@ -64,6 +64,7 @@ STATES: list[Any] = [
         cause="channel_quiet",
         quiet=["ph"],
         stopped=True,
+        heard_at=T0 + 3,
     ),
     DeviceState(newest_ts=T0, seen=[(1, 2, T0 - 1, T0), (1, 1, T0 + 5, T0 + 5)]),
 ]

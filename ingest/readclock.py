@@ -1,0 +1,167 @@
+"""How far we have read: the clock silence is judged by.
+
+A device is silent when the broker has had nothing from it for a while — not when *we* have
+not read it: after a restart the broker hands over minutes of backlog, and while the broker
+link is down nothing arrives from anyone. Judged against the wall clock, both looked like
+every device falling silent at once (issue 13: 45 of 60 devices after a 40 s broker outage).
+
+So silence is judged against this clock instead. It only ever moves forward, by steps:
+- connected and caught up: as the wall clock moves;
+- reading a backlog (the median device time of what we read lags the wall clock by more
+  than ``behind_ms``): as far as the backlog has come — the step of its 90th percentile, so the
+  clock goes at the pace the backlog was sent, whatever the pace we read it at;
+- the broker link down, or reading paused (backpressure), or nothing read while messages
+  still wait for their acknowledgement: not at all.
+Steps, not positions: a 40 s broker outage leaves the clock 40 s behind the wall clock, and
+it stays so — devices that could not reach the broker are given that time back rather than
+judged for it. Percentiles, not the newest stamp, so a device whose clock is wrong moves
+nothing. After a restart the clock continues from where the last run stopped (the engine's
+snapshot keeps it); on a first start, from the first message read.
+
+Each device's "heard" time for silence is this clock at the moment its message was read —
+arrival, not the device's own stamp — so a device whose clock is minutes slow is heard on
+time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+BEHIND_MS = 30_000  # newest read this far behind the wall clock: we are reading a backlog
+WINDOW_MS = 2_000  # what "recently read" means
+
+
+@dataclass(frozen=True, slots=True)
+class ReadClockState:
+    """What a restart continues from (kept in the engine's snapshot)."""
+
+    read_ms: int
+    anchor_ms: int | None
+
+
+class ReadClock:
+    """Read time in ms; ``saw`` on every message, ``now`` for the clock task."""
+
+    def __init__(
+        self,
+        saved: ReadClockState | None,
+        wall_ms: int,
+        live: Callable[[], bool],
+        waiting: Callable[[], int],
+        *,
+        behind_ms: int = BEHIND_MS,
+        window_ms: int = WINDOW_MS,
+    ) -> None:
+        # Where the last run stopped reading, and the device time it had come to; None for a
+        # first start, where the first message read sets both (a backlog queued before our
+        # first start is judged in its own time).
+        self._value = wall_ms if saved is None else min(saved.read_ms, wall_ms)
+        self._unset = saved is None
+        self._wall_at = wall_ms
+        self._live = live  # connected and reading
+        self._waiting = waiting  # messages read and not yet acknowledged
+        self._behind_ms = behind_ms
+        self._window_ms = window_ms
+        self._window_start = _NEVER  # wall ms the current window of reads began
+        self._stamps: list[int] = []  # device times read in the current window (a sample)
+        self._median: int | None = None  # of the last full window
+        self._median_at = _NEVER  # wall ms that window ended
+        self._ahead: int | None = None  # how far the last full window came (its 90th percentile)
+        # The device time the clock stands for: a backlog steps the clock by its progress past it.
+        self._anchor: int | None = None if saved is None else saved.anchor_ms
+        self._backlog = False  # reading a backlog (decided in ``now``)
+
+    def saw(self, ts_ms: int, wall_ms: int) -> int:
+        """A message stamped ``ts_ms`` was read at ``wall_ms``; the read time it was heard at.
+
+        On every message, so kept cheap (~0.5 µs): the mode is decided once per window.
+        """
+        if self._unset:
+            self._unset = False
+            self._value = self._anchor = min(ts_ms, wall_ms)
+        if wall_ms - self._window_start >= self._window_ms:
+            self._close_window(wall_ms)
+            self.now(wall_ms)
+        if len(self._stamps) < _SAMPLE:
+            self._stamps.append(ts_ms)
+        if not self._backlog:
+            # Reading, and not a backlog: the clock moves with the wall clock.
+            elapsed = wall_ms - self._wall_at
+            if elapsed > 0:
+                self._wall_at = wall_ms
+                value = self._value + elapsed
+                self._value = value if value < wall_ms else max(self._value, wall_ms)
+        # Heard at its place in what we read: as far past the clock as its stamp is past the
+        # device time the clock stands for — never before the clock (a slow device clock, a
+        # late message), never past the wall clock. The clock itself catches up with the
+        # backlog once per window (``now``).
+        value, anchor = self._value, self._anchor
+        if anchor is None or ts_ms <= anchor:
+            return value
+        heard = value + ts_ms - anchor
+        return heard if heard < wall_ms else max(value, wall_ms)
+
+    def _close_window(self, wall_ms: int) -> None:
+        if self._stamps:
+            self._stamps.sort()
+            n = len(self._stamps)
+            self._median = self._stamps[n // 2]
+            self._ahead = self._stamps[n * 9 // 10]
+            self._median_at = wall_ms
+        self._stamps = []
+        self._window_start = wall_ms
+
+    def state(self) -> ReadClockState | None:
+        """Where the clock stands, to continue from after a restart (None: nothing read yet)."""
+        return None if self._unset else ReadClockState(self._value, self._anchor)
+
+    def now(self, wall_ms: int) -> int:
+        """The read time at ``wall_ms`` (never less than before, never past ``wall_ms``)."""
+        elapsed = max(0, wall_ms - self._wall_at)
+        self._wall_at = wall_ms
+        if self._unset:
+            return wall_ms  # nothing read yet, ever: nothing to judge against but now
+        if not self._live():
+            return self._value  # cut off or paused: nobody can be judged silent meanwhile
+        if wall_ms - self._window_start >= self._window_ms and self._stamps:
+            self._close_window(wall_ms)
+        median = self._median
+        self._backlog = False
+        if not self._stamps and wall_ms - self._window_start >= self._window_ms:
+            # Nothing read for a while: caught up, if nothing waits for its acknowledgement
+            # (else the broker may be holding back behind its window: stand still).
+            step = elapsed if self._waiting() == 0 else 0
+        elif median is not None and wall_ms - median > self._behind_ms:
+            self._backlog = True
+            used, ahead = self._anchor, self._ahead
+            # The backlog's progress; its 90th percentile, not its newest stamp, so a few
+            # devices with clocks ahead cannot drag the clock along.
+            step = 0 if used is None or ahead is None else max(0, ahead - used)
+        else:
+            step = elapsed
+        ahead = self._ahead
+        if ahead is not None and (self._anchor is None or ahead > self._anchor):
+            self._anchor = ahead
+        self._value = max(self._value, min(self._value + step, wall_ms))
+        return self._value
+
+
+_NEVER = -(1 << 62)
+_SAMPLE = 4096  # stamps kept per window: enough for a median
+
+
+def clock_data(state: ReadClockState | None) -> dict[str, Any] | None:
+    """``state`` as JSON-ready data (for the engine's snapshot)."""
+    return None if state is None else {"read_ms": state.read_ms, "anchor_ms": state.anchor_ms}
+
+
+def read_clock_state(data: Any) -> ReadClockState | None:
+    """Back from ``clock_data``; None for anything else (an older snapshot has none)."""
+    if not isinstance(data, dict):
+        return None
+    read_ms, anchor_ms = data.get("read_ms"), data.get("anchor_ms")
+    if not isinstance(read_ms, int) or not (anchor_ms is None or isinstance(anchor_ms, int)):
+        return None
+    return ReadClockState(read_ms, anchor_ms)

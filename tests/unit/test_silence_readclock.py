@@ -1,0 +1,168 @@
+"""Silence judged on how far we have read (ingest/readclock.py), not on the wall clock.
+
+Issue 13 item 3 and the silence half of issue 14 item 3. Each scenario is a small city run
+second by second: devices publish on their schedules into a broker queue, the service reads
+it at a bounded rate, observes each message with its arrival on the read clock, and ticks the
+engine every second. The same run judged the old way (the wall clock; the device's own stamp)
+is checked too, so each test shows it would fail without the read clock — these are unit tests
+because the real stack cannot be run for ten simulated minutes in a test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+
+import pytest
+
+from devices.kinds import Channel
+from devices.registry import Registry, parse_registry
+from ingest.readclock import ReadClock, clock_data, read_clock_state
+from rules.engine import Engine
+from rules.model import RuleSet
+from rules.transition import Transition
+from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
+from tests.unit.test_rules_support import MINUTE, SECOND, T0, base, gate_telemetry, ruleset
+
+GRACE_MS = 30 * SECOND
+
+
+def city(n: int, interval_s: int) -> Registry:
+    gates = [{**SMALL_DEVICES[1], "id": f"g{i}", "report_interval_s": interval_s} for i in range(n)]
+    return parse_registry({"areas": SMALL_AREAS, "devices": gates}, "city.yaml")
+
+
+def silence_rules(registry: Registry) -> RuleSet:
+    return ruleset(base("device_silent", "silence", "gate") + "  k: 3\n", registry)
+
+
+@dataclass
+class Run:
+    """One service over one city; ``read_clock`` False judges the old way (wall clock)."""
+
+    registry: Registry
+    read_clock: bool
+    rate_per_s: int = 1000  # messages read per second
+    skew_ms: dict[str, int] = field(default_factory=dict)  # device clock error
+    stopped: dict[str, int] = field(default_factory=dict)  # device → wall ms it goes quiet
+    broker_down: tuple[int, int] | None = None  # wall ms [from, to): devices cannot publish
+    service_down: tuple[int, int] | None = None  # wall ms [from, to): crash, then restart
+
+    def __post_init__(self) -> None:
+        self.rules = silence_rules(self.registry)
+        self.engine = Engine(self.rules, self.registry)
+        self.queue: deque[tuple[str, int, int]] = deque()  # (device, ts, seq) at the broker
+        self.seq: dict[str, int] = {}
+        self.out: list[Transition] = []
+        self.clock = ReadClock(None, T0, self._live, lambda: 0)
+        self._up = True
+        self._started_at = T0
+
+    def _live(self) -> bool:
+        return self._up and not self._broker_down(self._wall)
+
+    def _broker_down(self, wall: int) -> bool:
+        return self.broker_down is not None and self.broker_down[0] <= wall < self.broker_down[1]
+
+    def run(self, until_ms: int) -> list[Transition]:
+        devices = sorted(self.registry.devices.values(), key=lambda d: d.id)
+        for step in range(0, until_ms - T0, SECOND):
+            wall = self._wall = T0 + step
+            self._publish(devices, step, wall)
+            self._service(wall)
+        return self.out
+
+    def _publish(self, devices: list, step: int, wall: int) -> None:  # type: ignore[type-arg]
+        if self._broker_down(wall):
+            return  # devices cannot reach the broker: nothing is queued for anyone
+        for i, device in enumerate(devices):
+            interval_s = round(device.report_interval_s)
+            if (step // SECOND + i * 7) % interval_s or wall >= self.stopped.get(
+                device.id, 1 << 62
+            ):
+                continue
+            self.seq[device.id] = self.seq.get(device.id, 0) + 1
+            self.queue.append(
+                (device.id, wall + self.skew_ms.get(device.id, 0), self.seq[device.id])
+            )
+
+    def _service(self, wall: int) -> None:
+        down = self.service_down
+        if down is not None and down[0] <= wall < down[1]:
+            if self._up:  # the crash: only the last saved state survives
+                self._up = False
+                self.engine.caller_state = clock_data(self.clock.state())
+                self._snapshot = json.loads(json.dumps(self.engine.snapshot()))
+            return
+        if not self._up:  # the restart
+            self._up = True
+            self.engine = Engine.restore(self.rules, self.registry, self._snapshot)
+            saved = read_clock_state(self.engine.caller_state)
+            assert saved is not None or not self.read_clock  # the snapshot says how far it read
+            self.clock = ReadClock(saved, wall, self._live, lambda: 0)
+            self._started_at = wall
+        if self._broker_down(wall):
+            return
+        for _ in range(min(self.rate_per_s, len(self.queue))):
+            device_id, ts, seq = self.queue.popleft()
+            device = self.registry.devices[device_id]
+            message = gate_telemetry(ts, seq=seq)
+            arrival = self.clock.saw(ts, wall) if self.read_clock else None
+            self.out += self.engine.observe(device, Channel.TELEMETRY, message, ts, arrival)
+        if wall - self._started_at >= GRACE_MS:
+            now = self.clock.now(wall) if self.read_clock else wall
+            self.out += self.engine.tick(now)
+
+
+def silent_opens(transitions: list[Transition]) -> list[str]:
+    return sorted(t.device_id for t in transitions if t.action == "open")
+
+
+@pytest.mark.parametrize("rate_per_s", [4, 40, 100_000])
+def test_ten_minutes_down_then_a_backlog_is_no_silence_storm(rate_per_s: int) -> None:
+    """60 gates reporting every 30 s (silent after 90 s); the service down 10 min; the backlog
+    (about 1,200 messages) read slowly (4 msg/s: far slower than the 30 s grace), briskly, or
+    in one go. One gate really stopped during the downtime: exactly one alert, for it."""
+    registry = city(60, 30)
+    scenario = {
+        "stopped": {"g7": T0 + 8 * MINUTE},
+        "service_down": (T0 + 5 * MINUTE, T0 + 15 * MINUTE),
+        "rate_per_s": rate_per_s,
+    }
+    new = Run(registry, read_clock=True, **scenario).run(T0 + 30 * MINUTE)  # type: ignore[arg-type]
+    assert silent_opens(new) == ["g7"]
+    if rate_per_s == 4:
+        old = Run(registry, read_clock=False, **scenario).run(T0 + 30 * MINUTE)  # type: ignore[arg-type]
+        assert len(set(silent_opens(old))) > 30  # judged on the wall clock: a storm
+
+
+def test_a_40_s_broker_outage_is_no_silence() -> None:
+    """Devices every 5 s (silent after 15 s); the broker stopped 40 s. Nobody is silent: the
+    broker had nothing from anyone, and nothing to give us."""
+    registry = city(60, 5)
+    scenario = {"broker_down": (T0 + 3 * MINUTE, T0 + 3 * MINUTE + 40 * SECOND)}
+    new = Run(registry, read_clock=True, **scenario).run(T0 + 8 * MINUTE)  # type: ignore[arg-type]
+    assert silent_opens(new) == []
+    old = Run(registry, read_clock=False, **scenario).run(T0 + 8 * MINUTE)  # type: ignore[arg-type]
+    assert len(set(silent_opens(old))) > 40
+
+
+def test_a_device_that_stops_while_all_is_well_is_silent_once() -> None:
+    registry = city(10, 5)
+    run = Run(registry, read_clock=True, stopped={"g3": T0 + 2 * MINUTE})
+    out = run.run(T0 + 6 * MINUTE)
+    assert silent_opens(out) == ["g3"]
+    opened = next(t for t in out if t.action == "open")
+    assert T0 + 2 * MINUTE + 10 * SECOND <= opened.ts_ms <= T0 + 2 * MINUTE + 16 * SECOND
+
+
+def test_a_slow_device_clock_does_not_flap() -> None:
+    """Issue 14 item 3: a station whose clock is 4 min slow, reporting every minute, flipped
+    silent/online every minute (79 transitions in the issue's run)."""
+    registry = city(5, 60)
+    scenario = {"skew_ms": {"g2": -4 * MINUTE}}
+    new = Run(registry, read_clock=True, **scenario).run(T0 + 60 * MINUTE)  # type: ignore[arg-type]
+    assert new == []
+    old = Run(registry, read_clock=False, **scenario).run(T0 + 60 * MINUTE)  # type: ignore[arg-type]
+    assert len(old) > 20 and {t.device_id for t in old} == {"g2"}
