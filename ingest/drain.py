@@ -28,7 +28,7 @@ from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
 from ingest.decode import Reason
 from ingest.delivery import Deliverer, Outcome, Unavailable
 from ingest.ledger import Ledger
-from ingest.spool import Spool, SpooledBatch, SpoolFull
+from ingest.spool import Spool, SpoolCorrupt, SpooledBatch, SpoolError, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class DrainStats:
     spooled_batches: int = 0
     replayed_batches: int = 0
     spool_full: int = 0  # times the spool refused a batch (backpressure to the broker)
+    spool_failed: int = 0  # times the disk failed the spool (ENOSPC, EIO): backpressure too
+    quarantined: int = 0  # corrupt segments set aside during replay
 
 
 class Drain:
@@ -82,6 +84,9 @@ class Drain:
         self._influx_down = False  # set by a spill, cleared by a successful replay
         self._spooled_one = asyncio.Event()
         self.stats = DrainStats()
+        # Why the spool cannot be used right now (disk full or failing), for /ready and the
+        # log; None while it works.
+        self.trouble: str | None = None
 
     @property
     def spooling(self) -> bool:
@@ -108,29 +113,59 @@ class Drain:
             self._influx_down = True
             if await self._to_spool(batch):
                 return
-            outcome = await self._deliverer.deliver(batch.lines)  # spool full: wait it out
+            # The spool is full or its disk fails: hold this batch (and so, through the
+            # batcher, the messages behind it at the broker) and try InfluxDB and the spool in
+            # turn until one takes it.
+            held = await self._hold(batch)
+            if held is None:
+                return
+            outcome = held
         if self._observe is not None:
             self._observe(len(batch.lines), time.perf_counter() - started)
         await self._settle(batch, outcome)
 
+    async def _hold(self, batch: Batch) -> Outcome | None:
+        """InfluxDB and the spool in turn until one takes ``batch``; None if the spool did."""
+        while True:
+            try:
+                return await self._deliverer.deliver(
+                    batch.lines, give_up_after_s=self._spool_after_s
+                )
+            except Unavailable:
+                if await self._to_spool(batch):
+                    return None
+
     async def _to_spool(self, batch: Batch) -> bool:
-        """Append the batch to the spool (durably); False if the spool is full."""
+        """Append the batch to the spool (durably); False if the spool is full or failing."""
         assert self._spool is not None
         try:
             await asyncio.to_thread(self._spool.append, batch.lines)
         except SpoolFull:
             self.stats.spool_full += 1
-            log.error(
-                "spool full (%d bytes): holding batches in memory and the rest at the broker "
-                "until InfluxDB is back",
-                self._spool.size_bytes,
-            )
+            self._trouble(f"spool full ({self._spool.size_bytes} bytes)")
             return False
+        except (OSError, SpoolError) as e:
+            # ENOSPC, EIO, a read-only remount: the documented backpressure, never a crash.
+            self.stats.spool_failed += 1
+            self._trouble(f"spool cannot be written: {e}")
+            return False
+        if self.trouble is not None:
+            log.warning("spool takes batches again (was: %s)", self.trouble)
+            self.trouble = None
         self.stats.spooled_batches += 1
         self._ledger.spooled += len(batch.lines) - batch.own
         self._on_safe(_tokens(batch.tokens))
         self._spooled_one.set()
         return True
+
+    def _trouble(self, why: str) -> None:
+        if why != self.trouble:
+            log.error(
+                "%s: holding batches, and the messages behind them at the broker, until "
+                "InfluxDB or the spool takes them",
+                why,
+            )
+        self.trouble = why
 
     async def _settle(self, batch: Batch, outcome: Outcome) -> None:
         if not outcome.refused:
@@ -179,7 +214,18 @@ class Drain:
         if self._spool is None:
             return
         while True:
-            spooled = await asyncio.to_thread(self._spool.peek)
+            try:
+                spooled = await asyncio.to_thread(self._spool.peek)
+            except SpoolCorrupt as e:
+                # Set aside (kept for inspection), counted, and the replay goes on.
+                name = await asyncio.to_thread(self._spool.quarantine_head)
+                self.stats.quarantined += 1
+                log.error("spool: %s; segment set aside as %s, the replay goes on", e, name)
+                continue
+            except (OSError, SpoolError) as e:
+                self._trouble(f"spool cannot be read: {e}")
+                await asyncio.sleep(REPLAY_RETRY_S)
+                continue
             if spooled is None:
                 self._spooled_one.clear()
                 with contextlib.suppress(TimeoutError):
@@ -204,7 +250,12 @@ class Drain:
         while refused and not await self._dead_letters.flush():  # noqa: ASYNC110 (a retry)
             await asyncio.sleep(REPLAY_RETRY_S)
         assert self._spool is not None
-        await asyncio.to_thread(self._spool.commit, spooled)
+        try:
+            await asyncio.to_thread(self._spool.commit, spooled)
+        except OSError as e:
+            # The position on disk lags (the next commit writes it): after a crash meanwhile
+            # the batch is written again, which InfluxDB takes as the same points.
+            self._trouble(f"spool position cannot be written: {e}")
         self._ledger.replayed.update(
             Counter(
                 m

@@ -116,6 +116,7 @@ def _api_server(
     consumer: MqttConsumer,
     metrics: Metrics,
     spool: Spool,
+    drain: Drain,
 ) -> ApiServer | None:
     """The HTTP API over this service's parts (None when disabled)."""
     if not settings.api_enabled:
@@ -123,6 +124,9 @@ def _api_server(
 
     async def broker() -> str | None:
         return None if consumer.connected else "not connected to the broker"
+
+    async def spooling() -> str | None:
+        return drain.trouble  # a full or failing spool disk: messages held at the broker
 
     async def influx() -> str | None:
         return await ping_influx(http, settings.influx_url)
@@ -142,7 +146,7 @@ def _api_server(
         http=http,
         feed=alerting.feed,
         announce=alerting.announce,
-        probes={"broker": broker, "influxdb": influx, "alert_store": store},
+        probes={"broker": broker, "influxdb": influx, "alert_store": store, "spool": spooling},
         metrics=metrics,
         spool_size=lambda: spool.lines,
     )
@@ -225,7 +229,7 @@ async def serve(
     http = aiohttp.ClientSession()
     try:
         api = _api_server(
-            settings, registry, alerting, alert_store, store, http, consumer, metrics, spool
+            settings, registry, alerting, alert_store, store, http, consumer, metrics, spool, drain
         )
         state.api_url = api.url if api else None
         if api is not None:

@@ -187,6 +187,7 @@ class Spool:
         self.torn_tails = 0
         self.corrupt_segments = 0
         self.full_refusals = 0
+        self.quarantined = 0  # corrupt segments set aside during replay (quarantine_head)
 
         self._lock = threading.Lock()  # the bookkeeping below
         self._write_lock = threading.Lock()  # one append at a time
@@ -453,6 +454,48 @@ class Spool:
                 raise SpoolCorrupt(f"spool {segment.path.name} offset {offset}: line count")
             end = offset + HEADER_BYTES + len(body)
             return SpooledBatch(lines, SpoolPosition(segment.seq, offset, end))
+
+    def quarantine_head(self) -> str:
+        """Set the oldest pending segment aside (renamed, kept for inspection); its name.
+
+        For a segment that no longer reads back (``SpoolCorrupt`` from ``peek``): what is
+        left of it cannot be replayed, and the segments after it must not wait for it.
+        """
+        with self._read_lock:
+            with self._lock:
+                self._check_open()
+                head = self._head_locked()
+                if head is None:
+                    raise SpoolError("nothing pending to set aside")
+                segment, offset = head
+                if segment is self._tail:
+                    self._close_tail_locked()
+                self._segments.remove(segment)
+                self._size_bytes -= segment.size
+                left = self._count_from(segment, offset)
+                self._batches -= left[0]
+                self._lines -= left[1]
+                self.quarantined += 1
+                self._read_seq, self._read_offset = segment.seq + 1, 0
+                self._next_seq = max(self._next_seq, self._read_seq)
+            aside = segment.path.with_name("corrupt-" + segment.path.name)
+            segment.path.replace(aside)
+            self._write_position(segment.seq + 1, 0)
+            return aside.name
+
+    @staticmethod
+    def _count_from(segment: _Segment, offset: int) -> tuple[int, int]:
+        """Batches and lines of ``segment`` from ``offset`` on, by its totals less what reads
+        back before ``offset`` (as counted when it was opened or written)."""
+        before = [0, 0]
+        with contextlib.suppress(OSError), segment.path.open("rb") as f:
+            at = 0
+            while at < offset and (record := _read_record(f, at, offset)) is not None:
+                body, count = record
+                at += HEADER_BYTES + len(body)
+                before[0] += 1
+                before[1] += count
+        return max(0, segment.batches - before[0]), max(0, segment.lines - before[1])
 
     def _head_locked(self) -> tuple[_Segment, int] | None:
         for segment in self._segments:

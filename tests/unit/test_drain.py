@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterable, Sequence
+import subprocess
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+import pytest
 
 from ingest.batcher import Batcher
 from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, NewDeadLetter
 from ingest.delivery import Deliverer
 from ingest.drain import Drain
 from ingest.ledger import Ledger
-from ingest.spool import Spool
+from ingest.spool import Spool, SpoolCorrupt
 from ingest.writer import Rejected, Retryable
 
 
@@ -185,3 +188,85 @@ async def test_a_line_refused_in_replay_is_committed_before_the_spool_moves_on(
         replayer.cancel()
         spool.close()
         store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs; the tests run as root, as CI does), so ENOSPC is the
+    kernel's own, not a fake."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_a_full_disk_holds_batches_and_resumes_when_space_returns(small_disk: Path) -> None:
+    """Issue 13 item 6: ENOSPC in the spool escaped the writer and the service exited —
+    exactly when InfluxDB was down and the spool was needed."""
+    sink, safe = FlakySink(), []
+    sink.up = False
+    spool = Spool(small_disk / "spool")
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * (1024 * 1024 - 64 * 1024))  # leaves too little for a batch
+    batcher = Batcher(size=200, interval_s=60)
+    drain = Drain(
+        batcher,
+        Deliverer(sink, initial_backoff_s=0.01, max_backoff_s=0.02),  # type: ignore[arg-type]
+        DeadLetters(),  # type: ignore[arg-type]
+        Ledger(),
+        spool=spool,
+        spool_after_s=0.1,
+        on_safe=safe.extend,
+    )
+    writer = asyncio.create_task(drain.run())
+    wide = "x" * 600  # ~120 KB a batch: more than the disk has left
+    for i in range(400):
+        batcher.add(f'river v={i}i,pad="{wide}" {i}', "river", token=i)
+    for _ in range(100):
+        if drain.trouble is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert drain.trouble is not None and "No space left" in drain.trouble
+    assert not writer.done()  # the writer lives on
+    assert len(safe) < 400  # what is not durable is not acknowledged
+    held = len(safe)
+    filler.unlink()  # space returns
+    for _ in range(200):
+        if len(safe) == 400:
+            break
+        await asyncio.sleep(0.05)
+    assert safe == list(range(400)) and held < 400
+    assert drain.trouble is None and drain.stats.spool_failed > 0
+    batcher.close()
+    await asyncio.wait_for(writer, 5)
+    spool.close()
+
+
+def test_a_corrupt_segment_is_set_aside_and_the_rest_replayed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", segment_bytes=300)
+    for i in range(6):
+        spool.append([f"river v={i}i {i}"] * 4)
+    first = sorted((tmp_path / "spool").glob("spool-*.lp"))[0]
+    spool.close()
+    spool = Spool(tmp_path / "spool", segment_bytes=300)
+    with first.open("r+b") as f:  # the disk rots under a running spool
+        f.seek(10)
+        f.write(b"\xff" * 8)
+    with pytest.raises(SpoolCorrupt):
+        spool.peek()
+    name = spool.quarantine_head()
+    assert name.startswith("corrupt-") and (tmp_path / "spool" / name).exists()
+    rest = drain_all(spool)
+    assert rest and all(len(b) == 4 for b in rest) and spool.is_empty
+    spool.close()
+
+
+def drain_all(spool: Spool) -> list[list[str]]:
+    out: list[list[str]] = []
+    while (b := spool.peek()) is not None:
+        out.append(list(b.lines))
+        spool.commit(b)
+    return out
