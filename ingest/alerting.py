@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from devices.kinds import Channel
 from devices.payloads import DeviceMessage
@@ -32,6 +33,7 @@ from ingest.batcher import Batcher
 from ingest.lineprotocol import encode_fields, series_key
 from ingest.outbox import MqttOutbox
 from ingest.readclock import ReadClock, clock_data, read_clock_state
+from ingest.stamps import UntimedStamps
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
     Alert,
@@ -92,7 +94,10 @@ class Alerting:
         # Silence is judged on how far we have read; until ``follow_reading`` says how to
         # tell, reading counts as always live (the unit tests' engine-only use).
         # Continued from the snapshot; on a first start the first message read sets it.
-        start = read_clock_state(self.engine.caller_state)
+        caller = self.engine.caller_state or {}
+        start = read_clock_state(caller.get("read_clock"))
+        # Stamps of messages without ts, saved with the state that has seen them.
+        self.stamps = UntimedStamps.from_data(caller.get("stamps"))
         self._live: Callable[[], bool] = lambda: True
         self._waiting: Callable[[], int] = lambda: 0
         self.read_clock = ReadClock(start, _now_ms(), lambda: self._live(), lambda: self._waiting())
@@ -116,6 +121,10 @@ class Alerting:
         self.evaluated = 0  # messages the engine has judged, and the time it took (metrics)
         self.eval_seconds = 0.0
         self.changes = 0  # alert changes applied, for tests and the status line
+
+    def _caller_state(self) -> dict[str, Any]:
+        """What ingest keeps in the engine's snapshot: its read clock and untimed stamps."""
+        return {"read_clock": clock_data(self.read_clock.state()), "stamps": self.stamps.data()}
 
     def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
         """How the read clock tells we are reading (connected, not paused) and what waits."""
@@ -189,7 +198,7 @@ class Alerting:
         items = list(self._to_store)
         self._to_store.clear()
         self._urgent = self._save_wanted = False
-        self.engine.caller_state = clock_data(self.read_clock.state())
+        self.engine.caller_state = self._caller_state()
         state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
         transitions = [t for ts, _ in items for t in ts]
         try:
@@ -351,5 +360,5 @@ class Alerting:
         if not self._stored_all.is_set():
             log.warning("%d alert changes not stored; engine state not saved", len(self._to_store))
             return
-        self.engine.caller_state = clock_data(self.read_clock.state())
+        self.engine.caller_state = self._caller_state()
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())

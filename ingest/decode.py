@@ -15,6 +15,7 @@ from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage, schema_for
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import TopicError, parse_device_topic
+from ingest.stamps import UntimedStamps
 
 
 class Reason(StrEnum):
@@ -163,8 +164,11 @@ class Decoder:
         max_age_ms: int,
         max_json_depth: int = MAX_JSON_DEPTH,
         max_json_keys: int = MAX_JSON_KEYS,
+        stamps: UntimedStamps | None = None,
     ) -> None:
         self._registry = registry
+        # A message without ts is stamped once per statement (ingest/stamps.py).
+        self.stamps = stamps or UntimedStamps()
         self._max_bytes = max_payload_bytes
         self._skew_ms = future_skew_ms
         self._max_age_ms = max_age_ms
@@ -205,7 +209,7 @@ class Decoder:
             if rejection.reason is Reason.INVALID_JSON:
                 return _utf8_problem(payload) or rejection
             return rejection
-        ts_ms = message.ts if message.ts is not None else now_ms
+        ts_ms = message.ts if message.ts is not None else self.stamps.stamp(topic, payload, now_ms)
         if ts_ms > now_ms + self._skew_ms:
             return Rejection(
                 Reason.FUTURE_TIMESTAMP, f"ts is {(ts_ms - now_ms) / 1000:.0f} s in the future"

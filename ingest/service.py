@@ -193,6 +193,7 @@ async def serve(
         renotify_s=settings.alert_renotify_s,
     )
     state.alerting = alerting
+    decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/stamps.py)
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
     consumer = MqttConsumer(settings, pipeline.handle, acks)
     state.consumer = consumer

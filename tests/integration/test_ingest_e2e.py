@@ -446,3 +446,36 @@ async def test_what_was_never_durable_is_delivered_again_to_the_next_session(
         assert again.consumer.acks.acknowledged == len(good)
     stored = influx_query(influxdb.url, database, "SELECT count(seq) FROM gate_event")
     assert stored[0]["values"][0][1] == 2
+
+
+async def test_a_retained_status_without_ts_is_stored_once_across_reconnects(
+    tmp_path: Path, mosquitto: Any, influxdb: Any, registry: Registry
+) -> None:
+    """Issue 13 item 12: the broker re-sends retained statuses on every SUBSCRIBE; one without
+    ts (a will, most often) was stamped on each receipt: a new point per reconnect."""
+    database = new_database(influxdb.url, "retained")
+    settings = make_settings(
+        tmp_path, mosquitto.port, influx_url=influxdb.url, influx_database=database
+    )
+    river = first_of(registry, "river")
+    topic = f"iot/river/{river}/status"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    client.username_pw_set(GATEWAY.username, GATEWAY.password)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, b'{"online": false, "reason": "connection lost"}', 1, True)
+        info.wait_for_publish(timeout=10)
+        for _ in range(3):  # three starts, three SUBSCRIBEs, three retained deliveries
+            async with running_service(settings, registry) as state:
+                await settle(state, 1)
+                await asyncio.sleep(0.3)
+    finally:
+        clear = client.publish(topic, b"", 1, True)  # leave no retained status behind
+        clear.wait_for_publish(timeout=10)
+        client.disconnect()
+        client.loop_stop()
+    rows = influx_query(
+        influxdb.url, database, f"SELECT online FROM device_status WHERE device = '{river}'"
+    )
+    assert len(rows[0]["values"]) == 1, rows

@@ -92,13 +92,13 @@ class Run:
         if down is not None and down[0] <= wall < down[1]:
             if self._up:  # the crash: only the last saved state survives
                 self._up = False
-                self.engine.caller_state = clock_data(self.clock.state())
+                self.engine.caller_state = {"read_clock": clock_data(self.clock.state())}
                 self._snapshot = json.loads(json.dumps(self.engine.snapshot()))
             return
         if not self._up:  # the restart
             self._up = True
             self.engine = Engine.restore(self.rules, self.registry, self._snapshot)
-            saved = read_clock_state(self.engine.caller_state)
+            saved = read_clock_state((self.engine.caller_state or {}).get("read_clock"))
             assert saved is not None or not self.read_clock  # the snapshot says how far it read
             self.clock = ReadClock(saved, wall, self._live, lambda: 0)
             self._started_at = wall
