@@ -64,6 +64,7 @@ CLOSE_TIMEOUT_S = 2.0
 # only a flood of QoS 0 messages, or a smaller window misconfigured higher, reaches these.
 PAUSE_ABOVE = 50_000
 RESUME_BELOW = 25_000
+RESUME_POLL_S = 0.5
 SUBSCRIBE_MID = 1
 
 
@@ -163,10 +164,19 @@ class MqttConsumer:
     ``release`` (DISCONNECT).
     """
 
-    def __init__(self, settings: Settings, handle: Handler, acks: AckTracker | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        handle: Handler,
+        acks: AckTracker | None = None,
+        held: Callable[[], int] | None = None,
+    ):
         self._settings = settings
         self._handle = handle
         self.acks = acks or AckTracker()
+        # Messages taken and not yet durable, of this connection and of earlier ones (which a
+        # reconnect does not free: they still sit in batches): what the pause bounds.
+        self._held = held or (lambda: self.acks.unacknowledged)
         self.connected = False
         self.sessions = 0  # successful connect-and-subscribe rounds; > 1 means it reconnected
         self._reading = True
@@ -239,6 +249,7 @@ class MqttConsumer:
                 await self._handshake(wire, topic_filter)
             self.connected = True
             self.sessions += 1
+            self._after_chunk()  # still holding an earlier connection's messages: pause now
             log.info(
                 "subscribed to %s on %s:%d as %s",
                 topic_filter,
@@ -287,20 +298,31 @@ class MqttConsumer:
         """PINGREQ every half keepalive; return on release (after DISCONNECT), raise on loss."""
         released = asyncio.ensure_future(self._release.wait())
         waits: list[asyncio.Future[Any]] = [released, wire.closed]
+        loop = asyncio.get_running_loop()
+        ping_at = loop.time() + KEEPALIVE_S / 2
         try:
             while True:
+                # While paused, look often whether what is held has drained (messages of an
+                # earlier connection free no acknowledgement here to resume on).
+                wait_s = min(ping_at - loop.time(), RESUME_POLL_S if self._paused else KEEPALIVE_S)
                 done, _ = await asyncio.wait(
-                    waits,
-                    timeout=KEEPALIVE_S / 2,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    waits, timeout=max(0.0, wait_s), return_when=asyncio.FIRST_COMPLETED
                 )
                 if released in done:
                     await self._disconnect(wire)
                     return
                 if wire.closed.done():
                     raise ConnectionError("the broker closed the connection")
-                silent_s = asyncio.get_running_loop().time() - wire.last_heard
-                if silent_s > KEEPALIVE_S * 1.5:
+                self._maybe_resume(wire)
+                if loop.time() < ping_at:
+                    continue
+                ping_at = loop.time() + KEEPALIVE_S / 2
+                # While reading is paused the broker's PINGRESPs wait unread in the socket:
+                # its silence then says nothing (judging it so reconnected, and a new window
+                # came on top of the held one). The PINGREQs still go out, so the broker keeps
+                # the connection.
+                silent_s = loop.time() - wire.last_heard
+                if not self._paused and silent_s > KEEPALIVE_S * 1.5:
                     raise ConnectionError(f"nothing from the broker for {silent_s:.0f} s")
                 wire.send(PINGREQ_PACKET)
         finally:
@@ -337,8 +359,9 @@ class MqttConsumer:
         transport = self._wire.transport if self._wire is not None else None
         if (
             self._reading  # after stop, reading continues only to see the broker's goodbye
+            and self.connected  # the handshake's answers must be read whatever is held
             and not self._paused
-            and self.acks.unacknowledged > PAUSE_ABOVE
+            and self._held() > PAUSE_ABOVE
             and transport is not None
         ):
             transport.pause_reading()
@@ -347,7 +370,12 @@ class MqttConsumer:
     def _send_acks(self, wire: _Wire, mids: list[int]) -> None:
         if mids:
             wire.send(pubacks(mids))
-        if self._paused and self.acks.unacknowledged < RESUME_BELOW and self._reading:
+        self._maybe_resume(wire)
+
+    def _maybe_resume(self, wire: _Wire) -> None:
+        if self._paused and self._held() < RESUME_BELOW and self._reading:
             self._paused = False
+            # Unheard while paused through no fault of the broker's: judge it from now on.
+            wire.last_heard = asyncio.get_running_loop().time()
             if wire.transport is not None and not wire.transport.is_closing():
                 wire.transport.resume_reading()

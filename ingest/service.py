@@ -195,7 +195,7 @@ async def serve(
     state.alerting = alerting
     decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/stamps.py)
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
-    consumer = MqttConsumer(settings, pipeline.handle, acks)
+    consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)
     state.consumer = consumer
     alerting.follow_reading(lambda: consumer.reading_live, lambda: pipeline.in_flight)
     spool = await asyncio.to_thread(

@@ -8,6 +8,7 @@ everyday protocol is tested against a real Mosquitto in tests/integration/test_m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -119,3 +120,90 @@ async def test_a_packet_a_subscriber_never_gets_drops_the_connection_not_the_ser
     broker = FakeBroker(misbehave)
     consumer = await run_until(broker, lambda c: c.sessions >= 2 and c.acks.unacknowledged == 1, 5)
     assert broker.connections == 2 and consumer.sessions == 2
+
+
+def qos0_publish(i: int) -> bytes:
+    """A QoS 0 PUBLISH of ~1 KB on a/b (so one read of the socket holds few of them)."""
+    body = b"\x00\x03a/b" + str(i).encode().ljust(1000, b".")
+    length, out = len(body), bytearray([0x30])
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes(out) + body
+
+
+async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+    """QoS 0 messages as fast as the consumer reads them; PINGREQs answered (unread while the
+    consumer is paused, as a real broker's would be)."""
+
+    async def answer_pings() -> None:
+        while True:
+            kind, _ = await read_packet(reader)
+            if kind == 12:
+                writer.write(b"\xd0\x00")
+
+    pinger = asyncio.create_task(answer_pings())
+    try:
+        i = 0
+        while True:
+            writer.write(b"".join(qos0_publish(i + k) for k in range(20)))
+            i += 20
+            await writer.drain()  # blocks while the consumer does not read
+    finally:
+        pinger.cancel()
+
+
+async def stalled_consumer(
+    broker: FakeBroker, seconds: float
+) -> tuple[MqttConsumer, list[int], FakeBroker]:
+    """A consumer whose sink never makes anything durable (held = every message taken)."""
+    port = await broker.start()
+    settings = Settings(mqtt_port=port, mqtt_client_id="wire-test")
+    taken: list[int] = []
+    consumer = MqttConsumer(settings, lambda t, p, tok: taken.append(tok), held=lambda: len(taken))
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        consumer.release()
+        await asyncio.wait_for(task, 5)
+        await broker.stop()
+    return consumer, taken, broker
+
+
+async def test_a_paused_consumer_does_not_take_the_brokers_silence_for_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 13 item 7: while paused, PINGRESPs are unread; the broker was judged silent, the
+    reconnect cleared the pause and a new window came on top of the held one."""
+    monkeypatch.setattr(consumer_module, "KEEPALIVE_S", 1)
+    monkeypatch.setattr(consumer_module, "PAUSE_ABOVE", 200)
+    monkeypatch.setattr(consumer_module, "RESUME_BELOW", 100)
+    monkeypatch.setattr(consumer_module, "backoff_delay", lambda attempt: 0.05)
+    consumer, taken, broker = await stalled_consumer(FakeBroker(flood), seconds=4)
+    assert broker.connections == 1 and consumer.sessions == 1  # 8 keepalive periods, no loss
+    assert 200 < len(taken) <= 200 + 300  # the bound, plus what one read of the socket held
+
+
+async def test_the_bound_holds_across_a_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker drops the connection while messages are held: the next connection must not
+    bring a new window on top of them (they are still in memory, waiting for the sink)."""
+    monkeypatch.setattr(consumer_module, "KEEPALIVE_S", 1)  # a paused reader notices at a ping
+    monkeypatch.setattr(consumer_module, "PAUSE_ABOVE", 200)
+    monkeypatch.setattr(consumer_module, "RESUME_BELOW", 100)
+    monkeypatch.setattr(consumer_module, "backoff_delay", lambda attempt: 0.05)
+
+    async def flood_then_drop(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n <= 3:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.7):
+                    await flood(r, w, n)
+            w.transport.abort()  # the connection drops (close would wait to flush)
+            return
+        await flood(r, w, n)
+
+    _, taken, broker = await stalled_consumer(FakeBroker(flood_then_drop), seconds=4)
+    assert broker.connections >= 3
+    assert len(taken) <= 200 + 300
