@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8080, ge=0, le=65535, description="0: any free port (tests)")
     api_enabled: bool = Field(True, description="serve the HTTP API beside the consumer")
+    api_streams_per_token: int = Field(
+        4, ge=1, description="open /alerts/stream connections one token may hold at once"
+    )
     api_tokens_file: Path | None = Field(
         None,
         description="YAML file of API bearer tokens (hashes only, mode 0600), written by "

@@ -313,6 +313,10 @@ class TokenStore:
         stored, principal = found if found else (_NO_HASH, None)
         return principal if hmac.compare_digest(_hash(secret), stored) else None
 
+    def is_active(self, token_id: str) -> bool:
+        """Whether the token ``token_id`` still exists (not revoked)."""
+        return token_id in self._by_id
+
     def list(self) -> builtins.list[Principal]:
         """Every token's principal, oldest first."""
         return [principal for _, principal in self._by_id.values()]

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from ingest.alertfeed import Change
 from ingest.api.auth import Caller
@@ -25,6 +26,7 @@ from rules.store import AlertNotFound
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 KEEPALIVE_S = 15.0  # a comment line so proxies and phones keep an idle stream open
+RECHECK_S = 2.0  # how often an open stream checks its token is still valid
 AREA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -121,15 +123,25 @@ async def list_alerts(
 
 
 async def _stream(ctx: ApiContext, principal: Principal, request: Request) -> AsyncIterator[bytes]:
+    token_id = principal.token_id
     async with ctx.feed.listen(lambda alert: _visible(principal, alert)) as listener:
         yield b": citysense alert stream\n\n"
+        quiet_since = time.monotonic()
         while not await request.is_disconnected():
+            # A token revoked while its stream is open: the stream ends within seconds.
+            ctx.tokens.reload_if_changed()
+            if not ctx.tokens.is_active(token_id):
+                yield b"event: revoked\ndata: {}\n\n"
+                return
             try:
-                async with asyncio.timeout(KEEPALIVE_S):
+                async with asyncio.timeout(RECHECK_S):
                     change = await listener.next()
             except TimeoutError:
-                yield b": keepalive\n\n"
+                if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield b": keepalive\n\n"
                 continue
+            quiet_since = time.monotonic()
             yield _sse(change, listener.missed)
 
 
@@ -155,10 +167,25 @@ async def stream(
     principal: Caller, ctx: Annotated[ApiContext, Depends(context)], request: Request
 ) -> StreamingResponse:
     """Each new alert and each change as an ``alert`` event, only those the caller may see."""
+    cap = ctx.settings.api_streams_per_token
+    if ctx.streams.get(principal.token_id, 0) >= cap:
+        raise ApiError(429, "too_many_streams", f"at most {cap} open streams per token")
+    ctx.streams[principal.token_id] = ctx.streams.get(principal.token_id, 0) + 1
+
+    async def closed() -> None:
+        # A background task runs once the response is over, however it ended (also when the
+        # client left before the stream's first byte, when the generator never started).
+        left = ctx.streams.get(principal.token_id, 1) - 1
+        if left > 0:
+            ctx.streams[principal.token_id] = left
+        else:
+            ctx.streams.pop(principal.token_id, None)
+
     return StreamingResponse(
         _stream(ctx, principal, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(closed),
     )
 
 

@@ -47,6 +47,7 @@ class ApiContext:
     spool_size: Callable[[], int] = lambda: 0
     metrics: Metrics | None = None
     tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
+    streams: dict[str, int] = field(default_factory=dict)  # token id → open alert streams
 
 
 def context(request: Request) -> ApiContext:

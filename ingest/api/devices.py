@@ -16,7 +16,13 @@ from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
 from ingest.lineprotocol import measurement_of
-from ingest.series import InfluxQueryError, influxql_rows, quote_ident, quote_string
+from ingest.series import (
+    InfluxQueryError,
+    InfluxUnavailable,
+    influxql_rows,
+    quote_ident,
+    quote_string,
+)
 from ingest.tokens import Principal
 from rules.alerts import Alert, AlertState
 
@@ -121,7 +127,12 @@ def _unit(kind: Kind, name: str) -> str | None:
 @router.get(
     "/{device_id}",
     summary="one device with its last values and open alerts",
-    responses={404: {"model": ErrorBody}, 502: {"model": ErrorBody}, **ERRORS},
+    responses={
+        404: {"model": ErrorBody},
+        502: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+        **ERRORS,
+    },
 )
 async def get_device(
     device_id: str, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
@@ -132,6 +143,8 @@ async def get_device(
         raise not_found("device", device_id)
     try:
         last = await _last(ctx, device)
+    except InfluxUnavailable as e:
+        raise ApiError(503, "influx_unavailable", f"InfluxDB cannot be reached: {e}") from None
     except InfluxQueryError as e:
         raise ApiError(502, "influx_error", f"InfluxDB did not answer the query: {e}") from None
     alerts = await asyncio.to_thread(

@@ -12,6 +12,7 @@ from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody
 from ingest.api.ratelimit import WriteOperator
+from ingest.tokens import Principal, Role
 from rules.loader import parse_rules
 from rules.problems import RulesError
 
@@ -49,10 +50,27 @@ class Validation(BaseModel):
 
 @router.get("", summary="the rules the service runs", responses=ERRORS)
 async def list_rules(
-    _: Caller, ctx: Annotated[ApiContext, Depends(context)]
+    principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
 ) -> list[dict[str, Any]]:
-    """Each loaded rule as in its file (with defaults filled in)."""
-    return [rule.model_dump(mode="json", by_alias=True) for rule in ctx.rules]
+    """Each loaded rule as in its file (with defaults filled in).
+
+    A grid worker sees every rule — what can raise an alert in its area is its business — but
+    a rule's device list only as far as the devices in its own areas: where the city's other
+    stations and cameras are watched is not.
+    """
+    out = [rule.model_dump(mode="json", by_alias=True) for rule in ctx.rules]
+    if principal.role is Role.OPERATOR:
+        return out
+    for rule in out:
+        if rule.get("devices"):
+            rule["devices"] = [d for d in rule["devices"] if _sees_device(ctx, principal, d)]
+    return out
+
+
+def _sees_device(ctx: ApiContext, principal: Principal, device_id: str) -> bool:
+    if device_id not in ctx.registry.devices:
+        return False
+    return principal.sees(a.id for a in ctx.registry.device_path(device_id).areas)
 
 
 @router.post(

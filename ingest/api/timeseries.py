@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 
 from devices.kinds import Kind
@@ -17,6 +18,7 @@ from ingest.series import (
     Every,
     Fn,
     InfluxQueryError,
+    InfluxUnavailable,
     QueryRefused,
     SeriesQuery,
     SeriesResult,
@@ -32,6 +34,7 @@ _ERRORS = {
     400: {"model": ErrorBody, "description": "range or row limit exceeded"},
     404: {"model": ErrorBody, "description": "no such device or area (or not yours)"},
     502: {"model": ErrorBody, "description": "InfluxDB failed"},
+    503: {"model": ErrorBody, "description": "InfluxDB cannot be reached"},
     **ERRORS,
 }
 
@@ -101,8 +104,13 @@ async def series(
         )
     except QueryRefused as e:
         raise ApiError(e.http_status, e.code, e.message) from None
+    except InfluxUnavailable as e:
+        raise ApiError(503, "influx_unavailable", f"InfluxDB cannot be reached: {e}") from None
     except InfluxQueryError as e:
         raise ApiError(502, "influx_error", f"InfluxDB did not answer the query: {e}") from None
+    # Rendered in a thread too (100,000 values: ~0.4 s of JSON, ~0.2 s of CSV).
     if format == "csv":
-        return PlainTextResponse(to_csv(result), media_type="text/csv; charset=utf-8")
-    return JSONResponse(result.model_dump(mode="json"))
+        text = await asyncio.to_thread(to_csv, result)
+        return PlainTextResponse(text, media_type="text/csv; charset=utf-8")
+    body = await asyncio.to_thread(result.model_dump_json)
+    return Response(body, media_type="application/json")

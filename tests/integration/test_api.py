@@ -4,6 +4,7 @@ with data published by paho and written through the ingest path. Nothing is mock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -161,7 +162,12 @@ async def test_errors_have_one_shape_and_no_traces(api: Api, client: httpx.Async
 async def test_ready_and_metrics(api: Api, client: httpx.AsyncClient) -> None:
     ready = await client.get("/ready", headers=bearer(api.operator))
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"broker": True, "influxdb": True, "alert_store": True}
+    assert ready.json()["checks"] == {
+        "broker": True,
+        "influxdb": True,
+        "alert_store": True,
+        "spool": True,
+    }
     metrics = (await client.get("/metrics", headers=bearer(api.operator))).text
     received = api.state.ledger.received
     assert f"citysense_messages_received_total {received}.0" in metrics
@@ -413,6 +419,35 @@ async def test_the_live_stream_delivers_a_new_alert_only_to_those_who_may_see_it
     assert got["alert"]["rule_id"] == "road_accident" and got["event"]["action"] == "opened"
     assert "Road accident" in got["message_en"] or "accident" in got["message_en"].lower()
     assert await elsewhere is None  # the stranger's stream stayed quiet
+
+
+async def test_a_revoked_tokens_open_stream_ends_and_streams_are_capped(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    """Issue 13: a revoked token's open stream kept streaming; streams per token were
+    unlimited."""
+    store = TokenStore.load(tokens_path(api.settings))
+    token, principal = store.add("short.lived", Role.GRID_WORKER, [api.river.grid])
+    await asyncio.sleep(1.1)  # the API re-reads the tokens file at most once a second
+    cap = api.settings.api_streams_per_token
+
+    async def read_until_end(stream: httpx.Response) -> list[str]:
+        return [line async for line in stream.aiter_lines()]
+
+    async with contextlib.AsyncExitStack() as open_streams:
+        streams = [
+            await open_streams.enter_async_context(
+                client.stream("GET", "/alerts/stream", headers=bearer(token))
+            )
+            for _ in range(cap)
+        ]
+        assert all(s.status_code == 200 for s in streams)
+        over = await client.get("/alerts/stream", headers=bearer(token))
+        assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_streams"
+        assert store.revoke(principal.token_id)
+        async with asyncio.timeout(8):  # RECHECK_S is 2 s, plus the reload
+            lines = await read_until_end(streams[0])
+        assert "event: revoked" in lines
 
 
 # --- rules and dead letters ------------------------------------------------------------------

@@ -53,6 +53,11 @@ async def signed_in(
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # A page the Content-Security-Policy breaks says so on the console ("Refused to ...").
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if m.type == "error" and "Refused" in m.text else None,
+    )
     await page.goto(url)
     await page.fill("#signin input[name=token]", token)
     await page.click("#signin button[type=submit]")
