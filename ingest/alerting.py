@@ -146,7 +146,9 @@ class Alerting:
         """Evaluate one valid message (read at wall time ``received_ms``); what the engine
         says goes to ``take`` (if anything)."""
         started = time.perf_counter()
-        arrival = None if received_ms is None else self.read_clock.saw(ts_ms, received_ms)
+        arrival = (
+            None if received_ms is None else self.read_clock.saw(ts_ms, received_ms, device.id)
+        )
         transitions = self.engine.observe(device, channel, message, ts_ms, arrival)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1

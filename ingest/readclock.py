@@ -14,9 +14,10 @@ So silence is judged against this clock instead. It only ever moves forward, by 
   still wait for their acknowledgement: not at all.
 Steps, not positions: a 40 s broker outage leaves the clock 40 s behind the wall clock, and
 it stays so — devices that could not reach the broker are given that time back rather than
-judged for it. Percentiles, not the newest stamp, so a device whose clock is wrong moves
-nothing. After a restart the clock continues from where the last run stopped (the engine's
-snapshot keeps it); on a first start, from the first message read.
+judged for it. Percentiles over devices (each device's newest stamp in a 2 s window is one
+vote), not the newest stamp, so a device whose clock is wrong — or one that floods old or
+future stamps — moves nothing. After a restart the clock continues from where the last run
+stopped (the engine's snapshot keeps it); on a first start, from the first message read.
 
 Each device's "heard" time for silence is this clock at the moment its message was read —
 arrival, not the device's own stamp — so a device whose clock is minutes slow is heard on
@@ -65,7 +66,9 @@ class ReadClock:
         self._behind_ms = behind_ms
         self._window_ms = window_ms
         self._window_start = _NEVER  # wall ms the current window of reads began
-        self._stamps: list[int] = []  # device times read in the current window (a sample)
+        # Per device, the newest device time it sent in the current window: one vote per
+        # device, so one device flooding old or future stamps cannot steer the clock.
+        self._stamps: dict[str, int] = {}
         self._median: int | None = None  # of the last full window
         self._median_at = _NEVER  # wall ms that window ended
         self._ahead: int | None = None  # how far the last full window came (its 90th percentile)
@@ -73,7 +76,7 @@ class ReadClock:
         self._anchor: int | None = None if saved is None else saved.anchor_ms
         self._backlog = False  # reading a backlog (decided in ``now``)
 
-    def saw(self, ts_ms: int, wall_ms: int) -> int:
+    def saw(self, ts_ms: int, wall_ms: int, device_id: str = "") -> int:
         """A message stamped ``ts_ms`` was read at ``wall_ms``; the read time it was heard at.
 
         On every message, so kept cheap (~0.5 µs): the mode is decided once per window.
@@ -84,8 +87,10 @@ class ReadClock:
         if wall_ms - self._window_start >= self._window_ms:
             self._close_window(wall_ms)
             self.now(wall_ms)
-        if len(self._stamps) < _SAMPLE:
-            self._stamps.append(ts_ms)
+        stamps = self._stamps
+        known = stamps.get(device_id)
+        if known is None or ts_ms > known:
+            stamps[device_id] = ts_ms
         if not self._backlog:
             # Reading, and not a backlog: the clock moves with the wall clock.
             elapsed = wall_ms - self._wall_at
@@ -105,12 +110,12 @@ class ReadClock:
 
     def _close_window(self, wall_ms: int) -> None:
         if self._stamps:
-            self._stamps.sort()
-            n = len(self._stamps)
-            self._median = self._stamps[n // 2]
-            self._ahead = self._stamps[n * 9 // 10]
+            votes = sorted(self._stamps.values())
+            n = len(votes)
+            self._median = votes[n // 2]
+            self._ahead = votes[n * 9 // 10]
             self._median_at = wall_ms
-        self._stamps = []
+        self._stamps = {}
         self._window_start = wall_ms
 
     def state(self) -> ReadClockState | None:
@@ -149,7 +154,6 @@ class ReadClock:
 
 
 _NEVER = -(1 << 62)
-_SAMPLE = 4096  # stamps kept per window: enough for a median
 
 
 def clock_data(state: ReadClockState | None) -> dict[str, Any] | None:

@@ -108,7 +108,7 @@ class Run:
             device_id, ts, seq = self.queue.popleft()
             device = self.registry.devices[device_id]
             message = gate_telemetry(ts, seq=seq)
-            arrival = self.clock.saw(ts, wall) if self.read_clock else None
+            arrival = self.clock.saw(ts, wall, device_id) if self.read_clock else None
             self.out += self.engine.observe(device, Channel.TELEMETRY, message, ts, arrival)
         if wall - self._started_at >= GRACE_MS:
             now = self.clock.now(wall) if self.read_clock else wall
@@ -166,3 +166,18 @@ def test_a_slow_device_clock_does_not_flap() -> None:
     assert new == []
     old = Run(registry, read_clock=False, **scenario).run(T0 + 60 * MINUTE)  # type: ignore[arg-type]
     assert len(old) > 20 and {t.device_id for t in old} == {"g2"}
+
+
+def test_one_device_flooding_old_stamps_cannot_stop_the_clock() -> None:
+    """A hostile device sending thousands of messages stamped ten days back (accepted: within
+    max age) must not make the clock think we read a backlog, which would stop it and with it
+    every silence alarm in the city."""
+    clock = ReadClock(None, T0, lambda: True, lambda: 0)
+    for second in range(60):
+        wall = T0 + second * SECOND
+        for i in range(30):
+            clock.saw(wall, wall, f"g{i}")
+        for _ in range(1000):
+            clock.saw(wall - 10 * 24 * 60 * MINUTE, wall, "evil")
+        clock.now(wall)
+    assert clock.now(T0 + 60 * SECOND) >= T0 + 58 * SECOND
