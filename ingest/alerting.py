@@ -237,7 +237,7 @@ class Alerting:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
             items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
-        done = self._store.apply_many(items, state=state)
+        done = self._store.apply_many(items, state=state, announce=self.announcements)
         return [(alert, event) for alert, event, _ in filter(None, done)]
 
     async def run(self) -> None:
@@ -245,31 +245,55 @@ class Alerting:
         while True:
             alert, event = await self._queue.get()
             try:
-                await self.announce(alert, event)
+                await self.announce(alert, event, queued=True)
             finally:
                 self._queue.task_done()
 
-    async def announce(self, alert: Alert, event: AlertEvent) -> None:
-        """Tell people of a change: MQTT (grid and escalation levels), live listeners, InfluxDB."""
+    async def announce(self, alert: Alert, event: AlertEvent, *, queued: bool = False) -> None:
+        """Tell people of a change: MQTT (grid and escalation levels), live listeners, InfluxDB.
+
+        The MQTT messages go through the alert store's outbox (``announcements``), from which
+        the publisher sends them and deletes each once the broker has it: a crash, or the
+        broker away for hours, loses none, and nothing here waits for the broker. ``queued``:
+        the change's own transaction already wrote them (the engine's changes, escalations);
+        otherwise (a person's ack or resolve through the API) they are written now, just after
+        the change's commit.
+        """
         self.changes += 1
-        rule = self._rules.get(alert.rule_id)
-        name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
-        zh, en = describe(alert, event, name, name_zh, self._registry)
+        zh, en = self._describe(alert, event)
         log.info("%s %s | %s", alert.id, en, zh)
         self.feed.publish(Change(alert, event, zh, en))
-        payload = json.dumps(
-            {
-                "alert": alert.model_dump(mode="json"),
-                "event": event.model_dump(mode="json"),
-                "message_zh": zh,
-                "message_en": en,
-            },
-            ensure_ascii=False,
-        ).encode()
-        if self._worth_telling(alert, event):
-            for level, area in alert.audience:
-                await self._outbox.put(alert_topic(level, area), payload)
+        if not queued:
+            rows = self.announcements([(alert, event)])
+            await asyncio.to_thread(self._store.queue_announcements, rows)
+        self._outbox.wake()
         self._batcher.add(self._line(alert, event), "alert", own=True)
+
+    def _describe(self, alert: Alert, event: AlertEvent) -> tuple[str, str]:
+        rule = self._rules.get(alert.rule_id)
+        name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
+        return describe(alert, event, name, name_zh, self._registry)
+
+    def announcements(self, changes: Sequence[tuple[Alert, AlertEvent]]) -> list[tuple[str, bytes]]:
+        """The MQTT messages (topic, payload) that tell of ``changes``; in the store's thread,
+        inside the changes' transaction. Repeats only every ``renotify_s`` (``_worth_telling``).
+        """
+        rows: list[tuple[str, bytes]] = []
+        for alert, event in changes:
+            if not self._worth_telling(alert, event):
+                continue
+            zh, en = self._describe(alert, event)
+            payload = json.dumps(
+                {
+                    "alert": alert.model_dump(mode="json"),
+                    "event": event.model_dump(mode="json"),
+                    "message_zh": zh,
+                    "message_en": en,
+                },
+                ensure_ascii=False,
+            ).encode()
+            rows += [(alert_topic(level, area), payload) for level, area in alert.audience]
+        return rows
 
     def _worth_telling(self, alert: Alert, event: AlertEvent) -> bool:
         """Every change of state goes out; a repeat only ``renotify_s`` after the last word.
@@ -323,7 +347,7 @@ class Alerting:
             if now >= self._deadlines_from_ms and (due := self.engine.tick(read_now)):
                 self.take(due)
             for alert, event in await asyncio.to_thread(self._escalate_due, now):
-                await self.announce(alert, event)
+                await self.announce(alert, event, queued=True)
             # Every store round saves the state; this is for a quiet engine whose ticks
             # changed it without a transition. Through run_store, the one writer of the state,
             # so an older state never overwrites a newer one.
@@ -340,7 +364,7 @@ class Alerting:
             if not due_for_escalation(alert, after, now_ms):
                 continue
             try:
-                out.append(self._store.escalate(alert.id, now_ms))
+                out.append(self._store.escalate(alert.id, now_ms, self.announcements))
             except InvalidTransition:
                 continue  # acknowledged or resolved since it was listed
         return out

@@ -2,8 +2,15 @@
 
 Kept apart from the consumer's connection so a burst of alerts never waits behind device
 traffic, and so the consumer's session settings (shared subscription, persistent session)
-stay about reading. Messages wait in a bounded queue while the broker is away and are sent
-in order once it is back.
+stay about reading.
+
+The messages come from the alert store's outbox (``announcements``), written in the same
+transaction as the alert change they tell of: the publisher sends them oldest first and
+deletes each batch once the broker has acknowledged its messages. A crash between the commit
+and the publish loses nothing (they are sent after the restart; a crash after the broker's
+PUBACK and before the delete sends a few again, which the payload's alert id and event let a
+phone recognise), and a broker away for hours only makes the table longer — nothing waits
+for it. ``put`` queues a message in memory instead, for callers without a store (tools, tests).
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 import aiomqtt
 
@@ -20,35 +29,64 @@ from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
 
+BATCH = 200  # messages read from the outbox table at a time
+IDLE_S = 1.0  # with nothing to send, look at the table again this often (besides wake())
+
+
+class AnnouncementSource(Protocol):
+    """The alert store's outbox table (rules/store.py)."""
+
+    def pending_announcements(self, limit: int = ...) -> list[tuple[int, str, bytes]]: ...
+
+    def sent_announcements(self, ids: Sequence[int]) -> None: ...
+
 
 class MqttOutbox:
-    """A queue of (topic, payload) drained to the broker at QoS 1; reconnects until cancelled."""
+    """Sends the store's outbox (and ``put`` messages) at QoS 1; reconnects until cancelled."""
 
-    def __init__(self, settings: Settings, client_id: str, max_queued: int = 10_000) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str,
+        source: AnnouncementSource | None = None,
+        max_queued: int = 10_000,
+    ) -> None:
         self._settings = settings
         self._client_id = client_id
+        self._source = source
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queued)
+        self._wake = asyncio.Event()
+        self._backlog = 0  # outbox rows seen waiting at the last look
         self.published = 0
 
+    def wake(self) -> None:
+        """New rows are in the outbox: look now rather than at the next idle check."""
+        self._wake.set()
+
     async def put(self, topic: str, payload: bytes) -> None:
-        """Queue a message; waits if the queue is full (the broker has been away long)."""
+        """Queue a message in memory (no store); waits if the queue is full."""
         await self._queue.put((topic, payload))
+        self._wake.set()
 
     async def settle(self, timeout_s: float) -> None:
-        """Wait (bounded) until the queue is empty; for an orderly stop."""
+        """Wait (bounded) until everything waiting is sent; for an orderly stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()
+                source = self._source
+                while source is not None and await asyncio.to_thread(_any_pending, source):
+                    self._wake.set()
+                    await asyncio.sleep(0.05)
 
     @property
     def waiting(self) -> int:
-        """Messages queued and not yet acknowledged by the broker."""
-        return self._queue.qsize()
+        """Messages waiting for the broker (the outbox's as of the last look)."""
+        return self._queue.qsize() + self._backlog
 
     async def run(self) -> None:
-        """Publish queued messages until cancelled."""
+        """Publish until cancelled."""
         s = self._settings
         attempt = 0
-        pending: tuple[str, bytes] | None = None
         while True:
             try:
                 async with aiomqtt.Client(
@@ -62,14 +100,46 @@ class MqttOutbox:
                 ) as client:
                     attempt = 0
                     while True:
-                        if pending is None:
-                            pending = await self._queue.get()
-                        await client.publish(pending[0], pending[1], qos=1)
-                        pending = None  # only dropped once the broker has it
-                        self.published += 1
-                        self._queue.task_done()
+                        self._wake.clear()
+                        sent = await self._send_queued(client) + await self._send_outbox(client)
+                        if not sent:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._wake.wait(), IDLE_S)
             except aiomqtt.MqttError as e:
                 delay = backoff_delay(attempt)
                 attempt += 1
                 log.warning("alert publisher lost the broker (%s); retrying in %.1f s", e, delay)
                 await asyncio.sleep(delay)
+
+    async def _send_queued(self, client: aiomqtt.Client) -> int:
+        n = 0
+        while not self._queue.empty():
+            topic, payload = self._queue._queue[0]  # type: ignore[attr-defined]  # peek
+            await client.publish(topic, payload, qos=1)
+            self._queue.get_nowait()  # only dropped once the broker has it
+            self._queue.task_done()
+            self.published += 1
+            n += 1
+        return n
+
+    async def _send_outbox(self, client: aiomqtt.Client) -> int:
+        if self._source is None:
+            return 0
+        rows = await asyncio.to_thread(self._source.pending_announcements, BATCH)
+        self._backlog = len(rows)
+        done: list[int] = []
+        try:
+            for row_id, topic, payload in rows:
+                await client.publish(topic, payload, qos=1)  # returns on the broker's PUBACK
+                done.append(row_id)
+                self.published += 1
+        finally:
+            # What the broker has is deleted even when the connection broke mid-batch.
+            if done:
+                await asyncio.to_thread(self._source.sent_announcements, done)
+        self._backlog = max(0, self._backlog - len(done))
+        return len(done)
+
+
+def _any_pending(source: AnnouncementSource) -> bool:
+    return bool(source.pending_announcements(1))

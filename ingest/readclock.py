@@ -7,17 +7,19 @@ every device falling silent at once (issue 13: 45 of 60 devices after a 40 s bro
 
 So silence is judged against this clock instead. It only ever moves forward, by steps:
 - connected and caught up: as the wall clock moves;
-- reading a backlog (the median device time of what we read lags the wall clock by more
-  than ``behind_ms``): as far as the backlog has come — the step of its 90th percentile, so the
-  clock goes at the pace the backlog was sent, whatever the pace we read it at;
+- reading a backlog (the typical device's oldest stamp read in a 2 s window lags the wall
+  clock by more than ``behind_ms``): as far as the backlog has come — the step of the median
+  of the devices' newest stamps, so the clock goes at the pace the backlog was sent,
+  whatever the pace we read it at;
 - the broker link down, or reading paused (backpressure), or nothing read while messages
   still wait for their acknowledgement: not at all.
 Steps, not positions: a 40 s broker outage leaves the clock 40 s behind the wall clock, and
 it stays so — devices that could not reach the broker are given that time back rather than
-judged for it. Percentiles over devices (each device's newest stamp in a 2 s window is one
-vote), not the newest stamp, so a device whose clock is wrong — or one that floods old or
-future stamps — moves nothing. After a restart the clock continues from where the last run
-stopped (the engine's snapshot keeps it); on a first start, from the first message read.
+judged for it. Medians over devices (each device is one vote per 2 s window, however many
+messages it sends), not the newest stamp, so a device whose clock is wrong — or one that
+floods old or future stamps — moves nothing. After a restart the clock continues from
+where the last run stopped (the engine's snapshot keeps it); on a first start, from the
+first message read.
 
 Each device's "heard" time for silence is this clock at the moment its message was read —
 arrival, not the device's own stamp — so a device whose clock is minutes slow is heard on
@@ -68,10 +70,10 @@ class ReadClock:
         self._window_start = _NEVER  # wall ms the current window of reads began
         # Per device, the newest device time it sent in the current window: one vote per
         # device, so one device flooding old or future stamps cannot steer the clock.
-        self._stamps: dict[str, int] = {}
-        self._median: int | None = None  # of the last full window
+        self._stamps: dict[str, tuple[int, int]] = {}  # device → (oldest, newest) stamp
+        self._median: int | None = None  # of the devices' oldest stamps in the last window
         self._median_at = _NEVER  # wall ms that window ended
-        self._ahead: int | None = None  # how far the last full window came (its 90th percentile)
+        self._ahead: int | None = None  # median of the devices' newest stamps in it
         # The device time the clock stands for: a backlog steps the clock by its progress past it.
         self._anchor: int | None = None if saved is None else saved.anchor_ms
         self._backlog = False  # reading a backlog (decided in ``now``)
@@ -88,9 +90,13 @@ class ReadClock:
             self._close_window(wall_ms)
             self.now(wall_ms)
         stamps = self._stamps
-        known = stamps.get(device_id)
-        if known is None or ts_ms > known:
-            stamps[device_id] = ts_ms
+        span = stamps.get(device_id)
+        if span is None:
+            stamps[device_id] = (ts_ms, ts_ms)
+        elif ts_ms < span[0]:
+            stamps[device_id] = (ts_ms, span[1])
+        elif ts_ms > span[1]:
+            stamps[device_id] = (span[0], ts_ms)
         if not self._backlog:
             # Reading, and not a backlog: the clock moves with the wall clock.
             elapsed = wall_ms - self._wall_at
@@ -110,10 +116,10 @@ class ReadClock:
 
     def _close_window(self, wall_ms: int) -> None:
         if self._stamps:
-            votes = sorted(self._stamps.values())
-            n = len(votes)
-            self._median = votes[n // 2]
-            self._ahead = votes[n * 9 // 10]
+            spans = self._stamps.values()
+            n = len(spans)
+            self._median = sorted(oldest for oldest, _ in spans)[n // 2]
+            self._ahead = sorted(newest for _, newest in spans)[n // 2]
             self._median_at = wall_ms
         self._stamps = {}
         self._window_start = wall_ms
@@ -141,8 +147,8 @@ class ReadClock:
         elif median is not None and wall_ms - median > self._behind_ms:
             self._backlog = True
             used, ahead = self._anchor, self._ahead
-            # The backlog's progress; its 90th percentile, not its newest stamp, so a few
-            # devices with clocks ahead cannot drag the clock along.
+            # The backlog's progress: how far the typical device's messages have come (one
+            # vote each, so a few devices with clocks ahead cannot drag the clock along).
             step = 0 if used is None or ahead is None else max(0, ahead - used)
         else:
             step = elapsed

@@ -181,7 +181,7 @@ async def serve(
     deliverer = Deliverer(sink)
     private_file(settings.data_dir / ALERTS_FILE)
     alert_store = AlertStore(sqlite_url(settings.data_dir))
-    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts")
+    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts", source=alert_store)
     alerting = Alerting(
         rules,
         registry,

@@ -36,6 +36,7 @@ from sqlalchemy import (
     ColumnElement,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -125,6 +126,20 @@ engine_state = Table(
     Column("value", Text, nullable=False),  # JSON text
     Column("updated_ms", BigInteger, nullable=False),
 )
+
+# The transactional outbox: the MQTT messages that tell people of a change, written in the
+# change's own transaction and deleted once the broker has acknowledged each (ingest/outbox.py).
+announcements = Table(
+    "announcements",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # sending order
+    Column("topic", String(255), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+# Given the changes a transaction made, the (topic, payload) messages to send for them.
+Announce = Callable[[Sequence[tuple[Alert, AlertEvent]]], Sequence[tuple[str, bytes]]]
 
 _AREA_COLUMNS = ("grid", "village", "township", "county", "city")
 _WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
@@ -352,7 +367,11 @@ class AlertStore:
         )
 
     def apply_many(
-        self, items: Sequence[StoreTransition], *, state: NamedState | None = None
+        self,
+        items: Sequence[StoreTransition],
+        *,
+        state: NamedState | None = None,
+        announce: Announce | None = None,
     ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
         """Engine transitions in one transaction, in order: what ``apply`` on each in turn gives.
 
@@ -373,6 +392,9 @@ class AlertStore:
                 done = [tx.apply_item(item) for item in items]
                 if state is not None:
                     _put_state(tx.conn, state.key, state.value, state.at_ms)
+                if announce is not None:
+                    changes = [(alert, event) for alert, event, _ in filter(None, done)]
+                    _put_announcements(tx.conn, announce(changes))
                 return done
         except IntegrityError:
             # Another writer opened an alert of one of the batch's (rule, device) between our
@@ -383,32 +405,83 @@ class AlertStore:
             out = [self._retrying(partial(_Tx.apply_item, item=item)) for item in items]
             if state is not None:
                 self.save_state(state.key, state.value, state.at_ms)
+            if announce is not None:
+                self.queue_announcements(
+                    announce([(alert, event) for alert, event, _ in filter(None, out)])
+                )
             return out
 
     def acknowledge(
-        self, alert_id: str, actor: str, at_ms: int, note: str | None = None
+        self,
+        alert_id: str,
+        actor: str,
+        at_ms: int,
+        note: str | None = None,
+        announce: Announce | None = None,
     ) -> tuple[Alert, AlertEvent]:
         """Someone took it on. AlertNotFound, or InvalidTransition if resolved or acknowledged."""
         with self._transaction() as tx:
             alert, change = acknowledge(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)
+            if announce is not None:
+                _put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
 
     def resolve(
-        self, alert_id: str, actor: str, at_ms: int, note: str | None = None
+        self,
+        alert_id: str,
+        actor: str,
+        at_ms: int,
+        note: str | None = None,
+        announce: Announce | None = None,
     ) -> tuple[Alert, AlertEvent]:
         """Closed by ``actor``. AlertNotFound, or InvalidTransition if already resolved."""
         with self._transaction() as tx:
             alert, change = resolve(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)
+            if announce is not None:
+                _put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
 
-    def escalate(self, alert_id: str, at_ms: int) -> tuple[Alert, AlertEvent]:
+    def escalate(
+        self, alert_id: str, at_ms: int, announce: Announce | None = None
+    ) -> tuple[Alert, AlertEvent]:
         """Up one level. AlertNotFound, or InvalidTransition if not open or at the top."""
         with self._transaction() as tx:
             alert, change = escalate(tx.locked(alert_id), at_ms)
             tx.update(alert, change)
+            if announce is not None:
+                _put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
+
+    # -- the outbox of announcements ---------------------------------------------------------
+
+    def queue_announcements(self, rows: Sequence[tuple[str, bytes]]) -> None:
+        """Messages to send, in their own transaction (for a change already committed)."""
+        if rows:
+            with self._transaction() as tx:
+                _put_announcements(tx.conn, rows)
+
+    def pending_announcements(self, limit: int = 500) -> builtins.list[tuple[int, str, bytes]]:
+        """The oldest messages not yet acknowledged by the broker: (id, topic, payload)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(announcements.c.id, announcements.c.topic, announcements.c.payload)
+                .order_by(announcements.c.id)
+                .limit(limit)
+            ).all()
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def sent_announcements(self, ids: Sequence[int]) -> None:
+        """The broker has these: forget them."""
+        if ids:
+            with self._transaction() as tx:
+                tx.conn.execute(announcements.delete().where(announcements.c.id.in_(list(ids))))
+
+    def count_announcements(self) -> int:
+        """Messages waiting for the broker."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(announcements)).scalar_one())
 
     # -- low-level writes (the caller computed the change; no concurrency check) ---------------
 
@@ -542,6 +615,15 @@ class AlertStore:
         if not isinstance(loaded, dict):
             raise ValueError(f"state {key!r} is not a JSON object")
         return loaded
+
+
+def _put_announcements(conn: Connection, rows: Sequence[tuple[str, bytes]]) -> None:
+    if rows:
+        stamp = _now_ms()
+        conn.execute(
+            announcements.insert(),
+            [{"topic": t, "payload": p, "created_ms": stamp} for t, p in rows],
+        )
 
 
 def _put_state(conn: Connection, key: str, value: dict[str, Any], at_ms: int | None) -> None:
