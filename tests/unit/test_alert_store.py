@@ -458,3 +458,13 @@ def test_schema_is_portable_to_postgresql() -> None:
         assert "UNIQUE" in ddl and "WHERE" in ddl and "resolved" in ddl
     body = str(CreateTable(alerts).compile(dialect=postgresql.dialect()))
     assert "BIGINT" in body and "JSON" in body
+
+
+def test_commits_are_fsynced(tmp_path: Path) -> None:
+    """Issue 13 item 4: a PUBACK follows the commit (alert changes and the engine's state), so
+    the commit must survive a power cut: synchronous=FULL, not NORMAL."""
+    store = AlertStore(sqlite_url(tmp_path))
+    with store._engine.connect() as conn:
+        level = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
+    store.close()
+    assert level == 2  # FULL
