@@ -19,6 +19,7 @@ from ingest.drain import Drain
 from ingest.ledger import Ledger
 from ingest.spool import Spool, SpoolCorrupt
 from ingest.writer import Rejected, Retryable
+from tests.unit.test_spool import drain
 
 
 class FlakySink:
@@ -259,14 +260,6 @@ def test_a_corrupt_segment_is_set_aside_and_the_rest_replayed(tmp_path: Path) ->
         spool.peek()
     name = spool.quarantine_head()
     assert name.startswith("corrupt-") and (tmp_path / "spool" / name).exists()
-    rest = drain_all(spool)
+    rest = drain(spool)
     assert rest and all(len(b) == 4 for b in rest) and spool.is_empty
     spool.close()
-
-
-def drain_all(spool: Spool) -> list[list[str]]:
-    out: list[list[str]] = []
-    while (b := spool.peek()) is not None:
-        out.append(list(b.lines))
-        spool.commit(b)
-    return out
