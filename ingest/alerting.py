@@ -265,7 +265,11 @@ class Alerting:
         self.feed.publish(Change(alert, event, zh, en))
         if not queued:
             rows = self.announcements([(alert, event)])
-            await asyncio.to_thread(self._store.queue_announcements, rows)
+            try:
+                await asyncio.to_thread(self._store.queue_announcements, rows)
+            except Exception:
+                # The change itself is committed; only its telling is lost (logged loudly).
+                log.exception("could not queue the announcement of %s", alert.id)
         self._outbox.wake()
         self._batcher.add(self._line(alert, event), "alert", own=True)
 

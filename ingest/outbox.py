@@ -125,7 +125,14 @@ class MqttOutbox:
     async def _send_outbox(self, client: aiomqtt.Client) -> int:
         if self._source is None:
             return 0
-        rows = await asyncio.to_thread(self._source.pending_announcements, BATCH)
+        source = self._source
+        try:
+            rows = await asyncio.to_thread(source.pending_announcements, BATCH)
+        except Exception:
+            # The store is locked or its disk fails: the publisher must not die of it (the
+            # rows stay; they are read again next time).
+            log.exception("alert publisher could not read the outbox; trying again")
+            return 0
         self._backlog = len(rows)
         done: list[int] = []
         try:
@@ -134,9 +141,13 @@ class MqttOutbox:
                 done.append(row_id)
                 self.published += 1
         finally:
-            # What the broker has is deleted even when the connection broke mid-batch.
+            # What the broker has is deleted even when the connection broke mid-batch; if
+            # even that fails, those few are sent again later (at least once).
             if done:
-                await asyncio.to_thread(self._source.sent_announcements, done)
+                try:
+                    await asyncio.to_thread(source.sent_announcements, done)
+                except Exception:
+                    log.exception("alert publisher could not mark %d as sent", len(done))
         self._backlog = max(0, self._backlog - len(done))
         return len(done)
 
