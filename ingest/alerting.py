@@ -255,9 +255,9 @@ class Alerting:
         The MQTT messages go through the alert store's outbox (``announcements``), from which
         the publisher sends them and deletes each once the broker has it: a crash, or the
         broker away for hours, loses none, and nothing here waits for the broker. ``queued``:
-        the change's own transaction already wrote them (the engine's changes, escalations);
-        otherwise (a person's ack or resolve through the API) they are written now, just after
-        the change's commit.
+        the change's own transaction already wrote them (the engine's changes, escalations,
+        the API's ack and resolve: ``announce_stored``); otherwise (a caller without a
+        transaction of its own: tools, tests) they are written now, just after the commit.
         """
         self.changes += 1
         zh, en = self._describe(alert, event)
@@ -272,6 +272,11 @@ class Alerting:
                 log.exception("could not queue the announcement of %s", alert.id)
         self._outbox.wake()
         self._batcher.add(self._line(alert, event), "alert", own=True)
+
+    async def announce_stored(self, alert: Alert, event: AlertEvent) -> None:
+        """``announce`` a change whose own transaction wrote its MQTT messages with
+        ``announcements`` (the API's ack and resolve)."""
+        await self.announce(alert, event, queued=True)
 
     def _describe(self, alert: Alert, event: AlertEvent) -> tuple[str, str]:
         rule = self._rules.get(alert.rule_id)

@@ -145,7 +145,8 @@ def _api_server(
         tokens=TokenStore.load(tokens_path(settings)),
         http=http,
         feed=alerting.feed,
-        announce=alerting.announce,
+        announce=alerting.announce_stored,  # ack/resolve write their messages themselves:
+        announcements=alerting.announcements,  # in their own transaction (the outbox)
         probes={"broker": broker, "influxdb": influx, "alert_store": store, "spool": spooling},
         metrics=metrics,
         spool_size=lambda: spool.lines,

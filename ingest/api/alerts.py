@@ -218,7 +218,9 @@ async def _act(
     note = body.note if body else None
     now = time.time_ns() // 1_000_000
     try:
-        alert, event = await asyncio.to_thread(step, alert_id, principal.name, now, note)
+        alert, event = await asyncio.to_thread(
+            step, alert_id, principal.name, now, note, ctx.announcements
+        )
     except AlertNotFound:
         raise not_found("alert", alert_id) from None
     except InvalidTransition as e:

@@ -21,7 +21,7 @@ from ingest.settings import Settings
 from ingest.tokens import TokenStore
 from rules.alerts import Alert, AlertEvent
 from rules.model import RuleSet
-from rules.store import AlertStore
+from rules.store import AlertStore, Announce
 
 # Readiness: each probe returns None when fine, or why not.
 Probe = Callable[[], Awaitable[str | None]]
@@ -43,6 +43,10 @@ class ApiContext:
     # Tells people of a change made through the API (MQTT, live listeners, InfluxDB), as the
     # service does for its own changes; None where there is no service (some tests).
     announce: Callable[[Alert, AlertEvent], Awaitable[None]] | None = None
+    # The MQTT messages that tell of a change, written into the alert store's outbox in the
+    # ack's or resolve's own transaction, so a crash just after the commit loses none;
+    # ``announce`` then only tells the rest (live listeners, InfluxDB).
+    announcements: Announce | None = None
     probes: dict[str, Probe] = field(default_factory=dict)
     spool_size: Callable[[], int] = lambda: 0
     metrics: Metrics | None = None
