@@ -54,6 +54,9 @@ TICK_S = 1.0
 # Points with no alert change wait at most this long for a store round (which saves the
 # engine's state, ~1 ms for the example city); a round with alert changes starts at once.
 COVER_EVERY_S = 0.05
+# A device stamp at most this far past its arrival is taken as it is (clocks disagree a
+# little); further ahead, the message is judged as of its arrival plus this.
+AHEAD_TOLERANCE_S = 2.0
 STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same batch again
 
 # A message's point held back until its transitions are stored: (line, measurement, ack token).
@@ -80,6 +83,7 @@ class Alerting:
         renotify_s: float = 0.0,
         feed: AlertFeed | None = None,
         cover_every_s: float | None = None,
+        ahead_tolerance_s: float = AHEAD_TOLERANCE_S,
     ) -> None:
         self._rules = rules
         self.rules = rules
@@ -87,10 +91,12 @@ class Alerting:
         self._store = store
         self._outbox = outbox
         self._batcher = batcher  # alert points go the way of every point (spool included)
-        snapshot = store.load_state(SNAPSHOT_KEY)
-        self.engine = (
-            Engine.restore(rules, registry, snapshot) if snapshot else Engine(rules, registry)
-        )
+        # Resolves by people are read from the store's history from here on (``_hear_resolves``);
+        # taken before the reconcile below, so none falls between the two.
+        self._resolves_seen = store.last_event_seq()
+        self.state_problem: str | None = None  # why the rules' state was not (all) restored
+        self.engine = self._restore(rules, registry, store)
+        self.engine.on_failure = self._rule_failed
         # Silence is judged on how far we have read; until ``follow_reading`` says how to
         # tell, reading counts as always live (the unit tests' engine-only use).
         # Continued from the snapshot; on a first start the first message read sets it.
@@ -116,11 +122,80 @@ class Alerting:
         self._deadlines_from_ms = _now_ms() + round(start_grace_s * 1000)
         self._snapshot_every_ms = round(snapshot_interval_s * 1000)
         self._renotify_ms = round(renotify_s * 1000)
+        self._ahead_ms = round(ahead_tolerance_s * 1000)
         self._told_ms: dict[str, int] = {}  # alert id → when people were last told of it
+        self._told_flapping: set[str] = set()  # alerts whose holding open has been told
+        self._reconcile(_now_ms())
         self.feed = feed or AlertFeed()
         self.evaluated = 0  # messages the engine has judged, and the time it took (metrics)
         self.eval_seconds = 0.0
         self.changes = 0  # alert changes applied, for tests and the status line
+
+    def _restore(self, rules: RuleSet, registry: Registry, store: AlertStore) -> Engine:
+        """The engine from its saved state; fresh (said loudly) if that cannot be read: a
+        state a rollback cannot read must never stop ingest."""
+        try:
+            snapshot = store.load_state(SNAPSHOT_KEY)
+            if snapshot is None:
+                return Engine(rules, registry)
+            engine = Engine.restore(rules, registry, snapshot)
+        except Exception as e:
+            self.state_problem = f"the rules' saved state could not be read ({e}); started afresh"
+            log.error(
+                "%s: open alerts are adopted, silence and windows start over", self.state_problem
+            )
+            return Engine(rules, registry)
+        if engine.restore_problems:
+            self.state_problem = "; ".join(engine.restore_problems[:5])
+            log.warning("rules' saved state partly read: %s", "; ".join(engine.restore_problems))
+        return engine
+
+    def _reconcile(self, now_ms: int) -> None:
+        """Make the engine and the alert store agree at start.
+
+        - an alert the store holds open whose rule is gone or no longer watches the device:
+          resolved (``rule_changed``) — nothing would ever clear it;
+        - one the engine does not hold (state lost, or the rule changed form): adopted, the
+          next reading decides;
+        - a condition the engine holds that the store has resolved (a person, while we were
+          down or since the last save): forgotten, the next reading that shows it reopens.
+        """
+        held = set(self.engine.open_conditions())
+        unresolved = {(a.rule_id, a.device_id): a for a in self._store.open_alerts()}
+        for (rule_id, device_id), alert in unresolved.items():
+            device = self._registry.devices.get(device_id)
+            if device is None or not self.engine.watches(rule_id, device):
+                detail = "rule_changed: the rule no longer watches this device"
+                self._store.resolve_auto(rule_id, device_id, now_ms, detail, self.announcements)
+                log.warning("resolved %s (%s on %s): %s", alert.id, rule_id, device_id, detail)
+            elif (rule_id, device_id) not in held:
+                self.engine.adopt(rule_id, device_id, alert.opened_ms)
+        read_now = self.read_clock.now(now_ms)
+        for rule_id, device_id in held - unresolved.keys():
+            self.engine.resolve(rule_id, device_id, read_now)
+
+    async def _hear_resolves(self) -> None:
+        """Forget the conditions of alerts people resolved since the last look (API, CLI,
+        any process): the next reading that still shows the condition opens a new alert."""
+        last, found = await asyncio.to_thread(self._store.resolved_by_people, self._resolves_seen)
+        self._resolves_seen = last
+        read_now = self.read_clock.now(_now_ms())
+        for rule_id, device_id, opened_ms in found:
+            if self.engine.resolve(rule_id, device_id, read_now, opened_ms):
+                self._save_wanted = True  # saved by the next store round
+                self._to_store_ready.set()
+
+    def _rule_failed(self, rule_id: str, device_id: str, error: Exception) -> None:
+        """A rule raised: its verdict on that message or tick is lost, the others' go on."""
+        n = self.engine.failures.get(rule_id, 0)
+        if n <= 3 or n % 1000 == 0:  # a rule failing on every message must not flood the log
+            log.error(
+                "rule %s failed on %s (%d failures so far)",
+                rule_id,
+                device_id,
+                n,
+                exc_info=(type(error), error, error.__traceback__),
+            )
 
     def _caller_state(self) -> dict[str, Any]:
         """What ingest keeps in the engine's snapshot: its read clock and untimed stamps."""
@@ -149,7 +224,10 @@ class Alerting:
         arrival = (
             None if received_ms is None else self.read_clock.saw(ts_ms, received_ms, device.id)
         )
-        transitions = self.engine.observe(device, channel, message, ts_ms, arrival)
+        # A stamp ahead of when the message arrived is a device clock running fast: judged as
+        # of its arrival (Engine.observe), so it cannot hide the readings after it.
+        not_after = None if received_ms is None else received_ms + self._ahead_ms
+        transitions = self.engine.observe(device, channel, message, ts_ms, arrival, not_after)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1
         return transitions
@@ -311,12 +389,16 @@ class Alerting:
         minute gets muted. The store and InfluxDB still record every repeat.
         """
         now = _now_ms()
-        if event.action is AlertAction.REPEATED:
+        if event.action is AlertAction.FLAPPING and alert.id not in self._told_flapping:
+            # Held open by flap suppression: told once, then as a repeat (issue 14 item 8).
+            self._told_flapping.add(alert.id)
+        elif event.action in (AlertAction.REPEATED, AlertAction.FLAPPING):
             last = self._told_ms.get(alert.id)
             if last is not None and now - last < self._renotify_ms:
                 return False
         if alert.state is AlertState.RESOLVED:
             self._told_ms.pop(alert.id, None)
+            self._told_flapping.discard(alert.id)
         else:
             self._told_ms[alert.id] = now
         return True
@@ -355,7 +437,18 @@ class Alerting:
             read_now = self.read_clock.now(now)
             if now >= self._deadlines_from_ms and (due := self.engine.tick(read_now)):
                 self.take(due)
-            for alert, event in await asyncio.to_thread(self._escalate_due, now):
+            try:
+                await self._hear_resolves()
+            except Exception:
+                log.exception("could not read resolves from the alert store; trying again")
+            # A failing store (locked, disk full) is logged and tried again next second: the
+            # clock task must not end (through the TaskGroup it would end the service).
+            try:
+                escalated = await asyncio.to_thread(self._escalate_due, now)
+            except Exception:
+                log.exception("could not look for alerts to escalate; trying again")
+                escalated = []
+            for alert, event in escalated:
                 await self.announce(alert, event, queued=True)
             # Every store round saves the state; this is for a quiet engine whose ticks
             # changed it without a transition. Through run_store, the one writer of the state,
@@ -366,8 +459,9 @@ class Alerting:
                 saved_ms = now
 
     def _escalate_due(self, now_ms: int) -> list[tuple[Alert, AlertEvent]]:
-        out = []
-        for alert in self._store.list(states=[AlertState.OPEN], limit=10_000):
+        """Escalate every open alert that is due (all of them: no cut-off at the newest N)."""
+        out: list[tuple[Alert, AlertEvent]] = []
+        for alert in self._store.open_alerts():
             rule = self._rules.get(alert.rule_id)
             after = rule.escalate_after if rule else None
             if not due_for_escalation(alert, after, now_ms):
@@ -376,6 +470,11 @@ class Alerting:
                 out.append(self._store.escalate(alert.id, now_ms, self.announcements))
             except InvalidTransition:
                 continue  # acknowledged or resolved since it was listed
+            except Exception:
+                # Those escalated so far are committed (their messages in the outbox): tell
+                # of them; the rest are due again next second.
+                log.exception("could not escalate %s; trying again", alert.id)
+                break
         return out
 
     async def settle(self, timeout_s: float) -> None:

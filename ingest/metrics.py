@@ -34,6 +34,9 @@ class Sources:
     connected: Callable[[], bool]
     spool_points: Callable[[], int] = lambda: 0
     deadletters_pruned: Callable[[], dict[str, int]] = dict
+    rule_failures: Callable[[], dict[str, int]] = dict
+    rules_state_lost: Callable[[], bool] = lambda: False
+    clock_skewed: Callable[[], int] = lambda: 0
 
 
 def _one(
@@ -124,7 +127,27 @@ class _Collector(Collector):
             "reason",
             s.deadletters_pruned(),
         )
+        yield _labelled(
+            counter,
+            "citysense_rule_failures",
+            "times a rule raised on a message or a tick (its verdict lost; the others go on)",
+            "rule",
+            s.rule_failures(),
+        )
+        yield _one(
+            gauge,
+            "citysense_rules_state_lost",
+            "1 if the rules' saved state could not be (all) read at start (see /ready)",
+            1 if s.rules_state_lost() else 0,
+        )
         yield _labelled(gauge, "citysense_alerts", "alerts by state", "state", s.alerts_by_state())
+        yield _one(
+            gauge,
+            "citysense_devices_clock_skewed",
+            "devices whose clock is off by more than CITYSENSE_CLOCK_SKEW_WARN_S (see "
+            "clock_skew_s in /devices/{id})",
+            s.clock_skewed(),
+        )
         yield _one(
             gauge,
             "citysense_broker_connected",

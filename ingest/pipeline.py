@@ -17,8 +17,13 @@ from ingest.decode import Decoder, Reason, Rejection
 from ingest.ledger import Ledger
 from ingest.lineprotocol import LineEncoder, measurement_of
 from ingest.plates import redact_plates
+from ingest.skew import ClockSkew
 
 log = logging.getLogger(__name__)
+
+# When a backlog is found, samples read this far back are dropped: the read clock decides once
+# per window (2 s, closed within a tick of 1 s), so they may be the backlog's first messages.
+SKEW_FORGET_MS = 5_000
 
 
 class Pipeline:
@@ -32,6 +37,7 @@ class Pipeline:
         dead_letters: DeadLetterBuffer,
         ledger: Ledger,
         alerting: Alerting | None = None,
+        skew: ClockSkew | None = None,
     ) -> None:
         self._decoder = decoder
         self._encoder = encoder
@@ -39,6 +45,8 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._ledger = ledger
         self._alerting = alerting
+        self._skew = skew  # each device's clock against ours, for maintainers (ingest/skew.py)
+        self._backlog = False  # the read clock's verdict at the last message
         self.rule_failures = 0  # messages the rule engine raised on (their points are kept)
 
     @property
@@ -77,12 +85,28 @@ class Pipeline:
                 self.rule_failures += 1
                 log.exception("the rule engine failed on a message on %s", topic)
                 transitions = []
+        # Before the point is handed on (nothing after that may raise: it would be handled
+        # twice); after ``observe``, which has told the read clock of this message.
+        if self._skew is not None and result.message.ts is not None:
+            self._measure_skew(self._skew, result.device.id, result.ts_ms, now_ms)
+        if self._alerting is not None:
             # The point (and so the acknowledgement) waits until the alert store has what the
             # message caused and an engine state that has seen it (ingest/alerting.py): a
             # message the broker will not send again is never lost to the rules nor judged twice.
             self._alerting.take(transitions, (line, measurement, token))
             return
         self._batcher.add(line, measurement, token)
+
+    def _measure_skew(self, skew: ClockSkew, device_id: str, ts_ms: int, now_ms: int) -> None:
+        """A sample of the device's clock (its own stamp, not one given on receipt), unless
+        what we read now arrives late: a backlog, as the read clock judges it."""
+        backlog = self._alerting is not None and self._alerting.read_clock.backlog
+        if backlog and not self._backlog:
+            # Found at the end of the read clock's window: that window's samples were late too.
+            skew.forget_since(now_ms - SKEW_FORGET_MS)
+        self._backlog = backlog
+        if not backlog:
+            skew.saw(device_id, ts_ms, now_ms)
 
     def _reject(
         self, now_ms: int, topic: str, rejection: Rejection, payload: bytes, token: int | None

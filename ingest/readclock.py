@@ -124,6 +124,12 @@ class ReadClock:
         self._stamps = {}
         self._window_start = wall_ms
 
+    @property
+    def backlog(self) -> bool:
+        """Reading a backlog, as decided at the last window's end (``now``): what is read
+        now arrives late, so its arrival says nothing of the device's clock (ingest/skew.py)."""
+        return self._backlog
+
     def state(self) -> ReadClockState | None:
         """Where the clock stands, to continue from after a restart (None: nothing read yet)."""
         return None if self._unset else ReadClockState(self._value, self._anchor)

@@ -38,6 +38,7 @@ from ingest.outbox import MqttOutbox
 from ingest.pipeline import Pipeline
 from ingest.plates import PlateHasher
 from ingest.settings import Settings
+from ingest.skew import ClockSkew
 from ingest.spool import Spool
 from ingest.status import report_status, status_line
 from ingest.tokens import TokenStore, tokens_path
@@ -117,6 +118,7 @@ def _api_server(
     metrics: Metrics,
     spool: Spool,
     drain: Drain,
+    clock_skew: ClockSkew,
 ) -> ApiServer | None:
     """The HTTP API over this service's parts (None when disabled)."""
     if not settings.api_enabled:
@@ -149,7 +151,9 @@ def _api_server(
         announcements=alerting.announcements,  # in their own transaction (the outbox)
         probes={"broker": broker, "influxdb": influx, "alert_store": store, "spool": spooling},
         metrics=metrics,
+        clock_skew=clock_skew,
         spool_size=lambda: spool.lines,
+        warnings=lambda: {"rules_state": p} if (p := alerting.state_problem) else {},
     )
     return ApiServer(create_app(ctx), settings.api_host, settings.api_port)
 
@@ -192,10 +196,12 @@ async def serve(
         start_grace_s=settings.alert_start_grace_s,
         snapshot_interval_s=settings.alert_snapshot_interval_s,
         renotify_s=settings.alert_renotify_s,
+        ahead_tolerance_s=settings.ahead_tolerance_s,
     )
     state.alerting = alerting
     decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/stamps.py)
-    pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting)
+    clock_skew = ClockSkew()  # each device's clock against ours: /devices/{id}, /metrics
+    pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting, clock_skew)
     consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)
     state.consumer = consumer
     alerting.follow_reading(lambda: consumer.reading_live, lambda: pipeline.in_flight)
@@ -214,6 +220,9 @@ async def serve(
             connected=lambda: consumer.connected,
             spool_points=lambda: spool.lines,
             deadletters_pruned=store.pruned,
+            rule_failures=lambda: dict(alerting.engine.failures),
+            rules_state_lost=lambda: alerting.state_problem is not None,
+            clock_skewed=lambda: clock_skew.skewed(round(settings.clock_skew_warn_s * 1000)),
         )
     )
     drain = Drain(
@@ -231,7 +240,17 @@ async def serve(
     http = aiohttp.ClientSession()
     try:
         api = _api_server(
-            settings, registry, alerting, alert_store, store, http, consumer, metrics, spool, drain
+            settings,
+            registry,
+            alerting,
+            alert_store,
+            store,
+            http,
+            consumer,
+            metrics,
+            spool,
+            drain,
+            clock_skew,
         )
         state.api_url = api.url if api else None
         if api is not None:

@@ -121,7 +121,21 @@ class Settings(BaseSettings):
     )
     max_payload_bytes: int = Field(16_384, ge=64)
     future_skew_s: float = Field(300, ge=0, description="reject ts further ahead than this")
+    ahead_tolerance_s: float = Field(
+        2.0,
+        ge=0,
+        description="a ts up to this far ahead of its arrival is judged as stamped; further "
+        "ahead (a fast device clock), the rules judge it as of its arrival plus this, so it "
+        "cannot hide the readings after it. Raise it (with future_skew_s) only to replay an "
+        "accelerated simulation",
+    )
     max_age_s: float = Field(30 * 86400, gt=0, description="reject ts older than this")
+    clock_skew_warn_s: float = Field(
+        60,
+        gt=0,
+        description="a device whose clock is off by more than this (either way) is counted in "
+        "citysense_devices_clock_skewed; /devices/{id} shows each device's clock_skew_s",
+    )
     plate_key: SecretStr = Field(
         SecretStr("citysense-dev-plate-key"), description="HMAC key for plate hashes"
     )

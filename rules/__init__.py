@@ -9,7 +9,8 @@ Public API::
     engine = Engine(rules, registry)            # or Engine.restore(rules, registry, snapshot)
     engine.observe(device, channel, message, ts_ms) -> list[Transition]
     engine.tick(now_ms) -> list[Transition]     # silence, clear_after, sliding windows, flaps
-    engine.resolve(rule_id, device_id, ts_ms)   # a person resolved it: next trigger reopens
+    engine.resolve(rule_id, device_id, now_ms)  # a person resolved it: forget the condition
+    engine.adopt(rule_id, device_id, opened_ts) # the store has it open: the next reading decides
     engine.snapshot() -> dict                   # JSON-ready; persist it with the alerts
 
 Modules: ``model`` (rule models), ``loader`` and ``checks`` (files and cross-checks),
@@ -28,8 +29,10 @@ Device time throughout. Late and out-of-order messages, per form (details in eac
 - event_count: a late match inside the current window counts (windows are defined on
   timestamps); one outside it or before the last clear does not;
 - silence: times only move forward; a message no newer than the newest changes no condition.
-Duplicates: a (``seq``, ``ts``) seen among the device's last 64 messages is dropped before any
-rule sees it.
+Duplicates: a (``seq``, ``ts``) the device already sent is dropped before any rule sees it
+(``seen``: runs of seqs, so a whole redelivered window is recognised). A stamp past
+``not_after_ms`` (the message's arrival) is judged as of it. A rule that raises loses only its
+own verdict (``engine.failures``).
 """
 
 from rules.engine import Engine

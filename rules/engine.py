@@ -31,7 +31,7 @@ from typing import Any
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage
 from devices.registry import Registry
-from rules.evaluator import AnyDevice, Evaluator, resolve
+from rules.evaluator import AnyDevice, Evaluator, adopt, forget
 from rules.events import EventCountEvaluator, EventEvaluator
 from rules.model import (
     AnyRule,
@@ -56,7 +56,7 @@ from rules.state import (
     encode,
 )
 from rules.threshold import ThresholdEvaluator
-from rules.transition import Transition
+from rules.transition import Reason, Transition
 
 Route = tuple[Kind, Channel, str | None]
 # A rule as Engine.observe meets it: (index, evaluator, only, states, dues, observe, timed).
@@ -132,6 +132,17 @@ class Engine:
         # here, ingest/readclock.py): opaque JSON-ready data, saved in every snapshot.
         self.caller_state: dict[str, Any] | None = None
         self._armed: set[str] = set()  # silence rules whose unseen devices are being watched
+        # A rule that raises loses only its own verdict on that message or tick: counted per
+        # rule id, and told to ``on_failure`` (ingest logs it); the other rules go on.
+        self.failures: dict[str, int] = {}
+        self.on_failure: Callable[[str, str, Exception], None] | None = None
+        # Transitions found while restoring (a rule changed under a held condition), given
+        # out by the first ``tick``.
+        self._restored: list[Transition] = []
+        # (rule id, device id) whose restored open condition the rule no longer watches
+        # (its kinds or devices changed): the caller resolves their alerts (``rule_changed``).
+        self.dropped_open: list[tuple[str, str]] = []
+        self.restore_problems: list[str] = []  # what a restore could not read (and dropped)
         self._armable = sum(
             1
             for ev in self._evaluators
@@ -147,11 +158,16 @@ class Engine:
         message: DeviceMessage,
         ts_ms: int,
         arrival_ms: int | None = None,
+        not_after_ms: int | None = None,
     ) -> list[Transition]:
         """Evaluate one valid message from ``device`` at device time ``ts_ms``.
 
         ``arrival_ms``: when it was read, on the clock later passed to ``tick`` (silence is
-        then judged on arrival; without it, on device time).
+        then judged on arrival; without it, on device time). ``not_after_ms``: the latest
+        device time the message can truly be from (when it was received): a stamp past it is
+        a clock running ahead, and is judged as of ``not_after_ms``, so that one reading
+        stamped minutes ahead does not hide the readings after it (each rule ignores readings
+        older than its newest). Duplicates are still recognised by the stamp as sent.
         """
         for silence in self._silences:
             silence.arrival_ms = arrival_ms
@@ -163,15 +179,20 @@ class Engine:
         newest = dev.newest_ts
         if seq is not None:
             # The duplicate check (rules.seen), its common case inline as it runs on every
-            # message: newer than anything the device sent, the next seq of its last run.
+            # message: the next seq of the device's only run, after its end, is new. On the
+            # stamps as sent (not newest_ts, which is judged: a stamp ahead is cut back).
             runs = dev.seen
-            if newest is not None and ts_ms <= newest and is_repeat(runs, seq, ts_ms):
-                return []
             last = runs[-1] if runs else None
-            if last is not None and seq == last[1] + 1 and ts_ms > last[3]:
+            if last is not None and seq == last[1] + 1 and ts_ms > last[3] and len(runs) == 1:
+                runs[-1] = (last[0], seq, last[2], ts_ms)
+            elif is_repeat(runs, seq, ts_ms):
+                return []
+            elif last is not None and seq == last[1] + 1 and ts_ms > last[3]:
                 runs[-1] = (last[0], seq, last[2], ts_ms)
             else:
                 remember(runs, seq, ts_ms)
+        if not_after_ms is not None and ts_ms > not_after_ms:
+            ts_ms = not_after_ms
         if newest is None or ts_ms > newest:
             newest = dev.newest_ts = ts_ms
         # _EVENT, not Channel.EVENT: an enum member lookup costs ~0.1 µs each time.
@@ -186,18 +207,26 @@ class Engine:
             st = states.get(device_id)
             if st is None:
                 st = states[device_id] = ev.new_state()
-            found = observe(st, device, channel, message, ts_ms, newest)
-            if found:
-                out += found
-            if timed:
-                # _schedule, inlined: most messages leave the earlier heap entry as it is.
-                due = ev.deadline(st, device)
-                if due is not None:
-                    current = dues.get(device_id)
-                    if current is None or due < current:
-                        dues[device_id] = due
-                        heapq.heappush(self._heap, (due, i, device_id))
+            try:  # free unless it raises (3.11): one rule's bug costs only its own verdict
+                found = observe(st, device, channel, message, ts_ms, newest)
+                if found:
+                    out += found
+                if timed:
+                    # _schedule, inlined: most messages leave the earlier heap entry as it is.
+                    due = ev.deadline(st, device)
+                    if due is not None:
+                        current = dues.get(device_id)
+                        if current is None or due < current:
+                            dues[device_id] = due
+                            heapq.heappush(self._heap, (due, i, device_id))
+            except Exception as e:
+                self._failed(ev.rule_id, device_id, e)
         return out
+
+    def _failed(self, rule_id: str, device_id: str, error: Exception) -> None:
+        self.failures[rule_id] = self.failures.get(rule_id, 0) + 1
+        if self.on_failure is not None:
+            self.on_failure(rule_id, device_id, error)
 
     # -- time -----------------------------------------------------------------------------
 
@@ -205,7 +234,8 @@ class Engine:
         """Everything due by ``now_ms`` (the caller's clock): silence, clear_after, windows."""
         if len(self._armed) < self._armable:
             self._arm_unseen(now_ms)
-        out: list[Transition] = []
+        out: list[Transition] = self._restored
+        self._restored = []
         heap = self._heap
         while heap and heap[0][0] <= now_ms:
             when, i, device_id = heapq.heappop(heap)
@@ -218,10 +248,13 @@ class Engine:
             if device is None or st is None:
                 continue
             ev = self._evaluators[i]
-            due = ev.deadline(st, device)
-            if due is not None and due <= now_ms:
-                out.extend(ev.expire(st, device, now_ms))
-            self._schedule(i, ev, st, device)
+            try:
+                due = ev.deadline(st, device)
+                if due is not None and due <= now_ms:
+                    out.extend(ev.expire(st, device, now_ms))
+                self._schedule(i, ev, st, device)
+            except Exception as e:
+                self._failed(ev.rule_id, device_id, e)
         # Heap order depends on when entries were pushed (a restart rebuilds the heap); device
         # time is the order that means something, and makes a restart change nothing.
         out.sort(key=lambda t: (t.ts_ms, t.rule_id, t.device_id))
@@ -255,17 +288,55 @@ class Engine:
 
     # -- people ---------------------------------------------------------------------------
 
-    def resolve(self, rule_id: str, device_id: str, ts_ms: int) -> bool:
-        """A person resolved the alert: the next trigger opens a new one. Return if it was open.
+    def resolve(
+        self, rule_id: str, device_id: str, now_ms: int, opened_ts: int | None = None
+    ) -> bool:
+        """A person resolved the alert: forget the condition, so the next reading or event
+        that shows it opens a new alert (``rules.evaluator.forget``). Return if it was open.
 
-        The condition itself is left as it is: a level still above warning reopens only after
-        it has cleared and risen again; an event rule reopens on its next matching event.
+        ``opened_ts``: the resolved alert's opening time; a condition opened later is another
+        episode (it opened after the resolve) and is left alone. ``now_ms``: ``tick``'s clock.
         """
         i = self._by_id.get(rule_id)
         st = self._states[i].get(device_id) if i is not None else None
-        if st is None:
+        if st is None or not st.life.open:
             return False
-        return resolve(st.life, ts_ms)
+        opened = st.life.opened_ts
+        if opened_ts is not None and opened is not None and opened > opened_ts:
+            return False
+        dev = self._devices.get(device_id)
+        forget(st, dev.newest_ts if dev else None, now_ms)
+        device = self.registry.devices.get(device_id)
+        if device is not None and i is not None and self._evaluators[i].needs_deadline:
+            self._schedule(i, self._evaluators[i], st, device)
+        return True
+
+    def adopt(self, rule_id: str, device_id: str, opened_ts: int) -> bool:
+        """Hold open a condition the alert store has open and the engine does not (its state
+        was lost or dropped): the next reading decides. False if the rule does not watch it."""
+        i = self._by_id.get(rule_id)
+        device = self.registry.devices.get(device_id)
+        if i is None or device is None or not self.watches(rule_id, device):
+            return False
+        ev = self._evaluators[i]
+        st = self._states[i].get(device_id)
+        if st is None:
+            st = self._states[i][device_id] = ev.new_state()
+        if st.life.open:
+            return True
+        adopt(st, opened_ts)
+        if ev.needs_deadline:
+            self._schedule(i, ev, st, device)
+        return True
+
+    def watches(self, rule_id: str, device: AnyDevice) -> bool:
+        """Whether the rule reads this device's messages (its kinds and devices)."""
+        i = self._by_id.get(rule_id)
+        if i is None:
+            return False
+        ev = self._evaluators[i]
+        kinds = {kind for kind, _ in ev.routes()}
+        return device.kind in kinds and (ev.only is None or device.id in ev.only)
 
     def is_open(self, rule_id: str, device_id: str) -> bool:
         """Whether the engine holds an open condition for (rule, device)."""
@@ -319,44 +390,102 @@ class Engine:
 
     @classmethod
     def restore(cls, rules: Iterable[AnyRule], registry: Registry, snapshot: Any) -> Engine:
-        """An engine that continues from ``snapshot``.
+        """An engine that continues from ``snapshot``, re-judged against the current rules.
 
-        State is kept for rules whose id and form are unchanged (their other settings may have
-        changed and apply from now on) and for devices still in the registry; the rest is
-        dropped. Raise SnapshotError for a snapshot of another format or a malformed one.
+        Kept: state for rules whose id and form are unchanged and for devices the rule still
+        watches. Dropped: the rest; an open condition of a rule that no longer watches the
+        device is listed in ``dropped_open`` (the caller resolves its alert, ``rule_changed``).
+        Re-judged: a condition held open by flap suppression of a rule that has no ``flap:``
+        any more closes on the first ``tick`` (or, if it holds, stays open as an ordinary one);
+        other changed settings apply from the next message or deadline.
+
+        Lenient on purpose (a rollback must not stop ingest): a snapshot of a newer format is
+        read for what this version knows, unknown fields are ignored, and a state that cannot
+        be read is dropped and named in ``restore_problems``. Raise SnapshotError only when
+        the whole snapshot is unreadable; the caller then starts afresh.
         """
         engine = cls(rules, registry)
-        if not isinstance(snapshot, dict) or snapshot.get("format") != SNAPSHOT_FORMAT:
-            found = snapshot.get("format") if isinstance(snapshot, dict) else type(snapshot)
-            raise SnapshotError(f"not an engine snapshot of format {SNAPSHOT_FORMAT}: {found!r}")
+        if not isinstance(snapshot, dict):
+            raise SnapshotError(f"not an engine snapshot: {type(snapshot).__name__}")
+        version = snapshot.get("format")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SnapshotError(f"not an engine snapshot format: {version!r}")
         devices = snapshot.get("devices", {})
         rules_data = snapshot.get("rules", {})
-        caller = snapshot.get("caller")  # absent in snapshots before issue 13
-        engine.caller_state = caller if isinstance(caller, dict) else None
         if not isinstance(devices, dict) or not isinstance(rules_data, dict):
             raise SnapshotError("devices and rules must be mappings")
+        if version > SNAPSHOT_FORMAT:
+            engine.restore_problems.append(
+                f"snapshot format {version} is newer than {SNAPSHOT_FORMAT}: read what is known"
+            )
+        caller = snapshot.get("caller")  # absent in snapshots before issue 13
+        engine.caller_state = caller if isinstance(caller, dict) else None
         for device_id, data in devices.items():
             if device_id not in registry.devices:
                 continue
-            engine._devices[device_id] = decode_device(data)
+            try:
+                engine._devices[device_id] = decode_device(data)
+            except SnapshotError as e:
+                engine.restore_problems.append(f"device {device_id}: {e}")
         for rule_id, data in rules_data.items():
-            i = engine._by_id.get(rule_id)
-            if i is None or not isinstance(data, dict):
-                continue
-            ev = engine._evaluators[i]
-            if data.get("type") != ev.rule.type:
-                continue
-            states = data.get("states", {})
-            if not isinstance(states, dict):
-                raise SnapshotError(f"rules.{rule_id}.states must be a mapping")
-            for device_id, raw in states.items():
-                device = registry.devices.get(device_id)
-                if device is None:
-                    continue
-                st = ev.decode(raw)
-                engine._states[i][device_id] = st
-                if ev.needs_deadline:
-                    engine._schedule(i, ev, st, device)
+            engine._restore_rule(rule_id, data)
         armed = snapshot.get("armed", [])
-        engine._armed = {a for a in armed if isinstance(a, str) and a in engine._by_id}
+        if isinstance(armed, list):
+            engine._armed = {a for a in armed if isinstance(a, str) and a in engine._by_id}
         return engine
+
+    def _restore_rule(self, rule_id: str, data: Any) -> None:
+        i = self._by_id.get(rule_id)
+        if i is None or not isinstance(data, dict):
+            self._drop_open(rule_id, data)
+            return
+        ev = self._evaluators[i]
+        if data.get("type") != ev.rule.type:
+            self._drop_open(rule_id, data)  # another form now: its alert is adopted afresh
+            return
+        states = data.get("states", {})
+        if not isinstance(states, dict):
+            self.restore_problems.append(f"rules.{rule_id}.states is not a mapping")
+            return
+        for device_id, raw in states.items():
+            device = self.registry.devices.get(device_id)
+            if device is None:
+                continue
+            try:
+                st = ev.decode(raw)
+            except SnapshotError as e:
+                self.restore_problems.append(f"rules.{rule_id}.{device_id}: {e}")
+                continue
+            if not self.watches(rule_id, device):
+                if st.life.open:
+                    self.dropped_open.append((rule_id, device_id))
+                continue
+            if st.life.flapping and ev.flap is None:
+                self._unflap(ev, st, device_id)
+            self._states[i][device_id] = st
+            if ev.needs_deadline:
+                self._schedule(i, ev, st, device)
+
+    def _drop_open(self, rule_id: str, data: Any) -> None:
+        """A rule gone (or of another form): its open conditions are the caller's to resolve
+        when the rule is gone; a rule of another form adopts them (the caller's reconcile)."""
+        if rule_id in self._by_id:
+            return
+        states = data.get("states", {}) if isinstance(data, dict) else {}
+        for device_id, raw in states.items() if isinstance(states, dict) else ():
+            life = raw.get("life") if isinstance(raw, dict) else None
+            if isinstance(life, dict) and life.get("open") and device_id in self.registry.devices:
+                self.dropped_open.append((rule_id, device_id))
+
+    def _unflap(self, ev: Evaluator[Any], st: Any, device_id: str) -> None:
+        """Flap suppression was removed from the rule while it held this condition open."""
+        life = st.life
+        life.flapping = False
+        if life.active:
+            return  # the condition holds: an ordinary open condition now
+        ts = max([*life.flips, life.opened_ts or 0])
+        self._restored.append(
+            ev._close(
+                life, device_id, ts, None, "flap suppression removed from the rule", Reason.SETTLED
+            )
+        )

@@ -23,7 +23,18 @@ from devices.payloads import DeviceMessage
 from devices.registry import GateDevice, RiverDevice, RoadDevice
 from rules.durations import format_duration
 from rules.model import AnyRule
-from rules.state import Lifecycle, S, decode, encode
+from rules.state import (
+    EventState,
+    FormState,
+    Lifecycle,
+    QualityState,
+    RateState,
+    S,
+    SilenceState,
+    ThresholdState,
+    decode,
+    encode,
+)
 from rules.transition import Action, Reason, Transition
 
 AnyDevice = GateDevice | RiverDevice | RoadDevice
@@ -199,18 +210,40 @@ def _after(ts: int, life: Lifecycle) -> int:
     return ts if life.opened_ts is None or ts >= life.opened_ts else life.opened_ts
 
 
-def resolve(life: Lifecycle, ts: int) -> bool:
-    """A person resolved the alert: close it, so the next trigger opens a new one.
+def forget(st: FormState, newest: int | None, now: int) -> None:
+    """A person resolved the alert: forget the condition, so that the next reading (or event)
+    that shows it opens a new alert.
 
-    Whether the condition still holds is kept: a threshold still exceeded does not reopen at
-    once, it reopens when it clears and triggers again; an event rule reopens on its next event.
-    Return whether it was open.
+    ``newest`` is the device's newest time (messages no newer belong to the resolved episode:
+    a late or redelivered event cannot reopen it); ``now`` the caller's clock (``tick``'s). A
+    silent device is given a fresh ``k`` × interval from ``now`` before it counts as silent again,
+    not reopened on the next tick. Flap history is kept: a condition that goes on flapping is
+    held again.
     """
-    was_open = life.open
-    life.open = False
-    life.flapping = False
-    life.cleared_ts = ts if life.cleared_ts is None else max(ts, life.cleared_ts)
-    return was_open
+    life = st.life
+    life.open = life.active = life.flapping = False
+    if newest is not None:
+        life.cleared_ts = newest if life.cleared_ts is None else max(newest, life.cleared_ts)
+    if isinstance(st, ThresholdState):
+        st.pending_since = st.clear_since = None
+        st.above = False
+    elif isinstance(st, RateState):
+        st.above = False
+    elif isinstance(st, QualityState):
+        st.worst = None
+    elif isinstance(st, SilenceState):
+        st.cause, st.quiet = None, []
+        st.heard_at = now if st.heard_at is None else max(now, st.heard_at)
+
+
+def adopt(st: FormState, opened_ts: int) -> None:
+    """An alert the store holds open and this state does not (a snapshot lost or of another
+    form): hold the condition open, so the next reading decides (clears it or repeats)."""
+    life = st.life
+    life.open = life.active = True
+    life.opened_ts = opened_ts if life.opened_ts is None else life.opened_ts
+    if isinstance(st, EventState) and st.last_match is None:
+        st.last_match = opened_ts  # so clear_after counts from the open
 
 
 def compare(x: float, op: str, ref: float) -> bool:

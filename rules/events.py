@@ -14,10 +14,11 @@ Late and out-of-order events: a late event is still an event that happened, so
 - ``event``: it updates an open condition; it opens a closed one unless it is no newer than the
   last clear (it belonged to an episode that is over) or it would already have cleared by the
   device's newest time (``ts + clear_after <= newest``).
-- ``event_count``: it is counted if it falls inside the current window (ending at the newest
-  matching event), since the window is defined on timestamps; events no newer than the last
-  clear, or outside the window, are dropped. A matching event at exactly the time of one already
-  counted is taken for a copy of it and not counted twice.
+- ``event_count``: it is counted if it falls inside the current window (ending at the device's
+  newest time, as for ``event``), since the window is defined on timestamps; events no newer
+  than the last clear, or outside the window, are dropped — a burst an hour old opens
+  nothing. A matching event at exactly the time of one already counted is taken for a copy
+  of it and not counted twice.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ class EventCountEvaluator(Evaluator[EventCountState]):
         if life.cleared_ts is not None and ts <= life.cleared_ts:
             return out
         times = st.times
-        end = max(ts, times[-1]) if times else ts
+        # The window ends at the device's newest time, as for ``event``: a burst sent late
+        # (an hour-old backlog) cannot open what would already have cleared.
+        end = max(ts, newest, times[-1]) if times else max(ts, newest)
         if ts <= end - self.window or ts in times:
             # Outside the window, or the same event at the same millisecond again: a copy
             # (redelivered without a seq, or beyond the engine's memory of recent seqs).
@@ -148,6 +151,10 @@ class EventCountEvaluator(Evaluator[EventCountState]):
     def form_deadline(self, st: EventCountState, device: AnyDevice) -> int | None:
         if not st.life.active:
             return None
+        if len(st.times) < self.count:
+            # Fewer than count while active: the count was raised, or the state adopted with no
+            # events (a restart after a rule change): it has dropped below already.
+            return st.times[-1] if st.times else 0
         return count_drops_below_at(st.times, self.count, self.window)
 
     def form_expire(self, st: EventCountState, device: AnyDevice, now: int) -> list[Transition]:

@@ -89,7 +89,9 @@ class Comparison(_Strict):
         if self.attribute is None:
             return self.value
         base = device.attribute(self.attribute)
-        return None if base is None else base + self.offset
+        # Rounded to a micrometre: 211.5 + 0.2 is 211.70000000000002 in floats, and a reading
+        # of exactly 211.70 must meet it the same on every station (and read so in the message).
+        return None if base is None else round(base + self.offset, 6)
 
     def describe_reference(self) -> str:
         """``"218.5"``, ``"warning_level_m"`` or ``"warning_level_m - 0.1"``."""

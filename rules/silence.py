@@ -18,7 +18,8 @@ One condition per (rule, device): a change of cause while it is open is an ``upd
 
 A planned stop (an offline status whose ``reason`` is in ``planned_stop_reasons``, e.g. a clean
 shutdown or maintenance) opens nothing, clears an open condition (``planned_stop``), and holds
-the silence deadline until the device speaks again: nobody is woken for a planned stop.
+the silence deadline until the device speaks again: nobody is woken for a planned stop (nor
+by the broker's last will that follows it when the device drops its connection).
 
 Late and out-of-order messages: the newest times only move forward (each is a maximum), and a
 message no newer than the newest one seen changes no condition: a late message proves nothing
@@ -114,7 +115,11 @@ class SilenceEvaluator(Evaluator[SilenceState]):
             # Equal times count for a status: "offline" stamped with the last report's time
             # is the later statement.
             newer = newer or ts == last_seen
-            if newer:
+            # The broker's last will (offline, no ts of its own: it was composed at connect)
+            # after a planned stop is part of the stop: a station switched off for
+            # maintenance drops its connection too.
+            will_after_stop = st.stopped and not message.online and message.ts is None
+            if newer and not will_after_stop:
                 planned = not message.online and message.reason in self.planned
                 st.stopped = planned
                 if planned or message.online:

@@ -210,11 +210,20 @@ def decode(cls: type[S], data: Any) -> S:
     if not isinstance(data, dict):
         raise SnapshotError(f"{cls.__name__}: expected a mapping")
     try:
-        fields = dict(data)
-        life = Lifecycle(**fields.pop("life", {}))
+        fields = _known(cls, data)
+        life = Lifecycle(**_known(Lifecycle, fields.pop("life", {})))
         return cls(life=life, **fields)
     except TypeError as e:
         raise SnapshotError(f"{cls.__name__}: {e}") from None
+
+
+def _known(cls: type[Any], data: Any) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of ``cls``: a snapshot written by a newer
+    version (a field added) is read for what this one knows, so a rollback starts."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a mapping, not {type(data).__name__}")
+    names = cls.__dataclass_fields__
+    return {k: v for k, v in data.items() if k in names}
 
 
 def decode_device(data: Any) -> DeviceState:
@@ -222,7 +231,7 @@ def decode_device(data: Any) -> DeviceState:
     if not isinstance(data, dict):
         raise SnapshotError("DeviceState: expected a mapping")
     try:
-        state = DeviceState(**data)
+        state = DeviceState(**_known(DeviceState, data))
         # Runs come back from JSON as lists; [seq, ts] pairs are the format before runs.
         state.seen = (
             from_pairs(state.seen)  # type: ignore[arg-type]

@@ -56,6 +56,7 @@ from devices.kinds import Kind, Level
 from rules.alerts import (
     AUTO,
     Alert,
+    AlertAction,
     AlertEvent,
     AlertState,
     acknowledge,
@@ -342,11 +343,56 @@ class AlertStore:
         )
 
     def resolve_auto(
-        self, rule_id: str, device_id: str, at_ms: int, detail: str
+        self,
+        rule_id: str,
+        device_id: str,
+        at_ms: int,
+        detail: str,
+        announce: Announce | None = None,
     ) -> tuple[Alert, AlertEvent] | None:
         """The rule's clear condition holds: resolve the alert as ``auto``; None if none is open."""
         with self._transaction() as tx:
-            return tx.resolve_auto(rule_id, device_id, at_ms, detail)
+            done = tx.resolve_auto(rule_id, device_id, at_ms, detail)
+            if done is not None and announce is not None:
+                _put_announcements(tx.conn, announce([done]))
+            return done
+
+    def last_event_seq(self) -> int:
+        """The newest history row's sequence number (0 when there is none)."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.max(alert_events.c.seq))).scalar_one() or 0)
+
+    def resolved_by_people(
+        self, after_seq: int, limit: int = 1000
+    ) -> tuple[int, builtins.list[tuple[str, str, int]]]:
+        """Resolves by a person (not ``auto``) recorded after history row ``after_seq``, by any
+        process (the API, the CLI): the newest row looked at, and each (rule id, device id,
+        the alert's opening time), oldest first. For the engine to forget those conditions.
+
+        One read transaction, so every row up to the newest it returns was visible to it: the
+        next call, from there, misses none. Filtered in SQL, so thousands of other history rows
+        a second (repeats) cost a range scan, not a page each.
+        """
+        action = alert_events.c.body["action"].as_string()
+        actor = alert_events.c.body["actor"].as_string()
+        with self._engine.connect() as conn, conn.begin():
+            newest = conn.execute(select(func.max(alert_events.c.seq))).scalar_one()
+            if newest is None or int(newest) <= after_seq:
+                return after_seq, []
+            rows = conn.execute(
+                select(alert_events.c.seq, alerts.c.rule_id, alerts.c.device_id, alerts.c.opened_ms)
+                .join(alerts, alerts.c.id == alert_events.c.alert_id)
+                .where(
+                    alert_events.c.seq > after_seq,
+                    alert_events.c.seq <= int(newest),
+                    action == AlertAction.RESOLVED.value,
+                    or_(actor.is_(None), actor != AUTO),
+                )
+                .order_by(alert_events.c.seq)
+                .limit(limit)
+            ).all()
+        last = int(rows[-1][0]) if len(rows) == limit else int(newest)
+        return last, [(str(r), str(d), int(o)) for _, r, d, o in rows]
 
     def apply(
         self,

@@ -18,6 +18,7 @@ from ingest.alertfeed import AlertFeed
 from ingest.deadletters import DeadLetterStore
 from ingest.metrics import Metrics
 from ingest.settings import Settings
+from ingest.skew import ClockSkew
 from ingest.tokens import TokenStore
 from rules.alerts import Alert, AlertEvent
 from rules.model import RuleSet
@@ -49,7 +50,9 @@ class ApiContext:
     announcements: Announce | None = None
     probes: dict[str, Probe] = field(default_factory=dict)
     spool_size: Callable[[], int] = lambda: 0
+    warnings: Callable[[], dict[str, str]] = dict  # /ready's warnings (ready all the same)
     metrics: Metrics | None = None
+    clock_skew: ClockSkew | None = None  # each device's measured clock skew (ingest/skew.py)
     tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
     streams: dict[str, int] = field(default_factory=dict)  # token id → open alert streams
 

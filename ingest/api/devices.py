@@ -58,6 +58,10 @@ class DeviceDetail(DeviceSummary):
 
     last: dict[str, Reading]  # telemetry, event, status — whichever it has sent
     last_seen_ms: int | None
+    # The device's clock minus ours (negative: slow), measured on the messages it stamped
+    # and we read on time (ingest/skew.py); null until it has sent one. Fix a clock off by
+    # more than CITYSENSE_CLOCK_SKEW_WARN_S.
+    clock_skew_s: float | None
     open_alerts: list[Alert]
 
 
@@ -154,10 +158,12 @@ async def get_device(
         limit=1000,
     )
     summary = _summary(ctx, device)
+    skew_ms = ctx.clock_skew.skew_ms(device.id) if ctx.clock_skew else None
     return DeviceDetail(
         device=summary.device,
         path=summary.path,
         last=last,
         last_seen_ms=max((r.time_ms for r in last.values()), default=None),
+        clock_skew_s=None if skew_ms is None else skew_ms / 1000,
         open_alerts=alerts,
     )

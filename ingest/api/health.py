@@ -30,6 +30,9 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
     reasons: dict[str, str]
     spool_points: int
+    # What an operator should know that does not stop ingest (the rules' saved state could
+    # not be read at start, so silence and windows started over): ready all the same.
+    warnings: dict[str, str] = {}
 
 
 @router.get("/health", summary="the process is alive (no token needed)")
@@ -62,6 +65,7 @@ async def ready(_: Operator, ctx: Annotated[ApiContext, Depends(context)]) -> JS
         checks={name: why is None for name, why in results},
         reasons=reasons,
         spool_points=ctx.spool_size(),
+        warnings=ctx.warnings(),
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

@@ -224,6 +224,7 @@ async def test_scenario_raises_exactly_its_alerts(
     else:
         # The simulated clock runs up to the whole run ahead of the wall clock.
         overrides["future_skew_s"] = duration_s + 120
+        overrides["ahead_tolerance_s"] = duration_s + 120  # judged as stamped
     config = SimulationConfig(
         scenarios=(case.scenario,),
         duration=duration_s,

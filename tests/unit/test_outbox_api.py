@@ -28,22 +28,9 @@ from rules.alerts import Alert, AlertEvent, AlertState
 from rules.loader import parse_rules
 from rules.store import AlertStore, sqlite_url
 from tests.unit.test_alert_store import REGISTRY, fire
+from tests.unit.test_alerting_trust import WARNING
 
-RULES = {
-    "rules": [
-        {
-            "id": "river_over_warning",
-            "name": "River above warning level",
-            "name_zh": "水位超警戒",
-            "type": "threshold",
-            "severity": "major",
-            "kinds": ["river"],
-            "field": "water_level_m",
-            "op": ">",
-            "attribute": "warning_level_m",
-        }
-    ]
-}
+RULES = {"rules": [WARNING]}
 
 
 def messages(changes: Sequence[tuple[Alert, AlertEvent]]) -> list[tuple[str, bytes]]:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devices.kinds import Channel
 from devices.payloads import DeviceMessage, GateEvent, RiverTelemetry
 from rules.engine import Engine
 from rules.state import SnapshotError
@@ -132,7 +133,7 @@ def test_snapshot_is_plain_json_and_restore_continues_a_for_window_exactly_once(
     assert ("silent", "g1") in {(t.rule_id, t.device_id) for t in silent}
 
 
-def test_restore_keeps_what_still_fits_and_refuses_foreign_snapshots() -> None:
+def test_restore_keeps_what_still_fits_reads_newer_formats_and_refuses_foreign_data() -> None:
     rules = ruleset(WARNING + TAILGATING)
     feed = Feeder(rules)
     feed("r1", river(T0, water_level_m=212.0))
@@ -144,32 +145,51 @@ def test_restore_keeps_what_still_fits_and_refuses_foreign_snapshots() -> None:
     engine = Engine.restore(changed, feed.registry, snapshot)
     assert set(engine.snapshot()["rules"]) == {"high"}
     assert set(engine.snapshot()["rules"]["high"]["states"]) == {"r1"}
-    with pytest.raises(SnapshotError):
-        Engine.restore(rules, feed.registry, {"format": 99})
-    with pytest.raises(SnapshotError):
-        Engine.restore(
-            rules,
-            feed.registry,
-            {
-                "format": 1,
-                "rules": {"high": {"type": "threshold", "states": {"r1": {"nonsense": 1}}}},
-            },
-        )
+    # A rollback: a newer version's snapshot, with a field this version does not know, is
+    # read for what is known (issue 14 item 7) — it used to stop the service at start.
+    newer = feed.engine.snapshot()
+    newer["format"] = 2
+    newer["rules"]["high"]["states"]["r1"]["added_later"] = [1, 2]
+    newer["rules"]["high"]["states"]["r1"]["life"]["also_new"] = True
+    newer["devices"]["r1"]["hint"] = "x"
+    rolled_back = Engine.restore(rules, feed.registry, newer)
+    assert rolled_back.snapshot()["rules"] == feed.engine.snapshot()["rules"]
+    assert rolled_back.snapshot()["devices"] == feed.engine.snapshot()["devices"]
+    assert rolled_back.restore_problems == ["snapshot format 2 is newer than 1: read what is known"]
+    # A state that cannot be read is dropped and named; the rest is kept.
+    broken = feed.engine.snapshot()
+    broken["rules"]["high"]["states"]["r1"] = "not a state"
+    partly = Engine.restore(rules, feed.registry, broken)
+    assert "r1" not in partly.snapshot()["rules"].get("high", {}).get("states", {})
+    assert partly.snapshot()["rules"]["tailgating"] == feed.engine.snapshot()["rules"]["tailgating"]
+    assert partly.restore_problems and "high.r1" in partly.restore_problems[0]
+    for foreign in ({"format": "x"}, {"format": 0}, [1, 2], {"format": 1, "rules": []}):
+        with pytest.raises(SnapshotError):
+            Engine.restore(rules, feed.registry, foreign)
 
 
 def test_open_conditions_and_resolve() -> None:
+    """Issue 14 item 1: a person's resolve forgets the condition, so the next reading that
+    still shows it opens a new alert (it used to wait for a clear and a new rise: a river
+    held above warning after a resolve raised nothing for as long as it stayed up)."""
     feed = Feeder(ruleset(WARNING.replace("for: 2m", "for: 0s")))
     feed("r1", river(T0, water_level_m=212.0))
     assert feed.engine.open_conditions() == [("high", "r1")]
     assert feed.engine.resolve("high", "r1", T0 + 1)
+    assert feed.engine.open_conditions() == []
     assert not feed.engine.resolve("high", "r1", T0 + 2)
     assert not feed.engine.resolve("nope", "r1", T0 + 2)
-    # Still above: no new alert until it clears and rises again.
-    assert feed("r1", river(T0 + MINUTE, water_level_m=212.5)) == []
-    assert feed("r1", river(T0 + 2 * MINUTE, water_level_m=211.0)) == []
+    # Still above: the next reading opens a new alert.
+    assert actions(feed("r1", river(T0 + MINUTE, water_level_m=212.5))) == [("open", "threshold")]
+    assert actions(feed("r1", river(T0 + 2 * MINUTE, water_level_m=211.0))) == [
+        ("clear", "cleared")
+    ]
+    # A resolve of an older alert leaves a condition that opened after it alone.
     assert actions(feed("r1", river(T0 + 3 * MINUTE, water_level_m=212.0))) == [
         ("open", "threshold")
     ]
+    assert not feed.engine.resolve("high", "r1", T0 + 4 * MINUTE, opened_ts=T0 + MINUTE)
+    assert feed.engine.is_open("high", "r1")
 
 
 # --- properties: any order of delivery, any restart point -----------------------------------
@@ -286,3 +306,21 @@ def test_restart_keeps_the_order_of_deadlines_due_in_one_tick() -> None:
     straight = run(Feeder(rules), items)
     assert [(t.device_id, t.action) for t in straight] == [("r1", "open"), ("g1", "open")]
     assert run(Feeder(rules), items, restart_at=2) == straight
+
+
+def test_a_stamp_ahead_is_judged_at_arrival_and_still_recognised_when_sent_again() -> None:
+    """Issue 14 item 3: one reading stamped 4 minutes ahead (the decoder accepts up to 5)
+    must not hide the readings after it; its redelivery is still a redelivery."""
+    feed = Feeder(ruleset(WARNING.replace("for: 2m", "for: 0s")))
+    device = feed.registry.devices["r1"]
+
+    def at(arrival: int, stamp: int, seq: int, level: float) -> list[Transition]:
+        msg = river(stamp, seq=seq, water_level_m=level)
+        return feed.engine.observe(device, Channel.TELEMETRY, msg, stamp, None, arrival + 2000)
+
+    assert at(T0, T0 + 4 * MINUTE, 1, 210.0) == []  # the clock jumped ahead once
+    assert at(T0 + MINUTE, T0 + MINUTE, 2, 210.0) == []
+    [opened] = at(T0 + 2 * MINUTE, T0 + 2 * MINUTE, 3, 214.0)  # not hidden until +4 min
+    assert (opened.action, opened.ts_ms) == ("open", T0 + 2 * MINUTE)
+    assert at(T0 + 3 * MINUTE, T0 + 4 * MINUTE, 1, 210.0) == []  # redelivered: no clear
+    assert feed.engine.is_open("high", "r1")

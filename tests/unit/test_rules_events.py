@@ -36,9 +36,11 @@ def test_event_opens_once_and_repeats_update_until_resolved_by_hand() -> None:
     assert feed.tick(T0 + 24 * 60 * MINUTE) == []  # no clear_after: stays open
     assert feed.engine.resolve("forced", "g1", T0 + 2 * MINUTE)
     assert not feed.engine.is_open("forced", "g1")
-    # A late event from before the resolve belongs to the resolved alert.
-    assert feed("g1", gate_event(T0 + 90 * SECOND, "forced_open")) == []
-    assert actions(feed("g1", gate_event(T0 + 3 * MINUTE, "forced_open"))) == [("open", "event")]
+    # A late event no newer than what the device had sent when the alert was resolved
+    # belongs to the resolved alert; one newer is an event nobody has seen yet (a device that
+    # was offline sends it late): a new alert.
+    assert feed("g1", gate_event(T0 + 30 * SECOND, "forced_open")) == []
+    assert actions(feed("g1", gate_event(T0 + 90 * SECOND, "forced_open"))) == [("open", "event")]
 
 
 def test_clear_after_runs_on_device_time_from_the_newest_match() -> None:
@@ -133,3 +135,18 @@ def test_other_events_and_kinds_are_not_counted() -> None:
     assert feed("d1", road_event(T0, "speeding")) == []
     assert feed("d1", road_event(T0 + 1, "accident")) == []
     assert actions(feed("d1", road_event(T0 + 2, "speeding"))) == [("open", "event_count")]
+
+
+def test_a_late_burst_older_than_the_window_opens_nothing() -> None:
+    """Issue 14 item 10: a burst of tailgating 56 minutes old (the device's newest is now)
+    opened and cleared at once on ec1dc14 — two phone messages for nothing current."""
+    feed = Feeder(ruleset(TAILGATING))
+    now = T0 + 60 * MINUTE
+    assert feed("g1", gate_event(now, "pass")) == []
+    late = [feed("g1", gate_event(now - 56 * MINUTE + i * SECOND, "tailgating")) for i in range(5)]
+    assert late == [[]] * 5
+    assert feed.tick(now + MINUTE) == []
+    # A burst inside the window still counts, late or not.
+    for i in range(3):
+        out = feed("g1", gate_event(now - 5 * MINUTE + i * SECOND, "tailgating"))
+    assert actions(out) == [("open", "event_count")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from devices.kinds import Channel
+from devices.payloads import Status
 from tests.unit.test_rules_support import (
     MINUTE,
     SECOND,
@@ -135,6 +137,25 @@ def test_a_planned_stop_raises_nothing_until_the_device_speaks_again() -> None:
     # It speaks again: watched as usual from then on.
     assert feed("g1", gate_telemetry(T0 + 25 * 60 * MINUTE)) == []
     assert actions(feed.tick(T0 + 25 * 60 * MINUTE + 5 * MINUTE)) == [("open", "silent")]
+
+
+def test_the_last_will_after_a_planned_stop_is_part_of_the_stop() -> None:
+    """Issue 14 item 9: maintenance announced, then the power is cut: the broker publishes the
+    device's will ({"online": false}, no ts: stamped on receipt, so newer than the stop). On
+    ec1dc14 it opened device_silent (offline)."""
+    feed = Feeder(ruleset(PLANNED))
+    device = feed.registry.devices["g1"]
+    feed("g1", gate_telemetry(T0))
+    assert feed("g1", status(T0 + SECOND, online=False, reason="maintenance")) == []
+    will = Status(online=False)
+    assert feed.engine.observe(device, Channel.STATUS, will, T0 + MINUTE) == []
+    assert feed.tick(T0 + 24 * 60 * MINUTE) == []
+    # Without a planned stop before it, the same will opens at once.
+    other = Feeder(ruleset(PLANNED))
+    other("g1", gate_telemetry(T0))
+    assert actions(other.engine.observe(device, Channel.STATUS, will, T0 + MINUTE)) == [
+        ("open", "offline")
+    ]
 
 
 def test_a_planned_stop_clears_an_open_condition_and_other_reasons_still_alarm() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from devices.registry import parse_registry
 from rules.transition import Transition
+from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 from tests.unit.test_rules_support import MINUTE, SECOND, T0, Feeder, actions, base, river, ruleset
 
 # r1: warning_level_m 211.5
@@ -106,3 +108,34 @@ def test_each_device_compares_with_its_own_attribute() -> None:
     assert actions(feed("r1", river(T0, water_level_m=211.8))) == [("open", "threshold")]
     assert feed("r2", river(T0, water_level_m=211.8)) == []
     assert actions(feed("r2", river(T0 + 1, water_level_m=212.1))) == [("open", "threshold")]
+
+
+def test_a_level_plus_an_offset_is_the_same_number_on_every_station() -> None:
+    """Issue 14 item 11: a level plus an offset lands a float step off (200.02 - 0.1 is
+    199.92000000000002), so a reading of exactly the sum met `>= warning - 0.1` on some
+    stations and not on others, and the message contradicted itself. Five stations whose
+    level - 0.1 is off by a float step: a reading of exactly the sum meets `>=` on each."""
+    warnings = [200.02, 200.58, 201.24, 201.8, 202.36]
+    assert all(w - 0.1 > round(w - 0.1, 6) for w in warnings)  # each off before the fix
+    devices = [
+        {
+            **SMALL_DEVICES[0],
+            "id": f"s{i}",
+            "normal_level_m": w - 2,
+            "warning_level_m": w,
+            "guarantee_level_m": w + 2,
+        }
+        for i, w in enumerate(warnings)
+    ]
+    registry = parse_registry({"areas": SMALL_AREAS, "devices": devices}, "five.yaml")
+    rules = ruleset(
+        base("high", "threshold", "river")
+        + "  field: water_level_m\n  op: '>='\n  attribute: warning_level_m\n  offset: -0.1\n",
+        registry,
+    )
+    feed = Feeder(rules, registry)
+    for i, w in enumerate(warnings):
+        exact = float(f"{w - 0.1:.6f}")  # what a gauge reads: 199.92, ...
+        [opened] = feed(f"s{i}", river(T0, water_level_m=exact))
+        assert opened.action == "open", (w, exact)
+        assert f"({exact:g})" in opened.detail, opened.detail
