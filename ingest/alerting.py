@@ -282,13 +282,18 @@ class Alerting:
         state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
         transitions = [t for ts, _ in items for t in ts]
         try:
-            changes = await asyncio.to_thread(self._apply_all, transitions, state)
+            changes, reopened = await asyncio.to_thread(self._apply_all, transitions, state)
         except Exception:
             log.exception("could not store %d alert changes; retrying", len(transitions))
             self._to_store.extendleft(reversed(items))
             self._urgent = True
             await asyncio.sleep(STORE_RETRY_S)
             return
+        for alert in reopened:
+            # A repeat found its alert resolved by a person and opened a new one: the engine
+            # holds that one now, so the older resolve, heard later, does not forget it, and
+            # a condition forgotten meanwhile is held again (the next reading decides).
+            self.engine.hold(alert.rule_id, alert.device_id, alert.opened_ms)
         for change in changes:
             self._queue.put_nowait(change)
         for _, point in items:
@@ -298,9 +303,10 @@ class Alerting:
 
     def _apply_all(
         self, transitions: Sequence[Transition], state: NamedState
-    ) -> list[tuple[Alert, AlertEvent]]:
+    ) -> tuple[list[tuple[Alert, AlertEvent]], list[Alert]]:
         """Store a batch and the engine's state in one transaction (in the store's thread);
-        the changes it made.
+        the changes it made, and the alerts a repeat opened (its alert was resolved by a
+        person) that are still unresolved at the end of the batch.
 
         One transaction reads and writes, so a person's acknowledgement and these changes
         cannot overwrite each other; one per batch, because a transaction's fixed cost is
@@ -316,7 +322,14 @@ class Alerting:
             areas = area_ids(self._registry.device_path(device.id))
             items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
         done = self._store.apply_many(items, state=state, announce=self.announcements)
-        return [(alert, event) for alert, event, _ in filter(None, done)]
+        changes = [(alert, event) for alert, event, _ in filter(None, done)]
+        final = {alert.id: alert for alert, _ in changes}
+        reopened = [
+            final[d[0].id]
+            for item, d in zip(items, done, strict=True)
+            if d is not None and d[2] and item.transition.action != "open"
+        ]
+        return changes, [a for a in reopened if a.state is not AlertState.RESOLVED]
 
     async def run(self) -> None:
         """Tell people of stored changes, in order, until cancelled."""

@@ -329,6 +329,17 @@ class Engine:
             self._schedule(i, ev, st, device)
         return True
 
+    def hold(self, rule_id: str, device_id: str, opened_ts: int) -> None:
+        """The store opened an alert for this (rule, device) at ``opened_ts`` from a repeat
+        (a person had resolved the one before): hold it — an open condition takes it as its
+        opening (an older resolve is then of another episode), a forgotten one is adopted."""
+        i = self._by_id.get(rule_id)
+        st = self._states[i].get(device_id) if i is not None else None
+        if st is not None and st.life.open:
+            st.life.opened_ts = opened_ts
+        else:
+            self.adopt(rule_id, device_id, opened_ts)
+
     def watches(self, rule_id: str, device: AnyDevice) -> bool:
         """Whether the rule reads this device's messages (its kinds and devices)."""
         i = self._by_id.get(rule_id)

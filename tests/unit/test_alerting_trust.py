@@ -166,6 +166,36 @@ async def test_an_old_resolve_leaves_a_newer_episode_alone(
     assert len(unresolved(a, "river_over_warning")) == 1
 
 
+async def test_a_repeat_between_a_resolve_and_its_hearing_keeps_engine_and_store_agreed(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Found in review: a repeat judged before the engine heard of a person's resolve opens
+    a new alert in the store; the resolve, heard next, must not make the engine forget that
+    one (it would never clear)."""
+    held = {
+        "id": "gate_held_open",
+        "name": "Gate held open",
+        "name_zh": "门禁常开",
+        "type": "event",
+        "severity": "warning",
+        "kinds": ["gate"],
+        "events": ["held_open"],
+        "clear_after": "5m",
+    }
+    a = alerting(tmp_path, registry, held)
+    await gate(a, registry, T0, "held_open")
+    [first] = unresolved(a, "gate_held_open")
+    a._store.resolve(first.id, "duty officer", T0 + MINUTE)
+    await gate(a, registry, T0 + 2 * MINUTE, "held_open")  # a repeat, not yet heard of
+    [second] = unresolved(a, "gate_held_open")
+    await a._hear_resolves()
+    assert a.engine.is_open("gate_held_open", GATE)
+    a.take(a.engine.tick(T0 + 8 * MINUTE))  # 5 minutes without the event: it clears
+    await a._store_round()
+    assert unresolved(a, "gate_held_open") == []
+    assert a._store.get(second.id).state is AlertState.RESOLVED  # type: ignore[union-attr]
+
+
 # -- item 4: one rule's exception costs only its own verdict --------------------------------
 
 
