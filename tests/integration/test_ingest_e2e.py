@@ -182,10 +182,13 @@ def known_bad(registry: Registry) -> list[tuple[str, bytes, str]]:
             '{"ts": %d, "event": "pass", "plate": "湘E99887"'.encode() % ts,
             "invalid_json",
         ),
+        # Not JSON at all, so nothing can say where the plate ends: withheld whole.
+        (f"iot/gate/{gate}/event", "{ts: %d, plate: '湘E11223'}".encode() % ts, "invalid_json"),
+        (f"iot/gate/{gate}/event", "plate=湘E44556&ts=%d".encode() % ts, "invalid_json"),
     ]
 
 
-PLATE_DIGITS = (b"54321", b"66778", b"99887")
+PLATE_DIGITS = (b"54321", b"66778", b"99887", b"11223", b"44556")
 
 
 def check_private_and_plate_free(data_dir: Path) -> None:
@@ -194,6 +197,7 @@ def check_private_and_plate_free(data_dir: Path) -> None:
     kept = b"".join(p.read_bytes() for p in data_dir.glob("deadletters.sqlite3*"))
     assert not [d for d in PLATE_DIGITS if d in kept]
     assert kept.count(b"plate_hash:") >= 3
+    assert kept.count(b"may_contain_plate") >= 2
     assert data_dir.stat().st_mode & 0o777 == 0o700
     stores = [*data_dir.glob("deadletters.sqlite3*"), *data_dir.glob("alerts.sqlite3*")]
     assert len(stores) >= 2
