@@ -29,7 +29,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.workload import MEASUREMENTS, Message
 from devices.topics import DEVICE_TOPIC_FILTER
-from ingest.stack import ManagedProcess, free_port, influx_command, start_influxd, start_mosquitto
+from ingest.ops.processes import (
+    ManagedProcess,
+    free_port,
+    influx_command,
+    start_influxd,
+    start_mosquitto,
+)
 from tests import brokerauth
 from tests.serviceproc import HOST, PYTHON, REPO, memory_kb, service_env, spawn_service
 
@@ -216,7 +222,7 @@ class Service:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        kept = [x for x in text.splitlines() if " INFO ingest.alerting: " not in x]
+        kept = [x for x in text.splitlines() if " INFO ingest.alerts.alerting: " not in x]
         return f"--- {self.log_path} ends:\n" + "\n".join(kept[-lines:])
 
     def _read_rss(self) -> None:

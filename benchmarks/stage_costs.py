@@ -15,10 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from devices.registry import load_registry
-from ingest.decode import Decoded, Decoder
-from ingest.lineprotocol import LineEncoder
-from ingest.mqttcodec import parse
-from ingest.plates import PlateHasher
+from ingest.intake.decode import Decoded, Decoder
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.intake.plates import PlateHasher
+from ingest.mqtt.codec import parse
 from rules.engine import Engine
 from rules.loader import load_rules
 from simulator import SimulationConfig, dry_run

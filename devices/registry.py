@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from devices.kinds import Kind, Level
+from devices.problems import FileProblems, Problem, entry_name, problems_from
 from devices.topics import ID_PATTERN
 
 AreaId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
@@ -87,27 +88,10 @@ Device = Annotated[GateDevice | RiverDevice | RoadDevice, Field(discriminator="k
 _DEVICE = TypeAdapter[GateDevice | RiverDevice | RoadDevice](Device)
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong in a registry file."""
-
-    file: str
-    entry: str
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.entry}: {self.field}: {self.message}"
-
-
-class RegistryError(ValueError):
+class RegistryError(FileProblems):
     """A registry file that cannot be used; ``problems`` lists everything found."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        shown = "\n  ".join(str(p) for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} problem(s) in the registry:\n  {shown}{more}")
+    what = "the registry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,23 +147,6 @@ class Registry:
 _KIND_TAGS = frozenset(k.value for k in Kind)
 
 
-def _problems_from(file: str, entry: str, error: ValidationError) -> list[Problem]:
-    out = []
-    for e in error.errors(include_url=False):
-        # A discriminated union puts the chosen tag first in the location: drop it for
-        # readers (only there: `river` and `road` are also field names).
-        loc = [str(p) for p in e["loc"]]
-        if loc and loc[0] in _KIND_TAGS:
-            loc = loc[1:]
-        out.append(Problem(file, entry, ".".join(loc) or "(entry)", e["msg"]))
-    return out
-
-
-def _entry_name(section: str, index: int, raw: Any) -> str:
-    ident = raw.get("id") if isinstance(raw, dict) else None
-    return f"{section}[{index}]" + (f" (id={ident})" if ident is not None else "")
-
-
 def _parse_entries(
     file: str, section: str, raw: Any, parse: Any, problems: list[Problem]
 ) -> list[tuple[int, Any]]:
@@ -192,7 +159,9 @@ def _parse_entries(
         try:
             parsed.append((i, parse(item)))
         except ValidationError as e:
-            problems.extend(_problems_from(file, _entry_name(section, i, item), e))
+            problems.extend(
+                problems_from(file, entry_name(section, i, item), e, _KIND_TAGS, "(entry)")
+            )
     return parsed
 
 

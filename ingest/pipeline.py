@@ -2,7 +2,7 @@
 
 Synchronous on purpose: the consumer calls ``handle`` for each message as it parses them, so
 a message costs no task, future or queue hop (benchmarks/README.md). Nothing here waits;
-what bounds memory is the broker's window of unacknowledged messages (``ingest/batcher.py``).
+what bounds memory is the broker's window of unacknowledged messages (``ingest/intake/batcher.py``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import time
 
-from ingest.alerting import Alerting
-from ingest.batcher import Batcher
-from ingest.deadletters import MAX_KEPT_BYTES, DeadLetterBuffer, NewDeadLetter
-from ingest.decode import Decoder, Reason, Rejection
-from ingest.ledger import Ledger
-from ingest.lineprotocol import LineEncoder, measurement_of
-from ingest.plates import redact_plates
-from ingest.skew import ClockSkew
+from ingest.alerts.alerting import Alerting
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoder, Reason, Rejection
+from ingest.intake.ledger import Ledger
+from ingest.intake.lineprotocol import LineEncoder, measurement_of
+from ingest.intake.plates import redact_plates
+from ingest.intake.skew import ClockSkew
+from ingest.sinks.deadletters import MAX_KEPT_BYTES, DeadLetterBuffer, NewDeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Pipeline:
         self._dead_letters = dead_letters
         self._ledger = ledger
         self._alerting = alerting
-        self._skew = skew  # each device's clock against ours, for maintainers (ingest/skew.py)
+        self._skew = (
+            skew  # each device's clock against ours, for maintainers (ingest/intake/skew.py)
+        )
         self._backlog = False  # the read clock's verdict at the last message
         self.rule_failures = 0  # messages the rule engine raised on (their points are kept)
 
@@ -91,7 +93,7 @@ class Pipeline:
             self._measure_skew(self._skew, result.device.id, result.ts_ms, now_ms)
         if self._alerting is not None:
             # The point (and so the acknowledgement) waits until the alert store has what the
-            # message caused and an engine state that has seen it (ingest/alerting.py): a
+            # message caused and an engine state that has seen it (ingest/alerts/alerting.py): a
             # message the broker will not send again is never lost to the rules nor judged twice.
             self._alerting.take(transitions, (line, measurement, token))
             return

@@ -20,31 +20,31 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from devices.registry import Registry
-from ingest.acks import AckTracker
-from ingest.alerting import Alerting
+from ingest.alerts.alerting import Alerting
+from ingest.alerts.outbox import MqttOutbox
+from ingest.alerts.store import ALERTS_FILE, AlertStore, sqlite_url
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
-from ingest.batcher import Batcher
-from ingest.consumer import MqttConsumer
+from ingest.api.tokens import TokenStore, tokens_path
 from ingest.datadir import private_dir, private_file
-from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
-from ingest.decode import Decoder
-from ingest.delivery import Deliverer
-from ingest.drain import Drain
-from ingest.ledger import Ledger
-from ingest.lineprotocol import LineEncoder
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoder
+from ingest.intake.ledger import Ledger
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.intake.plates import PlateHasher
+from ingest.intake.skew import ClockSkew
 from ingest.metrics import Metrics, Sources
-from ingest.outbox import MqttOutbox
+from ingest.mqtt.acks import AckTracker
+from ingest.mqtt.session import MqttConsumer
 from ingest.pipeline import Pipeline
-from ingest.plates import PlateHasher
 from ingest.settings import Settings
-from ingest.skew import ClockSkew
-from ingest.spool import Spool
+from ingest.sinks.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
+from ingest.sinks.delivery import Deliverer
+from ingest.sinks.drain import Drain
+from ingest.sinks.spool import Spool
+from ingest.sinks.writer import LineSink, open_sink, ping_influx
 from ingest.status import report_status, status_line
-from ingest.tokens import TokenStore, tokens_path
-from ingest.writer import LineSink, open_sink, ping_influx
 from rules import RuleSet, load_rules
-from rules.store import ALERTS_FILE, AlertStore, sqlite_url
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ async def serve(
         ahead_tolerance_s=settings.ahead_tolerance_s,
     )
     state.alerting = alerting
-    decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/stamps.py)
+    decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/intake/stamps.py)
     clock_skew = ClockSkew()  # each device's clock against ours: /devices/{id}, /metrics
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting, clock_skew)
     consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)

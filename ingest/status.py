@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ingest.ledger import Ledger
+from ingest.intake.ledger import Ledger
 
 log = logging.getLogger("citysense.status")
 

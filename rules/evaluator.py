@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import bisect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar, Generic, TypeVar
 
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage
 from devices.registry import GateDevice, RiverDevice, RoadDevice
 from rules.durations import format_duration
-from rules.model import AnyRule
+from rules.model import AnyRule, RuleBase
 from rules.state import (
     EventState,
     FormState,
@@ -39,15 +39,19 @@ from rules.transition import Action, Reason, Transition
 
 AnyDevice = GateDevice | RiverDevice | RoadDevice
 Value = float | str | None
+R = TypeVar("R", bound=RuleBase)
 
 
-class Evaluator(ABC, Generic[S]):
-    """The compiled form of one rule."""
+class Evaluator(ABC, Generic[R, S]):
+    """The compiled form of one rule: ``R`` the rule form it compiles, ``S`` its state."""
 
     state_type: ClassVar[type[Any]]
+    # The channels a form reads, for each of the rule's kinds (a threshold sets its own).
+    reads: tuple[Channel, ...] = ()
 
-    def __init__(self, rule: AnyRule) -> None:
-        self.rule = rule
+    def __init__(self, rule: R) -> None:
+        self.spec: R = rule
+        self.rule: AnyRule = rule  # type: ignore[assignment]  # every R is one of AnyRule
         self.rule_id = rule.id
         self.only = frozenset(rule.devices) if rule.devices is not None else None
         self.flap = rule.flap
@@ -58,9 +62,9 @@ class Evaluator(ABC, Generic[S]):
 
     # -- what the engine calls ------------------------------------------------------------
 
-    @abstractmethod
     def routes(self) -> list[tuple[Kind, Channel]]:
         """The (kind, channel) pairs whose messages this rule reads."""
+        return [(kind, channel) for kind in self.spec.kinds for channel in self.reads]
 
     def new_state(self) -> S:
         """Fresh state for a device the rule has not seen."""

@@ -23,7 +23,7 @@ Late and out-of-order events: a late event is still an event that happened, so
 
 from __future__ import annotations
 
-from devices.kinds import Channel, Kind
+from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from rules.durations import format_duration
 from rules.evaluator import AnyDevice, Evaluator
@@ -38,21 +38,18 @@ def _event_of(message: DeviceMessage) -> str | None:
     return event if isinstance(event, str) else None
 
 
-class EventEvaluator(Evaluator[EventState]):
+class EventEvaluator(Evaluator[EventRule, EventState]):
     """Compiled ``type: event``."""
 
     state_type = EventState
+    reads = (Channel.EVENT,)
 
     def __init__(self, rule: EventRule) -> None:
         super().__init__(rule)
-        self.spec = rule
         self.events = frozenset(rule.events)
         self.match = self.events
         self.clear_after = rule.clear_after
         self.needs_deadline = rule.clear_after is not None or self.flap is not None
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, Channel.EVENT) for kind in self.spec.kinds]
 
     def observe(
         self,
@@ -94,15 +91,15 @@ class EventEvaluator(Evaluator[EventState]):
         return [cleared] if cleared is not None else []
 
 
-class EventCountEvaluator(Evaluator[EventCountState]):
+class EventCountEvaluator(Evaluator[EventCountRule, EventCountState]):
     """Compiled ``type: event_count``."""
 
     state_type = EventCountState
+    reads = (Channel.EVENT,)
 
     def __init__(self, rule: EventCountRule) -> None:
         super().__init__(rule)
         self.needs_deadline = True
-        self.spec = rule
         self.events = frozenset(rule.events)
         self.match = self.events
         self.count = rule.count
@@ -110,9 +107,6 @@ class EventCountEvaluator(Evaluator[EventCountState]):
         self.cap = 2 * rule.count + 16  # only the newest `count` decide; the rest is for display
         self.names = ", ".join(sorted(self.match))
         self.window_text = format_duration(rule.window)
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, Channel.EVENT) for kind in self.spec.kinds]
 
     def observe(
         self,

@@ -13,17 +13,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from devices.problems import entry_name, problem_at
 from devices.registry import Registry
 from rules.checks import check_rule
 from rules.model import FORMS, RULE, AnyRule, RuleSet
 from rules.problems import Problem, RulesError
 
 _TAG_ERRORS = frozenset({"union_tag_not_found", "union_tag_invalid", "model_attributes_type"})
-
-
-def _entry(index: int, raw: Any) -> str:
-    ident = raw.get("id") if isinstance(raw, dict) else None
-    return f"rules[{index}]" + (f" (id={ident})" if ident is not None else "")
 
 
 def _problems_from(file: str, entry: str, error: ValidationError) -> list[Problem]:
@@ -35,11 +31,7 @@ def _problems_from(file: str, entry: str, error: ValidationError) -> list[Proble
                 message = "a rule must be a mapping"
             out.append(Problem(file, entry, "type", message))
             continue
-        # The discriminated union puts the form's tag first in the location: drop it.
-        loc = [str(p) for p in e["loc"]]
-        if loc and loc[0] in FORMS:
-            loc = loc[1:]
-        out.append(Problem(file, entry, ".".join(loc) or "(rule)", e["msg"]))
+        out.append(problem_at(file, entry, e, FORMS, "(rule)"))
     return out
 
 
@@ -63,7 +55,7 @@ def parse_rules(data: Any, file: str = "<rules>", registry: Registry | None = No
     rules: list[AnyRule] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_rules):
-        entry = _entry(i, raw)
+        entry = entry_name("rules", i, raw)
         try:
             rule = RULE.validate_python(raw)
         except ValidationError as e:

@@ -110,7 +110,7 @@ class Flap(_Strict):
     window: Duration
 
 
-class _RuleBase(_Strict):
+class RuleBase(_Strict):
     id: RuleId
     name: str = Field(min_length=1, max_length=128)  # English
     name_zh: str = Field(min_length=1, max_length=64)
@@ -125,7 +125,7 @@ class _RuleBase(_Strict):
         return kind in self.kinds and (self.devices is None or device_id in self.devices)
 
 
-class ThresholdRule(_RuleBase):
+class ThresholdRule(RuleBase):
     """A field against a constant or a device attribute, held ``for`` a while, with hysteresis."""
 
     type: Literal["threshold"]
@@ -159,7 +159,7 @@ class ThresholdRule(_RuleBase):
 NEGATED: dict[str, Op] = {">": "<=", ">=": "<", "<": ">=", "<=": ">"}
 
 
-class RateOfChangeRule(_RuleBase):
+class RateOfChangeRule(RuleBase):
     """A field rising (or falling) faster than ``rise`` (``fall``) per ``per``, over ``window``."""
 
     type: Literal["rate_of_change"]
@@ -187,7 +187,7 @@ class RateOfChangeRule(_RuleBase):
         return self.min_span if self.min_span is not None else self.window // 2
 
 
-class EventRule(_RuleBase):
+class EventRule(RuleBase):
     """Opens on a matching event; clears after ``clear_after`` without one, or by hand."""
 
     type: Literal["event"]
@@ -195,7 +195,7 @@ class EventRule(_RuleBase):
     clear_after: Duration | None = None
 
 
-class EventCountRule(_RuleBase):
+class EventCountRule(RuleBase):
     """At least ``count`` matching events within a sliding ``window``."""
 
     type: Literal["event_count"]
@@ -204,14 +204,14 @@ class EventCountRule(_RuleBase):
     window: Duration
 
 
-class WaterQualityRule(_RuleBase):
+class WaterQualityRule(RuleBase):
     """GB 3838-2002 class of each sample worse than ``worse_than``."""
 
     type: Literal["water_quality"]
     worse_than: WaterClassField
 
 
-class SilenceRule(_RuleBase):
+class SilenceRule(RuleBase):
     """No message for ``k`` × ``report_interval_s``, or an offline status; and quiet channels."""
 
     type: Literal["silence"]

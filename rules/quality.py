@@ -11,7 +11,7 @@ the newest sample says what the water is like now.
 
 from __future__ import annotations
 
-from devices.kinds import Channel, Kind
+from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from rules.evaluator import AnyDevice, Evaluator
 from rules.model import WaterQualityRule
@@ -20,19 +20,16 @@ from rules.transition import Reason, Transition
 from rules.waterquality import TABLE, WaterClass, classify
 
 
-class QualityEvaluator(Evaluator[QualityState]):
+class QualityEvaluator(Evaluator[WaterQualityRule, QualityState]):
     """Compiled ``type: water_quality``."""
 
     state_type = QualityState
+    reads = (Channel.TELEMETRY,)
 
     def __init__(self, rule: WaterQualityRule) -> None:
         super().__init__(rule)
-        self.spec = rule
         self.limit = rule.worse_than
         self.limit_text = f"class {rule.worse_than.name}"
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, Channel.TELEMETRY) for kind in self.spec.kinds]
 
     def observe(
         self,

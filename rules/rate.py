@@ -15,7 +15,7 @@ are dropped.
 
 from __future__ import annotations
 
-from devices.kinds import Channel, Kind
+from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from rules.durations import format_duration
 from rules.evaluator import AnyDevice, Evaluator, number
@@ -29,14 +29,14 @@ CAP = 4 * THINNING  # hard bound on points kept, late readings included
 EXACT = 1e-9  # relative: a rate this close to a limit is at the limit, not past it (rounding)
 
 
-class RateEvaluator(Evaluator[RateState]):
+class RateEvaluator(Evaluator[RateOfChangeRule, RateState]):
     """Compiled ``type: rate_of_change``."""
 
     state_type = RateState
+    reads = (Channel.TELEMETRY,)
 
     def __init__(self, rule: RateOfChangeRule) -> None:
         super().__init__(rule)
-        self.spec = rule
         self.field = rule.field
         self.rising = rule.rise is not None
         self.limit = rule.limit
@@ -49,9 +49,6 @@ class RateEvaluator(Evaluator[RateState]):
         self.way = "rising" if self.rising else "falling"
         self.opens_above = self.limit * (1 + EXACT)
         self.clears_below = self.clear_limit * (1 - EXACT)
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, Channel.TELEMETRY) for kind in self.spec.kinds]
 
     def observe(
         self,

@@ -5,7 +5,7 @@ Three causes, told apart in the transition's reason:
   from when its newest message arrived — in the caller's read time, passed to
   ``Engine.observe`` as ``arrival_ms`` (else the device time of its newest message) — to the
   ``now`` the caller passes to ``tick`` (ingest passes how far it has read, not the wall clock:
-  a backlog or a broker outage is not silence, ingest/readclock.py);
+  a backlog or a broker outage is not silence, ingest/alerts/readclock.py);
 - ``offline``: a status ``online: false`` (the device's own, or the broker's last will) newer
   than every other message from the device;
 - ``channel_quiet``: the device keeps sending telemetry but a watched field (``channels``) has
@@ -54,14 +54,14 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds")
 
 
-class SilenceEvaluator(Evaluator[SilenceState]):
+class SilenceEvaluator(Evaluator[SilenceRule, SilenceState]):
     """Compiled ``type: silence``."""
 
     state_type = SilenceState
+    reads = tuple(Channel)
 
     def __init__(self, rule: SilenceRule) -> None:
         super().__init__(rule)
-        self.spec = rule
         self.needs_deadline = True
         self.k = rule.k
         self.planned = frozenset(rule.planned_stop_reasons)
@@ -74,11 +74,8 @@ class SilenceEvaluator(Evaluator[SilenceState]):
         self._limits: dict[float, int] = {}
         # The caller's read time of the message being observed (Engine.observe sets it): when
         # given, silence is judged on arrival in the caller's read time, not on the device's
-        # own stamp (a slow device clock, a backlog read late: ingest/readclock.py).
+        # own stamp (a slow device clock, a backlog read late: ingest/alerts/readclock.py).
         self.arrival_ms: int | None = None
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, channel) for kind in self.spec.kinds for channel in Channel]
 
     def limit_ms(self, device: AnyDevice) -> int:
         """How long without a message (or a channel) counts as silence for ``device``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 
-from devices.kinds import Channel, Kind
+from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from rules.durations import format_duration
 from rules.evaluator import AnyDevice, Evaluator, number
@@ -34,14 +34,14 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-class ThresholdEvaluator(Evaluator[ThresholdState]):
+class ThresholdEvaluator(Evaluator[ThresholdRule, ThresholdState]):
     """Compiled ``type: threshold``."""
 
     state_type = ThresholdState
 
     def __init__(self, rule: ThresholdRule) -> None:
         super().__init__(rule)
-        self.spec = rule
+        self.reads = (rule.channel,)
         self.field = rule.field
         self.trigger = rule.trigger
         self.clear = rule.clear_condition
@@ -54,9 +54,6 @@ class ThresholdEvaluator(Evaluator[ThresholdState]):
         # Each device's two reference numbers, worked out once per device object (a reloaded
         # registry brings new objects, and with them fresh numbers). Derived, not state.
         self._refs: dict[str, tuple[AnyDevice, float | None, float | None]] = {}
-
-    def routes(self) -> list[tuple[Kind, Channel]]:
-        return [(kind, self.spec.channel) for kind in self.spec.kinds]
 
     def observe(
         self,

@@ -23,8 +23,8 @@ from devices.credentials import (
     device_password,
 )
 from devices.registry import Registry, load_registry
-from ingest.brokerconfig import Account, BrokerFiles, write_broker_files
-from ingest.workers import load_workers
+from ingest.ops.brokerconfig import Account, BrokerFiles, write_broker_files
+from ingest.ops.workers import load_workers
 from simulator import synthetic_registry
 
 REPO = Path(__file__).resolve().parents[1]

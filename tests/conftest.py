@@ -1,7 +1,7 @@
 """Session fixtures: real Mosquitto, InfluxDB 1.x and VictoriaMetrics on free ports.
 
 Each server fixture starts a throwaway server from an empty temporary directory with
-``ingest.stack`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
+``ingest.ops.stack`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
 (``.port``, ``.address``, ``.url`` for the HTTP ones, ``.log_path``) and stops it at the end of
 the session. A missing program fails the test loudly: ``make test`` installs it; nothing is
 skipped.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devices.registry import Registry, load_registry
-from ingest.stack import (
+from ingest.ops.processes import (
     ManagedProcess,
     MissingBinaryError,
     free_port,

@@ -15,14 +15,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from ingest.alertfeed import Change
+from ingest.alerts.feed import Change
+from ingest.alerts.store import AlertNotFound
 from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
 from ingest.api.ratelimit import WriteCaller
-from ingest.tokens import Principal, Role
+from ingest.api.tokens import Principal, Role
 from rules.alerts import Alert, AlertEvent, AlertState, InvalidTransition, Severity
-from rules.store import AlertNotFound
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 KEEPALIVE_S = 15.0  # a comment line so proxies and phones keep an idle stream open

@@ -1,6 +1,6 @@
 """Bearer-token authentication and what each caller may see.
 
-Tokens come from the tokens file (``ingest/tokens.py``: hashed at rest, compared in constant
+Tokens come from the tokens file (``ingest/api/tokens.py``: hashed at rest, compared in constant
 time). A grid worker sees the devices and alerts inside its bound areas only; anything else
 answers 404, exactly as if it did not exist, so ids do not leak.
 """
@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ApiError
-from ingest.tokens import Principal, Role
+from ingest.api.tokens import Principal, Role
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `citysense tokens add`")
 RELOAD_EVERY_S = 1.0  # a token added or revoked by the CLI takes effect within a second

@@ -14,15 +14,15 @@ import aiohttp
 from fastapi import Request
 
 from devices.registry import Registry
-from ingest.alertfeed import AlertFeed
-from ingest.deadletters import DeadLetterStore
+from ingest.alerts.feed import AlertFeed
+from ingest.alerts.store import AlertStore, Announce
+from ingest.api.tokens import TokenStore
+from ingest.intake.skew import ClockSkew
 from ingest.metrics import Metrics
 from ingest.settings import Settings
-from ingest.skew import ClockSkew
-from ingest.tokens import TokenStore
+from ingest.sinks.deadletters import DeadLetterStore
 from rules.alerts import Alert, AlertEvent
 from rules.model import RuleSet
-from rules.store import AlertStore, Announce
 
 # Readiness: each probe returns None when fine, or why not.
 Probe = Callable[[], Awaitable[str | None]]
@@ -52,7 +52,7 @@ class ApiContext:
     spool_size: Callable[[], int] = lambda: 0
     warnings: Callable[[], dict[str, str]] = dict  # /ready's warnings (ready all the same)
     metrics: Metrics | None = None
-    clock_skew: ClockSkew | None = None  # each device's measured clock skew (ingest/skew.py)
+    clock_skew: ClockSkew | None = None  # each device's measured clock skew (ingest/intake/skew.py)
     tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
     streams: dict[str, int] = field(default_factory=dict)  # token id → open alert streams
 

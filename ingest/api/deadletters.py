@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ingest.api.auth import Operator
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS
-from ingest.deadletters import DeadLetter
+from ingest.sinks.deadletters import DeadLetter
 
 router = APIRouter(prefix="/deadletters", tags=["dead letters"])
 

@@ -15,15 +15,10 @@ from ingest.api.alerts import AREA_ID
 from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
-from ingest.lineprotocol import measurement_of
-from ingest.series import (
-    InfluxQueryError,
-    InfluxUnavailable,
-    influxql_rows,
-    quote_ident,
-    quote_string,
-)
-from ingest.tokens import Principal
+from ingest.api.influxql import InfluxQueryError, InfluxUnavailable, quote_ident, quote_string
+from ingest.api.series import influxql_rows
+from ingest.api.tokens import Principal
+from ingest.intake.lineprotocol import measurement_of
 from rules.alerts import Alert, AlertState
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -59,7 +54,7 @@ class DeviceDetail(DeviceSummary):
     last: dict[str, Reading]  # telemetry, event, status — whichever it has sent
     last_seen_ms: int | None
     # The device's clock minus ours (negative: slow), measured on the messages it stamped
-    # and we read on time (ingest/skew.py); null until it has sent one. Fix a clock off by
+    # and we read on time (ingest/intake/skew.py); null until it has sent one. Fix a clock off by
     # more than CITYSENSE_CLOCK_SKEW_WARN_S.
     clock_skew_s: float | None
     open_alerts: list[Alert]

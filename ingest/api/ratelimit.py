@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 
 from ingest.api.auth import caller, operator
 from ingest.api.errors import ApiError
-from ingest.tokens import Principal
+from ingest.api.tokens import Principal
 
 WRITES_PER_MINUTE = 30.0  # sustained rate per token
 WRITE_BURST = 10  # requests a token may make at once after being idle

@@ -12,7 +12,7 @@ from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody
 from ingest.api.ratelimit import WriteOperator
-from ingest.tokens import Principal, Role
+from ingest.api.tokens import Principal, Role
 from rules.loader import parse_rules
 from rules.problems import RulesError
 

@@ -14,19 +14,17 @@ from devices.kinds import Kind
 from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody
-from ingest.series import (
+from ingest.api.influxql import (
     Every,
     Fn,
     InfluxQueryError,
     InfluxUnavailable,
     QueryRefused,
     SeriesQuery,
-    SeriesResult,
     build_influxql,
-    run_series,
-    to_csv,
 )
-from ingest.tokens import Role
+from ingest.api.series import SeriesResult, run_series, to_csv
+from ingest.api.tokens import Role
 
 router = APIRouter(tags=["time series"])
 
@@ -77,7 +75,7 @@ async def series(
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
-    """Values with explicit units. Windows are aligned to UTC; see ``ingest/series.py``."""
+    """Values with explicit units. Windows are aligned to UTC; see ``ingest/api/series.py``."""
     try:
         query = SeriesQuery(
             kind=kind,

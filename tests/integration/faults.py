@@ -48,17 +48,11 @@ import paho.mqtt.client as mqtt
 from devices.kinds import Channel, Kind
 from devices.payloads import schema_for
 from devices.registry import Device, Registry, RiverDevice, load_registry
-from ingest.deadletters import DeadLetterStore, store_path
-from ingest.stack import (
-    ManagedProcess,
-    free_port,
-    log_tail,
-    start_influxd,
-    start_mosquitto,
-)
+from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.ops.processes import ManagedProcess, free_port, log_tail, start_influxd, start_mosquitto
+from ingest.sinks.deadletters import DeadLetterStore, store_path
 from rules import Engine, load_rules
 from rules.alerts import area_ids
-from rules.store import AlertStore, sqlite_url
 from tests import brokerauth
 from tests.serviceproc import (
     HOST,
@@ -286,7 +280,7 @@ class Service:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no service log)"
-        kept = [line for line in text.splitlines() if " INFO ingest.alerting: " not in line]
+        kept = [line for line in text.splitlines() if " INFO ingest.alerts.alerting: " not in line]
         return f"--- {self.log_path} ends (alert lines left out):\n" + "\n".join(kept[-lines:])
 
     def _note(self, what: str) -> None:

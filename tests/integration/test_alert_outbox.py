@@ -19,16 +19,16 @@ import httpx
 import pytest
 
 from devices.kinds import Level
-from ingest.alerting import Alerting
+from ingest.alerts.alerting import Alerting
+from ingest.alerts.outbox import MqttOutbox
+from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.api.app import create_app
 from ingest.api.context import ApiContext
-from ingest.batcher import Batcher
-from ingest.deadletters import DeadLetterStore
-from ingest.outbox import MqttOutbox
-from ingest.tokens import Role, TokenStore
+from ingest.api.tokens import Role, TokenStore
+from ingest.intake.batcher import Batcher
+from ingest.sinks.deadletters import DeadLetterStore
 from rules import load_rules
 from rules.alerts import Alert
-from rules.store import AlertStore, sqlite_url
 from rules.transition import Reason, Transition
 from tests.integration.faults import Stack
 from tests.integration.test_alert_scenarios import Worker

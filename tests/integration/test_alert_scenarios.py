@@ -35,10 +35,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.kinds import Channel
 from devices.registry import Registry
+from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.settings import InfluxDialect
 from rules import load_rules
 from rules.model import SilenceRule
-from rules.store import AlertStore, sqlite_url
 from simulator import SCENARIOS, SimulationConfig, dry_run
 from simulator.behaviour import Condition
 from simulator.device import Outgoing
@@ -265,7 +265,7 @@ async def test_scenario_raises_exactly_its_alerts(
             await asyncio.to_thread(publish, mosquitto.port, run)
             if silent:
                 # The run goes on (it ends now) until the device is overdue; then it stops.
-                # Silence is judged on how far the service has read (ingest/readclock.py): a
+                # Silence is judged on how far the service has read (ingest/alerts/readclock.py): a
                 # run read in one go is caught up with as far as the typical device's newest
                 # message, so the clock trails the run's end by up to a report interval.
                 longest = max(d.report_interval_s for d in registry.devices.values())

@@ -16,9 +16,9 @@ import pytest
 
 from devices.kinds import Level
 from devices.registry import Registry, RiverDevice
+from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.service import ServiceState
 from rules.alerts import AlertAction, AlertState, area_ids
-from rules.store import AlertStore, sqlite_url
 from tests.brokerauth import MONITOR
 from tests.integration.test_ingest_e2e import (
     first_of,

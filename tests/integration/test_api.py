@@ -17,9 +17,9 @@ import pytest
 
 from devices.kinds import Level
 from devices.registry import Registry, RiverDevice
+from ingest.api.tokens import Role, TokenStore, tokens_path
 from ingest.service import ServiceState
 from ingest.settings import Settings
-from ingest.tokens import Role, TokenStore, tokens_path
 from rules.alerts import area_ids
 from tests.integration.test_alerts_e2e import applied
 from tests.integration.test_ingest_e2e import (

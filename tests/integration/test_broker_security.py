@@ -31,12 +31,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worker_password
 from devices.kinds import Kind, Level
 from devices.registry import Registry
-from ingest.brokerconfig import BrokerFiles, write_broker_files
-from ingest.consumer import MqttConsumer
-from ingest.mqtttls import mqtt_tls_context
-from ingest.outbox import MqttOutbox
-from ingest.settings import Settings
-from ingest.stack import (
+from ingest.alerts.outbox import MqttOutbox
+from ingest.mqtt.session import MqttConsumer
+from ingest.mqtt.tls import mqtt_tls_context
+from ingest.ops.brokerconfig import BrokerFiles, write_broker_files
+from ingest.ops.processes import (
     ManagedProcess,
     find_binary,
     free_port,
@@ -44,8 +43,9 @@ from ingest.stack import (
     spawn,
     wait_ready,
 )
-from ingest.tls import ensure_local_tls
-from ingest.workers import Worker, load_workers
+from ingest.ops.tls import ensure_local_tls
+from ingest.ops.workers import Worker, load_workers
+from ingest.settings import Settings
 from tests.serviceproc import service_env, spawn_service
 from tests.services import influx_query, new_database
 
@@ -630,9 +630,11 @@ async def test_a_wrong_ca_is_logged_as_a_tls_error(
         ]
 
     try:
-        await _until(lambda: bool(said("ingest.consumer") and said("ingest.outbox")))
+        await _until(lambda: bool(said("ingest.mqtt.session") and said("ingest.alerts.outbox")))
         assert not consumer.connected
-        assert all("retrying in" in m for m in said("ingest.consumer") + said("ingest.outbox"))
+        assert all(
+            "retrying in" in m for m in said("ingest.mqtt.session") + said("ingest.alerts.outbox")
+        )
     finally:
         consumer.release()
         await asyncio.wait_for(tasks[0], 10)

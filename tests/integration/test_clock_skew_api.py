@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devices.registry import Registry
-from ingest.tokens import Role, TokenStore, tokens_path
+from ingest.api.tokens import Role, TokenStore, tokens_path
 from tests.integration.test_ingest_e2e import (
     make_settings,
     now_ms,

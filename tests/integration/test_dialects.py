@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
+from ingest.ops.processes import ManagedProcess
 from ingest.settings import InfluxDialect, Settings
-from ingest.stack import ManagedProcess
-from ingest.writer import InfluxV1Sink, InfluxV2Sink, Rejected, detect_dialect, open_sink
+from ingest.sinks.writer import InfluxV1Sink, InfluxV2Sink, Rejected, detect_dialect, open_sink
 
 pytestmark = pytest.mark.integration
 

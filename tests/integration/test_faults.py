@@ -85,7 +85,7 @@ def test_influxdb_outage(make_rig: RigFactory) -> None:
 
 
 def spooled_bytes(rig: Rig) -> int:
-    """Bytes in the service's spool segments (``<data_dir>/spool/spool-*.lp``, ingest/spool.py)."""
+    """Bytes in the service's spool segments (``<data_dir>/spool/spool-*.lp``, sinks/spool.py)."""
     return sum(p.stat().st_size for p in (rig.data_dir / "spool").glob("spool-*.lp"))
 
 

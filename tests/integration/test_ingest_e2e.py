@@ -17,9 +17,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from devices.registry import Registry
-from ingest.deadletters import DeadLetterStore
 from ingest.service import ServiceState, serve
 from ingest.settings import InfluxDialect, Settings
+from ingest.sinks.deadletters import DeadLetterStore
 from tests.brokerauth import GATEWAY, broker_files
 from tests.services import influx_query, new_database, vm_export
 
@@ -343,7 +343,7 @@ async def test_service_shuts_down_in_order_and_loses_nothing(
 async def test_consumer_reconnects_after_a_broker_restart(
     tmp_path: Path, influxdb: Any, registry: Registry
 ) -> None:
-    from ingest.stack import free_port, start_mosquitto
+    from ingest.ops.processes import free_port, start_mosquitto
 
     port = free_port()
     broker_dir = tmp_path / "broker"

@@ -1,6 +1,6 @@
 """The consumer's own MQTT session against a real Mosquitto, with paho publishing.
 
-What aiomqtt/paho did for us before and ingest/consumer.py now does itself: CONNECT with the
+What aiomqtt/paho did for us before and ingest/mqtt/session.py now does itself: CONNECT with the
 ingest login and a persistent session, SUBSCRIBE, every PUBLISH framing the broker forwards
 (payload sizes across the 1-, 2- and 3-byte remaining lengths, QoS 0 and 1, retained), PUBACK
 only for what was reported safe, redelivery of the rest, refusal of a wrong password, and
@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from pydantic import SecretStr
 
-from ingest import consumer as consumer_module
-from ingest.consumer import MqttConsumer
+from ingest.mqtt import session as consumer_module
+from ingest.mqtt.session import MqttConsumer
+from ingest.ops.processes import ManagedProcess
 from ingest.settings import Settings
-from ingest.stack import ManagedProcess
 from tests.brokerauth import GATEWAY, INGEST
 
 pytestmark = pytest.mark.integration
@@ -150,7 +150,7 @@ async def test_a_wrong_password_is_refused_and_retried(
         mosquitto.port, tmp_path, "cs-badpw", mqtt_password=SecretStr("not-the-password")
     )
     _, handle = recorder()
-    with caplog.at_level(logging.WARNING, logger="ingest.consumer"):
+    with caplog.at_level(logging.WARNING, logger="ingest.mqtt.session"):
         async with consuming(settings, handle) as consumer:
             # Mosquitto answers a wrong 3.1.1 password with "not authorised" (code 5).
             await until(lambda: caplog.text.count("broker refused CONNECT: not authorised") >= 2)

@@ -22,9 +22,9 @@ import httpx
 import pytest
 
 from devices.registry import Registry, RiverDevice
+from ingest.api.tokens import Role, TokenStore, tokens_path
 from ingest.service import ServiceState
 from ingest.settings import Settings
-from ingest.tokens import Role, TokenStore, tokens_path
 from rules.alerts import Alert
 from tests.integration.test_alerts_e2e import river_readings
 from tests.integration.test_ingest_e2e import (

@@ -1,4 +1,4 @@
-"""Time-series queries (ingest/series.py) against the real InfluxDB 1.6, on points we wrote."""
+"""Time-series queries (ingest/api/series.py) against the real InfluxDB 1.6, on points we wrote."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 from devices.kinds import Channel, Kind
 from devices.payloads import RiverTelemetry
 from devices.registry import Registry
-from ingest.decode import Decoded
-from ingest.lineprotocol import LineEncoder
-from ingest.series import QueryRefused, SeriesQuery, SeriesResult, build_influxql, run_series
-from ingest.series import to_csv as series_csv
-from ingest.stack import ManagedProcess
+from ingest.api.influxql import QueryRefused, SeriesQuery, build_influxql
+from ingest.api.series import SeriesResult, run_series
+from ingest.api.series import to_csv as series_csv
+from ingest.intake.decode import Decoded
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.ops.processes import ManagedProcess
 from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 
 from devices.kinds import Channel, Kind
 from devices.registry import load_registry
-from ingest.lineprotocol import measurement_of
+from ingest.intake.lineprotocol import measurement_of
 from ingest.settings import InfluxDialect
 from simulator import MqttTarget, SimulationConfig, run_simulation
 from tests.brokerauth import DEV_SECRET, clear_retained_statuses

@@ -18,7 +18,7 @@ import pytest
 from devices.kinds import Channel, Kind
 from devices.registry import Registry
 from devices.topics import parse_device_topic
-from ingest.stack import free_port, start_mosquitto
+from ingest.ops.processes import free_port, start_mosquitto
 from simulator import (
     MqttTarget,
     SimulationConfig,

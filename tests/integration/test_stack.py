@@ -17,9 +17,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest import stack
+from ingest.ops import processes, stack
+from ingest.ops.processes import ManagedProcess, StackError, free_port, mqtt_answers, port_in_use
 from ingest.settings import Settings
-from ingest.stack import ManagedProcess, StackError, free_port, mqtt_answers, port_in_use
 from tests.brokerauth import GATEWAY, INGEST, Login, device_login
 from tests.services import influx_query, vm_export
 
@@ -177,24 +177,26 @@ def test_broker_runs_the_repository_policy(mosquitto: ManagedProcess) -> None:
 
 def test_wait_ready_reports_the_log_of_a_server_that_exits(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import sys; print('bad config line 3'); sys.exit(3)"]
-    proc = stack.spawn("broken", argv, free_port(), tmp_path / "broken.log")
+    proc = processes.spawn("broken", argv, free_port(), tmp_path / "broken.log")
     with pytest.raises(StackError, match=r"(?s)exited with code 3.*bad config line 3"):
-        stack.wait_ready(proc, lambda: False, timeout_s=TIMEOUT_S)
+        processes.wait_ready(proc, lambda: False, timeout_s=TIMEOUT_S)
 
 
 def test_wait_ready_gives_up_in_time_and_stops_the_server(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)"]
-    proc = stack.spawn("mute", argv, free_port(), tmp_path / "mute.log")
+    proc = processes.spawn("mute", argv, free_port(), tmp_path / "mute.log")
     started = time.monotonic()
     with pytest.raises(StackError, match="did not answer"):
-        stack.wait_ready(proc, lambda: False, timeout_s=0.3)
+        processes.wait_ready(proc, lambda: False, timeout_s=0.3)
     assert time.monotonic() - started < 2.0
     assert not proc.alive()
 
 
 def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    proc = stack.spawn("stubborn", [sys.executable, "-c", code], free_port(), tmp_path / "s.log")
+    proc = processes.spawn(
+        "stubborn", [sys.executable, "-c", code], free_port(), tmp_path / "s.log"
+    )
     time.sleep(0.3)  # let it install its handler
     started = time.monotonic()
     assert proc.stop(timeout_s=0.3) is True
@@ -305,7 +307,7 @@ def test_up_refuses_ports_taken_by_others_and_leaves_nothing_behind(
 def test_down_leaves_alone_a_recorded_pid_that_is_now_another_program(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    other = stack.spawn("other", sleeper, free_port(), tmp_path / "other.log")
+    other = processes.spawn("other", sleeper, free_port(), tmp_path / "other.log")
     try:
         # As if `up` had once started a mosquitto whose pid the kernel has since given away.
         record = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest.acks import AckTracker
+from ingest.mqtt.acks import AckTracker
 
 
 def tracker() -> tuple[AckTracker, list[int]]:

@@ -16,6 +16,8 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from devices.kinds import Kind, Level
 from devices.registry import Registry, parse_registry
+from ingest.alerts.database import alerts, metadata, row_of
+from ingest.alerts.store import AlertNotFound, AlertStore, sqlite_url
 from rules.alerts import (
     AUTO,
     Alert,
@@ -29,7 +31,6 @@ from rules.alerts import (
     open_alert,
 )
 from rules.model import Severity
-from rules.store import AlertNotFound, AlertStore, _row, alerts, metadata, sqlite_url
 from rules.transition import Reason, Transition
 
 T0 = 1_795_000_000_000
@@ -189,7 +190,7 @@ def test_the_database_itself_refuses_a_second_unresolved_alert(store: AlertStore
         detail="",
     )
     with pytest.raises(IntegrityError), store._engine.begin() as conn:
-        conn.execute(alerts.insert().values(**_row(racing)))
+        conn.execute(alerts.insert().values(**row_of(racing)))
     with pytest.raises(ValueError, match="already has alert"):
         store.insert(racing, opened)
 

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from sqlalchemy import event
 
 from devices.kinds import Kind, Level
-from rules import store as store_module
+from ingest.alerts.store import AlertStore, StoreTransition, sqlite_url
+from ingest.alerts.transaction import WriteTransaction
 from rules.alerts import AUTO, Alert, AlertAction, AlertEvent, AlertState, area_ids
 from rules.model import Severity
-from rules.store import AlertStore, StoreTransition, sqlite_url
 from rules.transition import Action, Reason, Transition
 from tests.unit.test_alert_store import REGISTRY
 
@@ -276,7 +276,7 @@ def test_a_batch_the_unique_index_refuses_is_redone_item_by_item(
     batch's read is made to miss it): the batch rolls back, and each item is applied again."""
     (raced,) = store.apply_many([item("open", T0, device="r2")])
     assert raced is not None
-    read = store_module._Tx.read_not_resolved
+    read = WriteTransaction.read_not_resolved
     missed: list[bool] = []
 
     def read_missing_r2(tx: Any, pairs: Any) -> None:
@@ -285,7 +285,7 @@ def test_a_batch_the_unique_index_refuses_is_redone_item_by_item(
             missed.append(True)
             tx._unresolved["river_over_warning", "r2"] = None
 
-    monkeypatch.setattr(store_module._Tx, "read_not_resolved", read_missing_r2)
+    monkeypatch.setattr(WriteTransaction, "read_not_resolved", read_missing_r2)
     results = store.apply_many([item("open", T0 + 1), item("update", T0 + 2, device="r2")])
     assert missed == [True]
     assert results[0] is not None and results[0][2] is True  # r1 opened, once

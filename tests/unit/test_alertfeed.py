@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from devices.kinds import Kind, Level
-from ingest.alertfeed import AlertFeed, Change
+from ingest.alerts.feed import AlertFeed, Change
 from rules.alerts import open_alert
 from rules.model import Severity
 

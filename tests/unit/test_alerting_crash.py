@@ -32,16 +32,16 @@ from typing import Any
 import pytest
 
 from devices.registry import Registry, load_registry
-from ingest.acks import AckTracker
-from ingest.alerting import Alerting
-from ingest.batcher import Batcher
-from ingest.decode import Decoder
-from ingest.ledger import Ledger
-from ingest.lineprotocol import LineEncoder
+from ingest.alerts.alerting import Alerting
+from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoder
+from ingest.intake.ledger import Ledger
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.intake.plates import PlateHasher
+from ingest.mqtt.acks import AckTracker
 from ingest.pipeline import Pipeline
-from ingest.plates import PlateHasher
 from rules import load_rules
-from rules.store import AlertStore, sqlite_url
 from tests.unit.test_pipeline import REPO, DeadLetters, Outbox
 
 T0 = 1_719_800_000_000
@@ -243,9 +243,9 @@ class Process:
 
 @pytest.fixture(autouse=True)
 def fast_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ingest.alerting.TICK_S", 0.005)
+    monkeypatch.setattr("ingest.alerts.alerting.TICK_S", 0.005)
     # Store rounds of points only: paced like the service's, at the scale of this test.
-    monkeypatch.setattr("ingest.alerting.COVER_EVERY_S", 0.003, raising=False)
+    monkeypatch.setattr("ingest.alerts.alerting.COVER_EVERY_S", 0.003, raising=False)
 
 
 async def test_after_a_crash_anywhere_the_alerts_are_those_of_an_undisturbed_run(

@@ -2,7 +2,7 @@
 person's resolve, a failing rule, a rule changed between two runs, an unreadable state, and
 flapping.
 
-Unit tests on ``ingest.alerting.Alerting`` with a real ``AlertStore`` (a SQLite file) and the
+Unit tests on ``ingest.alerts.alerting.Alerting`` with a real ``AlertStore`` (a SQLite file) and the
 example city's registry; the store rounds are driven by hand (``_store_round``) so each step
 is one deterministic round. Only the MQTT outbox is a fake (the store's own ``announcements``
 table is what is asserted on). The real-service side of item 1 is in
@@ -20,12 +20,12 @@ import pytest
 from devices.kinds import Channel, Kind, Level
 from devices.payloads import GateEvent, RiverTelemetry
 from devices.registry import Registry, load_registry
-from ingest.alerting import SNAPSHOT_KEY, Alerting
-from ingest.batcher import Batcher
+from ingest.alerts.alerting import SNAPSHOT_KEY, Alerting
+from ingest.alerts.store import AlertStore, StoreTransition, sqlite_url
+from ingest.intake.batcher import Batcher
 from rules.alerts import Alert, AlertState
 from rules.loader import parse_rules
 from rules.model import Severity
-from rules.store import AlertStore, StoreTransition, sqlite_url
 from rules.transition import Reason, Transition
 from tests.unit.test_pipeline import REPO, Outbox
 

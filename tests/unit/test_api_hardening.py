@@ -12,14 +12,14 @@ import httpx
 import pytest
 
 from devices.registry import parse_registry
+from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.api.app import MAX_BODY_BYTES, create_app
 from ingest.api.context import ApiContext
 from ingest.api.ratelimit import TokenBucket
-from ingest.deadletters import DeadLetterStore
+from ingest.api.tokens import Role, TokenStore
 from ingest.settings import Settings
-from ingest.tokens import Role, TokenStore
+from ingest.sinks.deadletters import DeadLetterStore
 from rules.loader import parse_rules
-from rules.store import AlertStore, sqlite_url
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 RULE = "rules:\n- id: gate_forced\n  type: event\n  severity: major\n  kinds: [gate]\n"

@@ -16,16 +16,17 @@ import pytest
 
 from devices.kinds import Kind
 from devices.registry import parse_registry
-from ingest import series as series_module
+from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.api import series as series_module
 from ingest.api.app import STRICT_CSP, create_app
 from ingest.api.context import ApiContext
-from ingest.deadletters import DeadLetterStore
-from ingest.series import SeriesQuery, SeriesResult
+from ingest.api.influxql import SeriesQuery
+from ingest.api.series import SeriesResult
+from ingest.api.tokens import Role, TokenStore
+from ingest.ops.processes import free_port
 from ingest.settings import Settings
-from ingest.stack import free_port
-from ingest.tokens import Role, TokenStore
+from ingest.sinks.deadletters import DeadLetterStore
 from rules.loader import parse_rules
-from rules.store import AlertStore, sqlite_url
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 # A second grid with a gate of its own, and a rule that names a device in each grid.

@@ -23,18 +23,18 @@ from devices.credentials import (
 )
 from devices.kinds import Level
 from devices.registry import Registry, load_registry, parse_registry
-from ingest import stack
-from ingest.brokerconfig import (
+from ingest.cli import main
+from ingest.ops import stack
+from ingest.ops.brokerconfig import (
     BrokerConfigError,
     BrokerFiles,
     find_dynsec_plugin,
     write_broker_files,
 )
-from ingest.cli import main
+from ingest.ops.processes import free_port
+from ingest.ops.tls import RENEW_BEFORE, SERVER_DAYS, ensure_local_tls
+from ingest.ops.workers import Worker, WorkersError, load_workers, parse_workers
 from ingest.settings import Settings
-from ingest.stack import free_port
-from ingest.tls import RENEW_BEFORE, SERVER_DAYS, ensure_local_tls
-from ingest.workers import Worker, WorkersError, load_workers, parse_workers
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 REPO = Path(__file__).resolve().parents[2]

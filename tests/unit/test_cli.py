@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from ingest.cli import main
-from ingest.deadletters import DeadLetterStore, NewDeadLetter
+from ingest.sinks.deadletters import DeadLetterStore, NewDeadLetter
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,10 +84,10 @@ def test_alerts_list_ack_resolve(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from devices.kinds import Kind, Level
-    from ingest.stack import free_port
+    from ingest.alerts.store import AlertStore, sqlite_url
+    from ingest.ops.processes import free_port
     from rules.alerts import open_alert
     from rules.model import Severity
-    from rules.store import AlertStore, sqlite_url
 
     store = AlertStore(sqlite_url(tmp_path))
     alert, event = open_alert(

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from devices.kinds import Channel
-from ingest.alerting import Alerting
-from ingest.batcher import Batcher
-from ingest.decode import Decoded, Decoder
+from ingest.alerts.alerting import Alerting
+from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoded, Decoder
 from rules.loader import parse_rules
-from rules.store import AlertStore, sqlite_url
 from tests.unit.test_alerting_trust import WARNING
 from tests.unit.test_pipeline import Outbox
 from tests.unit.test_rules_support import MINUTE, T0, city

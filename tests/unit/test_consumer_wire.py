@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from ingest import consumer as consumer_module
-from ingest.consumer import MqttConsumer
+from ingest.mqtt import session as consumer_module
+from ingest.mqtt.session import MqttConsumer
 from ingest.settings import Settings
 
 CONNACK_OK = b"\x20\x02\x00\x00"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from ingest.deadletters import DeadLetterStore, NewDeadLetter
+from ingest.sinks.deadletters import DeadLetterStore, NewDeadLetter
 
 
 def rows(reason: str, n: int, start: int = 0) -> list[NewDeadLetter]:

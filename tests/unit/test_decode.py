@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from devices.payloads import SCHEMAS, Status
-from ingest.decode import (
+from ingest.intake.decode import (
     MAX_JSON_DEPTH,
     MAX_JSON_KEYS,
     Decoded,

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from devices.kinds import Channel, Kind
 from devices.payloads import SCHEMAS
-from ingest.decode import Decoded, Decoder, Reason, Rejection
-from ingest.lineprotocol import LineEncoder, measurement_of
-from ingest.plates import PlateHasher
+from ingest.intake.decode import Decoded, Decoder, Reason, Rejection
+from ingest.intake.lineprotocol import LineEncoder, measurement_of
+from ingest.intake.plates import PlateHasher
 from tests.unit.test_payloads import NOW, REGISTRY
 
 SKEW_MS = 300_000

@@ -5,11 +5,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from ingest.batcher import Batcher
-from ingest.delivery import Deliverer
-from ingest.drain import Drain
-from ingest.ledger import Ledger
-from ingest.writer import Rejected, Retryable, TooLarge, error_for
+from ingest.intake.batcher import Batcher
+from ingest.intake.ledger import Ledger
+from ingest.sinks.delivery import Deliverer
+from ingest.sinks.drain import Drain
+from ingest.sinks.writer import Rejected, Retryable, TooLarge, error_for
 
 
 class FakeSink:

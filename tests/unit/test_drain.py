@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ingest.batcher import Batcher
-from ingest.deadletters import DeadLetterBuffer, DeadLetterStore, NewDeadLetter
-from ingest.delivery import Deliverer
-from ingest.drain import Drain
-from ingest.ledger import Ledger
-from ingest.spool import Spool, SpoolCorrupt
-from ingest.writer import Rejected, Retryable
+from ingest.intake.batcher import Batcher
+from ingest.intake.ledger import Ledger
+from ingest.sinks.deadletters import DeadLetterBuffer, DeadLetterStore, NewDeadLetter
+from ingest.sinks.delivery import Deliverer
+from ingest.sinks.drain import Drain
+from ingest.sinks.spool import Spool, SpoolCorrupt
+from ingest.sinks.writer import Rejected, Retryable
 from tests.unit.test_spool import drain
 
 

@@ -7,15 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from influxdb_client import Point
 
-from ingest.decode import Decoded
-from ingest.lineprotocol import (
+from ingest.intake.decode import Decoded
+from ingest.intake.lineprotocol import (
     LineEncoder,
     encode_fields,
     format_field_value,
     measurement_of,
     series_key,
 )
-from ingest.plates import PlateHasher, normalise_plate
+from ingest.intake.plates import PlateHasher, normalise_plate
 from tests.unit.test_payloads import NOW, REGISTRY, decode
 
 
@@ -138,7 +138,7 @@ def test_encode_says_what_fields_for_and_encode_fields_say_for_a_simulated_city(
     from pathlib import Path
 
     from devices.registry import load_registry
-    from ingest.decode import Decoder
+    from ingest.intake.decode import Decoder
     from simulator import SimulationConfig, dry_run
 
     city = load_registry(Path(__file__).resolve().parents[2] / "config" / "registry.yaml")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ingest.mqttcodec import (
+from ingest.mqtt.codec import (
     CONNACK,
     PINGRESP,
     SUBACK,

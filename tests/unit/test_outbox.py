@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ingest.outbox import MqttOutbox
+from ingest.alerts.outbox import MqttOutbox
 from ingest.settings import Settings
 
 

@@ -18,15 +18,15 @@ import httpx
 import pytest
 
 from devices.kinds import Level
+from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.api.app import create_app
 from ingest.api.context import ApiContext
-from ingest.deadletters import DeadLetterStore
+from ingest.api.tokens import Role, TokenStore
+from ingest.ops.processes import free_port
 from ingest.settings import Settings
-from ingest.stack import free_port
-from ingest.tokens import Role, TokenStore
+from ingest.sinks.deadletters import DeadLetterStore
 from rules.alerts import Alert, AlertEvent, AlertState
 from rules.loader import parse_rules
-from rules.store import AlertStore, sqlite_url
 from tests.unit.test_alert_store import REGISTRY, fire
 from tests.unit.test_alerting_trust import WARNING
 

@@ -7,7 +7,7 @@ import pytest
 from devices.kinds import Channel, Kind
 from devices.payloads import GateEvent, RiverTelemetry, Status, schema_for
 from devices.registry import parse_registry
-from ingest.decode import Decoded, Decoder, Reason, Rejection
+from ingest.intake.decode import Decoded, Decoder, Reason, Rejection
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 NOW = 1_795_000_000_000  # 2026-11-19T...Z, epoch ms

@@ -16,16 +16,16 @@ from unittest.mock import ANY
 import pytest
 
 from devices.registry import Registry, load_registry
-from ingest.alerting import Alerting
-from ingest.batcher import Batcher
-from ingest.deadletters import NewDeadLetter
-from ingest.decode import Decoder
-from ingest.ledger import Ledger
-from ingest.lineprotocol import LineEncoder
+from ingest.alerts.alerting import Alerting
+from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoder
+from ingest.intake.ledger import Ledger
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.intake.plates import PlateHasher
 from ingest.pipeline import Pipeline
-from ingest.plates import PlateHasher
+from ingest.sinks.deadletters import NewDeadLetter
 from rules import load_rules
-from rules.store import AlertStore, sqlite_url
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,7 +187,7 @@ async def test_a_store_failure_is_retried_and_the_point_held_meanwhile(
         return real(items, **kwargs)
 
     monkeypatch.setattr(parts.store, "apply_many", flaky)
-    monkeypatch.setattr("ingest.alerting.STORE_RETRY_S", 0.05)
+    monkeypatch.setattr("ingest.alerts.alerting.STORE_RETRY_S", 0.05)
     parts.pipeline.handle(*parts.gate_event(1, "forced_open"), token=1)
     storing = asyncio.create_task(parts.alerting.run_store())
     await asyncio.sleep(0.02)

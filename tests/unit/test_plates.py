@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.plates import PlateHasher, redact_plates
+from ingest.intake.plates import PlateHasher, redact_plates
 
 HASH = PlateHasher(b"test-key")
 PLATE = "湘E·12345"

@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, LOCAL_EXAMPLE_INGEST_PASSWORD
-from ingest.production import PublicSecretError, check_production, public_secrets
+from ingest.ops.production import PublicSecretError, check_production, public_secrets
 from ingest.settings import Settings
 
 SECRETS = ("CITYSENSE_DEV_SECRET", "CITYSENSE_MQTT_PASSWORD", "CITYSENSE_PLATE_KEY")

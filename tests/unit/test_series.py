@@ -21,7 +21,7 @@ from devices.kinds import Channel, Kind
 from devices.payloads import RIVER_FIELDS, SCHEMAS, Payload
 from devices.registry import parse_registry
 from devices.units import UNITS, integer_fields, numeric_fields, unit_of
-from ingest.series import (
+from ingest.api.influxql import (
     EVERY_SECONDS,
     Every,
     InfluxQueryError,
@@ -30,14 +30,11 @@ from ingest.series import (
     build_influxql,
     epoch_ns,
     estimate_points,
-    influxql_rows,
     quote_ident,
     quote_string,
-    run_series,
-    shape_result,
-    to_csv,
     window_count,
 )
+from ingest.api.series import influxql_rows, run_series, shape_result, to_csv
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,7 +131,7 @@ def test_devices_imports_nothing_from_ingest_or_rules() -> None:
 
 
 def test_series_module_has_no_fastapi() -> None:
-    text = (REPO / "ingest" / "series.py").read_text(encoding="utf-8")
+    text = (REPO / "ingest" / "api" / "series.py").read_text(encoding="utf-8")
     assert "fastapi" not in text.lower()
 
 

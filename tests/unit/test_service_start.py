@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ingest.ops.processes import free_port
 from ingest.service import StartRefused, refuse_unsafe, serve
 from ingest.settings import Settings
-from ingest.stack import free_port
 from rules import load_rules
 from tests.unit.test_payloads import REGISTRY
 

@@ -1,4 +1,4 @@
-"""Silence judged on how far we have read (ingest/readclock.py), not on the wall clock.
+"""Silence judged on how far we have read (ingest/alerts/readclock.py), not on the wall clock.
 
 Issue 13 item 3 and the silence half of issue 14 item 3. Each scenario is a small city run
 second by second: devices publish on their schedules into a broker queue, the service reads
@@ -18,7 +18,7 @@ import pytest
 
 from devices.kinds import Channel
 from devices.registry import Registry, parse_registry
-from ingest.readclock import ReadClock, clock_data, read_clock_state
+from ingest.alerts.readclock import ReadClock, clock_data, read_clock_state
 from rules.engine import Engine
 from rules.model import RuleSet
 from rules.transition import Transition

@@ -1,5 +1,5 @@
-"""Each device's measured clock skew (ingest/skew.py), and how the pipeline feeds it: only the
-device's own stamps, only messages read on time (not a backlog). Issue 14 item 3.
+"""Each device's measured clock skew (ingest/intake/skew.py), and how the pipeline feeds it:
+only the device's own stamps, only messages read on time (not a backlog). Issue 14 item 3.
 
 Unit tests: the estimate must be checked against a clock error known to the millisecond, and
 the network delays and backlogs that must not move it are set here, not left to chance."""
@@ -10,13 +10,13 @@ import json
 import random
 import time
 
-from ingest.batcher import Batcher
-from ingest.decode import Decoder
-from ingest.ledger import Ledger
-from ingest.lineprotocol import LineEncoder
+from ingest.intake.batcher import Batcher
+from ingest.intake.decode import Decoder
+from ingest.intake.ledger import Ledger
+from ingest.intake.lineprotocol import LineEncoder
+from ingest.intake.plates import PlateHasher
+from ingest.intake.skew import SAMPLES, ClockSkew
 from ingest.pipeline import Pipeline
-from ingest.plates import PlateHasher
-from ingest.skew import SAMPLES, ClockSkew
 from tests.unit.test_pipeline import DeadLetters
 from tests.unit.test_rules_support import MINUTE, SECOND, T0, city
 

@@ -13,15 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import (
-    HEADER_BYTES,
-    MAGIC,
-    Spool,
-    SpoolFull,
-    SpoolLocked,
-    encode_record,
-    segment_name,
-)
+from ingest.sinks.records import HEADER_BYTES, MAGIC, encode_record
+from ingest.sinks.spool import Spool, SpoolFull, SpoolLocked, segment_name
 
 
 def batch(i: int, n: int = 3) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ingest.stamps import UntimedStamps
+from ingest.intake.stamps import UntimedStamps
 
 TOPIC = "iot/river/r1/status"
 OFF = b'{"online": false}'

@@ -12,8 +12,8 @@ import pytest
 
 from devices.kinds import Level
 from devices.registry import Registry
+from ingest.api.tokens import Principal, Role, TokensFileError, TokenStore
 from ingest.cli import main
-from ingest.tokens import Principal, Role, TokensFileError, TokenStore
 
 REPO = Path(__file__).resolve().parents[2]
 GRID = "430502001001-01"
@@ -283,7 +283,7 @@ def test_a_broken_file_is_never_overwritten_and_refuses_every_token(
     with pytest.raises(TokensFileError):
         server.add("other", Role.OPERATOR)
     assert path.read_text(encoding="utf-8") == broken  # a hand edit is not clobbered
-    caplog.set_level(logging.ERROR, logger="ingest.tokens")
+    caplog.set_level(logging.ERROR, logger="ingest.api.tokens")
     assert server.reload_if_changed() is True
     assert server.verify(token) is None  # fail closed
     assert server.reload_if_changed() is False  # logged once, not per request
@@ -453,7 +453,7 @@ def test_ids_that_look_like_numbers_survive_and_collisions_are_redrawn(
 ) -> None:
     # YAML would read an unquoted 012345678901 back as a number.
     drawn = iter(["012345678901", "012345678901", "000000000e10"])
-    monkeypatch.setattr("ingest.tokens.secrets.token_hex", lambda n: next(drawn))
+    monkeypatch.setattr("ingest.api.tokens.secrets.token_hex", lambda n: next(drawn))
     store = TokenStore.load(path)
     first, p1 = store.add("one", Role.OPERATOR)
     second, p2 = store.add("two", Role.OPERATOR)

@@ -13,7 +13,7 @@
   these settings are global and Mosquitto keeps the last value it reads.
 - ``clientids.json``: the dynamic-security plugin's config, used for one thing only: it binds
   each device and each grid worker to the client id equal to its username (see below).
-- ``tls/``: a local CA and a server certificate for localhost (``ingest.tls``), unless the
+- ``tls/``: a local CA and a server certificate for localhost (``ingest.ops.tls``), unless the
   caller brings its own.
 
 Client ids (issue 13, item 1). Mosquitto's password file and ACL tie no client id to a user, so
@@ -56,9 +56,9 @@ from devices.credentials import (
     worker_password,
 )
 from devices.registry import Registry
-from ingest.stack import HOST, find_binary
-from ingest.tls import TlsFiles, ensure_local_tls
-from ingest.workers import USERNAME_PATTERN, Worker
+from ingest.ops.processes import HOST, find_binary
+from ingest.ops.tls import TlsFiles, ensure_local_tls
+from ingest.ops.workers import USERNAME_PATTERN, Worker
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883

@@ -4,7 +4,7 @@ Sealed batches wait for the writer. ``add`` never waits: it is called from the c
 synchronous hot path. What bounds memory is upstream: every line of a device message is an
 unacknowledged QoS 1 message, and the broker sends no more than its in-flight window
 (``max_inflight_messages``) of those until we acknowledge — which we do only once the writer
-has made them durable (``ingest/acks.py``). A slow database therefore slows the broker's
+has made them durable (``ingest/mqtt/acks.py``). A slow database therefore slows the broker's
 sending, not our memory; the consumer also stops reading the socket past a bound.
 """
 

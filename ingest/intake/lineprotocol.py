@@ -17,7 +17,7 @@ from typing import Any
 
 from devices.kinds import Channel, Kind
 from devices.registry import Registry
-from ingest.decode import Decoded
+from ingest.intake.decode import Decoded
 
 # Line-protocol escaping, as the InfluxDB docs define it per element.
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import aiomqtt
 
-from ingest.consumer import backoff_delay
-from ingest.mqtttls import mqtt_tls_context
+from ingest.mqtt.session import backoff_delay
+from ingest.mqtt.tls import mqtt_tls_context
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ IDLE_S = 1.0  # with nothing to send, look at the table again this often (beside
 
 
 class AnnouncementSource(Protocol):
-    """The alert store's outbox table (rules/store.py)."""
+    """The alert store's outbox table (ingest/alerts/store.py)."""
 
     def pending_announcements(self, limit: int = ...) -> list[tuple[int, str, bytes]]: ...
 

@@ -7,13 +7,7 @@ Layout of the spool directory::
     position                        "v1 <segment> <offset>\\n": the next batch to replay
     lock                            flock()ed while a Spool has the directory open
 
-A segment is a run of records, one per batch, with nothing between them::
-
-    magic    4 bytes  b"CSP1"
-    length   u32 LE   bytes in the body
-    lines    u32 LE   lines in the batch
-    crc      u32 LE   CRC32 of the 8 bytes of length and lines, then of the body
-    body     length bytes: the batch's lines joined with "\\n", UTF-8 (no trailing newline)
+A segment is a run of records, one per batch, with nothing between them (``records``).
 
 Guarantees:
 
@@ -45,6 +39,9 @@ Threads: one thread may append while another peeks and commits. A lock guards th
 bookkeeping only; the file I/O of an append and of a replay happen outside it, so a slow
 fsync on one side does not stall the other. A reader sees a record only once its append
 has been fsync()ed.
+
+Why one module (over 400 lines): append, peek, commit and the opening scan share one lock, one
+position file and the one crash argument written above; the record format is ``records``.
 """
 
 from __future__ import annotations
@@ -54,9 +51,7 @@ import fcntl
 import logging
 import os
 import re
-import struct
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,13 +59,10 @@ from types import TracebackType
 from typing import BinaryIO
 
 from ingest.datadir import FILE_MODE, create_private, private_dir
+from ingest.sinks.records import HEADER_BYTES, encode_record, read_record
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"CSP1"
-_HEADER = struct.Struct("<4sIII")
-HEADER_BYTES = _HEADER.size
-_COUNTS = struct.Struct("<II")
 _SEGMENT_NAME = re.compile(r"^spool-(\d{20})\.lp$")
 _POSITION = "position"
 _POSITION_TMP = "position.tmp"
@@ -125,40 +117,6 @@ class _Segment:
 def segment_name(seq: int) -> str:
     """The file name of segment ``seq``."""
     return f"spool-{seq:020d}.lp"
-
-
-def encode_record(lines: Sequence[str]) -> bytes:
-    """One record (header and body) holding ``lines``."""
-    if not lines:
-        raise ValueError("an empty batch has nothing to spool")
-    for line in lines:
-        if "\n" in line:
-            # The body separates lines with "\n"; such a line would come back as two.
-            raise ValueError(f"a line to spool contains a newline: {line[:80]!r}")
-    body = "\n".join(lines).encode("utf-8")
-    if len(body) >= 2**32 or len(lines) >= 2**32:
-        raise ValueError("a batch this large cannot be spooled as one record")
-    counts = _COUNTS.pack(len(body), len(lines))
-    crc = zlib.crc32(body, zlib.crc32(counts))
-    return _HEADER.pack(MAGIC, len(body), len(lines), crc) + body
-
-
-def _read_record(f: BinaryIO, offset: int, limit: int) -> tuple[bytes, int] | None:
-    """The body and line count of the whole record at ``offset``, or None if it is not one."""
-    if offset + HEADER_BYTES > limit:
-        return None
-    f.seek(offset)
-    header = f.read(HEADER_BYTES)
-    if len(header) < HEADER_BYTES:
-        return None
-    magic, length, count, crc = _HEADER.unpack(header)
-    # Check the length against the file before reading, so garbage cannot ask for gigabytes.
-    if magic != MAGIC or offset + HEADER_BYTES + length > limit:
-        return None
-    body = f.read(length)
-    if len(body) < length or zlib.crc32(body, zlib.crc32(_COUNTS.pack(length, count))) != crc:
-        return None
-    return body, count
 
 
 def _fsync_dir(path: Path) -> None:
@@ -286,7 +244,7 @@ class Spool:
         with path.open("r+b") as f:
             file_size = os.fstat(f.fileno()).st_size
             offset = 0
-            while (record := _read_record(f, offset, file_size)) is not None:
+            while (record := read_record(f, offset, file_size)) is not None:
                 body, count = record
                 offset += HEADER_BYTES + len(body)
                 segment.batches += 1
@@ -442,7 +400,7 @@ class Spool:
                 segment, offset = head
                 limit = segment.size
             with segment.path.open("rb") as f:
-                record = _read_record(f, offset, limit)
+                record = read_record(f, offset, limit)
             if record is None:
                 raise SpoolCorrupt(
                     f"spool {segment.path.name} offset {offset} no longer reads back; "
@@ -490,7 +448,7 @@ class Spool:
         before = [0, 0]
         with contextlib.suppress(OSError), segment.path.open("rb") as f:
             at = 0
-            while at < offset and (record := _read_record(f, at, offset)) is not None:
+            while at < offset and (record := read_record(f, at, offset)) is not None:
                 body, count = record
                 at += HEADER_BYTES + len(body)
                 before[0] += 1

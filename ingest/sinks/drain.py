@@ -23,12 +23,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.batcher import Batch, Batcher
-from ingest.deadletters import DeadLetterBuffer, NewDeadLetter
-from ingest.decode import Reason
-from ingest.delivery import Deliverer, Outcome, Unavailable
-from ingest.ledger import Ledger
-from ingest.spool import Spool, SpoolCorrupt, SpooledBatch, SpoolError, SpoolFull
+from ingest.intake.batcher import Batch, Batcher
+from ingest.intake.decode import Reason
+from ingest.intake.ledger import Ledger
+from ingest.sinks.deadletters import DeadLetterBuffer, NewDeadLetter
+from ingest.sinks.delivery import Deliverer, Outcome, Unavailable
+from ingest.sinks.spool import Spool, SpoolCorrupt, SpooledBatch, SpoolError, SpoolFull
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
-"""The local stack: Mosquitto, InfluxDB 1.x and VictoriaMetrics as real background processes.
+"""Servers as real background processes: start one, know it answers, stop it, read its log.
 
-Used by ``citysense stack up/down/status`` and by the test fixtures. Each server runs detached
-(its own session, so Ctrl-C in the terminal that started it does not stop it), writes its data
-and its log under an instance directory, and is reported started only once it answers: an MQTT
-CONNACK, ``/ping``, ``/health``. ``up`` records what it started in ``DATA_DIR/stack.json``;
-``down`` stops only what that file records and what is still the same program.
+The pieces of the local stack (``stack``) and of the test fixtures: Mosquitto, InfluxDB 1.x and
+VictoriaMetrics, each detached in its own session, writing data and log under an instance
+directory, reported started only once it answers (an MQTT CONNACK, ``/ping``, ``/health``).
 
 Everything here is synchronous and blocking: async callers use ``asyncio.to_thread``.
+
+Why one module (just over 400 lines): one process type, its start, readiness and stop, and
+the three servers' command lines, which differ only in arguments.
 """
 
 from __future__ import annotations
@@ -28,13 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from devices.registry import load_registry
-from ingest.settings import Settings
-
-if TYPE_CHECKING:
-    from ingest.brokerconfig import BrokerFiles
+from typing import Any
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 30.0
@@ -43,8 +38,6 @@ POLL_S = 0.05
 LOG_TAIL_LINES = 20
 # Written to a log before each start, so a failure shows this run's lines, not an old run's.
 _LOG_MARK = "--- citysense starts "
-# `stack up` starts servers on loopback only, so settings must point there to reach them.
-_LOOPBACK_NAMES = {"127.0.0.1", "localhost"}
 
 
 class StackError(RuntimeError):
@@ -409,139 +402,3 @@ def start_victoria_metrics(port: int, instance_dir: Path) -> ManagedProcess:
     ]
     proc = spawn("victoria-metrics", argv, port, instance_dir / "victoria-metrics.log")
     return wait_ready(proc, lambda: http_status(f"{proc.url}/health") == 200)
-
-
-# --- the stack recorded in DATA_DIR/stack.json -------------------------------------------------
-
-
-def state_file(settings: Settings) -> Path:
-    """Where ``up`` records what it started."""
-    return settings.data_dir / "stack.json"
-
-
-def _recorded(settings: Settings) -> list[ManagedProcess]:
-    path = state_file(settings)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    try:
-        return [ManagedProcess.from_record(r) for r in json.loads(text)]
-    except (ValueError, TypeError, KeyError) as e:
-        raise StackError(
-            f"cannot read {path} ({e}): stop the servers it lists by hand, then delete it"
-        ) from e
-
-
-def _record(settings: Settings, procs: list[ManagedProcess]) -> None:
-    path = state_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole and renamed into place: a crash never leaves half a file that down can't read.
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps([p.to_record() for p in procs], indent=2) + "\n")
-    tmp.replace(path)
-
-
-def _check_loopback(setting: str, host: str) -> None:
-    if host not in _LOOPBACK_NAMES:
-        raise StackError(
-            f"{setting} points at {host}: `stack up` starts servers on {HOST} only; "
-            "point it there, or run that server yourself"
-        )
-
-
-def broker_files(settings: Settings, out_dir: Path) -> BrokerFiles:
-    """Passwords, ACL, listeners and local TLS for ``settings``' registry and workers."""
-    # Imported here: brokerconfig uses this module's helpers.
-    from ingest.brokerconfig import write_broker_files
-    from ingest.workers import load_workers
-
-    if port_in_use(settings.mqtt_tls_port):
-        raise PortInUseError(
-            f"cannot start mosquitto: its TLS port {HOST}:{settings.mqtt_tls_port} is already in "
-            "use; choose another with CITYSENSE_MQTT_TLS_PORT"
-        )
-    registry = load_registry(settings.registry)
-    return write_broker_files(
-        out_dir,
-        registry,
-        load_workers(settings.workers, registry),
-        dev_secret=settings.dev_secret.get_secret_value(),
-        ingest_user=settings.mqtt_username,
-        ingest_password=settings.mqtt_password.get_secret_value(),
-        port=settings.mqtt_port,
-        tls_port=settings.mqtt_tls_port,
-        tls_host=settings.mqtt_tls_bind,
-    )
-
-
-def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
-    """Start Mosquitto and InfluxDB for ``settings``, reusing those already running; record them.
-
-    Data lives in ``DATA_DIR/mosquitto`` and ``DATA_DIR/influxdb`` and survives ``down``/``up``.
-    If a step fails, what this call started is stopped again.
-    """
-    _check_loopback("CITYSENSE_MQTT_HOST", settings.mqtt_host)
-    _check_loopback("CITYSENSE_INFLUX_URL", settings.influx_host)
-    data_dir = settings.data_dir.resolve()
-    recorded = {p.name: p for p in _recorded(settings)}
-    wanted: list[tuple[str, int, str, Callable[[], ManagedProcess]]] = [
-        (
-            "mosquitto",
-            settings.mqtt_port,
-            "CITYSENSE_MQTT_PORT",
-            lambda: start_mosquitto(
-                settings.mqtt_port,
-                data_dir / "mosquitto",
-                repo_root / "mosquitto.conf",
-                broker_files(settings, data_dir / "mosquitto" / "broker").listeners,
-            ),
-        ),
-        (
-            "influxdb",
-            settings.influx_port,
-            "CITYSENSE_INFLUX_URL",
-            lambda: start_influxd(
-                settings.influx_port, data_dir / "influxdb", settings.influx_database
-            ),
-        ),
-    ]
-    procs: list[ManagedProcess] = []
-    started: list[ManagedProcess] = []
-    try:
-        for name, port, setting, start in wanted:
-            old = recorded.get(name)
-            if old is not None and old.alive():
-                if old.port == port:
-                    procs.append(old)
-                    continue
-                # Same data directory, new port: two servers must not share one database.
-                old.stop()
-            try:
-                proc = start()
-            except PortInUseError as e:
-                raise PortInUseError(f"{e}; choose another port with {setting}") from e
-            started.append(proc)
-            procs.append(proc)
-        influxdb = procs[1]
-        if not any(p is influxdb for p in started):
-            # A reused server may predate a change of CITYSENSE_INFLUX_DATABASE.
-            influx_command(influxdb.url, f"CREATE DATABASE {quote_ident(settings.influx_database)}")
-    except BaseException:
-        for proc in started:
-            proc.stop()
-        raise
-    _record(settings, procs)
-    return procs
-
-
-def down(settings: Settings) -> list[str]:
-    """Stop what ``up`` recorded for ``settings`` and is still running; return their names."""
-    stopped = [p.name for p in _recorded(settings) if p.stop()]
-    state_file(settings).unlink(missing_ok=True)
-    return stopped
-
-
-def status(settings: Settings) -> list[tuple[ManagedProcess, bool]]:
-    """What ``up`` recorded for ``settings``, each with whether it is still running."""
-    return [(p, p.alive()) for p in _recorded(settings)]

@@ -15,7 +15,7 @@ from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage, schema_for
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import TopicError, parse_device_topic
-from ingest.stamps import UntimedStamps
+from ingest.intake.stamps import UntimedStamps
 
 
 class Reason(StrEnum):
@@ -167,7 +167,7 @@ class Decoder:
         stamps: UntimedStamps | None = None,
     ) -> None:
         self._registry = registry
-        # A message without ts is stamped once per statement (ingest/stamps.py).
+        # A message without ts is stamped once per statement (ingest/intake/stamps.py).
         self.stamps = stamps or UntimedStamps()
         self._max_bytes = max_payload_bytes
         self._skew_ms = future_skew_ms

@@ -15,33 +15,24 @@ partial unique index on SQLite and PostgreSQL, and checked in ``open_or_repeat``
 
 SQLite runs in WAL mode so readers (the CLI, the API) never wait for the writer, with a busy
 timeout so two writers queue instead of failing.
+
+Why one module (over 400 lines): every public method is one transaction under the same locking
+discipline, which is this module's one idea; the schema (``database``) and the batched write
+transaction (``transaction``) are apart.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
     ColumnElement,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    bindparam,
     create_engine,
     event,
     func,
@@ -53,6 +44,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from devices.kinds import Kind, Level
+from ingest.alerts.database import (
+    AREA_COLUMNS,
+    NOT_RESOLVED,
+    UNRESOLVED,
+    WRITE,
+    alert_events,
+    alerts,
+    announcements,
+    engine_state,
+    metadata,
+    sqlite_begin,
+    sqlite_connect,
+)
+from ingest.alerts.transaction import (
+    AlertNotFound,
+    NamedState,
+    StoreTransition,
+    WriteTransaction,
+    put_announcements,
+    put_state,
+)
 from rules.alerts import (
     AUTO,
     Alert,
@@ -61,146 +73,17 @@ from rules.alerts import (
     AlertState,
     acknowledge,
     escalate,
-    mark_flapping,
-    open_alert,
-    repeat,
     resolve,
 )
 from rules.model import Severity
-from rules.transition import Reason, Transition
+from rules.transition import Transition
 
 __all__ = ["AlertNotFound", "AlertStore", "NamedState", "StoreTransition", "sqlite_url"]
-
-metadata = MetaData()
-
-alerts = Table(
-    "alerts",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("rule_id", String(64), nullable=False),
-    Column("device_id", String(64), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("severity", String(16), nullable=False),
-    Column("grid", String(64)),
-    Column("village", String(64)),
-    Column("township", String(64)),
-    Column("county", String(64)),
-    Column("city", String(64)),
-    Column("opened_ms", BigInteger, nullable=False),
-    Column("updated_ms", BigInteger, nullable=False),
-    Column("body", JSON, nullable=False),  # the whole Alert, so new fields need no migration
-    Index("alerts_rule_device_state", "rule_id", "device_id", "state"),
-    Index("alerts_grid", "grid"),
-    Index("alerts_village", "village"),
-    Index("alerts_township", "township"),
-    Index("alerts_county", "county"),
-    Index("alerts_opened", "opened_ms"),
-)
-
-# The database holds the rule too: at most one alert not resolved per (rule, device), even if
-# two writers race. Only where partial indexes exist: elsewhere a plain unique index on
-# (rule, device) would forbid the second alert after a resolved one, so there the check in
-# ``open_or_repeat`` is the guard.
-_UNRESOLVED = alerts.c.state != AlertState.RESOLVED.value
-Index(
-    "alerts_one_unresolved",
-    alerts.c.rule_id,
-    alerts.c.device_id,
-    unique=True,
-    sqlite_where=_UNRESOLVED,
-    postgresql_where=_UNRESOLVED,
-).ddl_if(dialect=("sqlite", "postgresql"))  # type: ignore[arg-type]  # a tuple works
-
-alert_events = Table(
-    "alert_events",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),  # insertion order
-    Column("alert_id", String(32), nullable=False, index=True),
-    Column("at_ms", BigInteger, nullable=False),
-    Column("body", JSON, nullable=False),  # the whole AlertEvent
-)
-
-engine_state = Table(
-    "engine_state",
-    metadata,
-    Column("key", String(64), primary_key=True),
-    Column("value", Text, nullable=False),  # JSON text
-    Column("updated_ms", BigInteger, nullable=False),
-)
-
-# The transactional outbox: the MQTT messages that tell people of a change, written in the
-# change's own transaction and deleted once the broker has acknowledged each (ingest/outbox.py).
-announcements = Table(
-    "announcements",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),  # sending order
-    Column("topic", String(255), nullable=False),
-    Column("payload", LargeBinary, nullable=False),
-    Column("created_ms", BigInteger, nullable=False),
-)
 
 # Given the changes a transaction made, the (topic, payload) messages to send for them.
 Announce = Callable[[Sequence[tuple[Alert, AlertEvent]]], Sequence[tuple[str, bytes]]]
 
-_AREA_COLUMNS = ("grid", "village", "township", "county", "city")
-_WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
-_BUSY_TIMEOUT_MS = 10_000
 _T = TypeVar("_T")
-
-
-# Statements of the write path, built once with their values as parameters: building a new
-# construct per call (``.values(**row)``, ``column == value``) and its cache key cost SQLAlchemy
-# more than SQLite's own work on one row.
-_NOT_RESOLVED = select(alerts.c.body).where(
-    alerts.c.rule_id == bindparam("rule_id"),
-    alerts.c.device_id == bindparam("device_id"),
-    _UNRESOLVED,
-)
-_NOT_RESOLVED_LOCKED = _NOT_RESOLVED.with_for_update()
-# A batch reads its alerts one query per rule, not per (rule, device): still a search of the
-# unique index per pair on SQLite (``(rule_id, device_id) IN (VALUES ...)`` scans it instead).
-_NOT_RESOLVED_OF_DEVICES = (
-    select(alerts.c.body)
-    .where(
-        alerts.c.rule_id == bindparam("rule_id"),
-        alerts.c.device_id.in_(bindparam("device_ids", expanding=True)),
-        _UNRESOLVED,
-    )
-    .with_for_update()
-)
-_DEVICES_PER_QUERY = 500  # well under any driver's limit on parameters
-_LOCKED = select(alerts.c.body).where(alerts.c.id == bindparam("alert_id")).with_for_update()
-_INSERT_ALERT = alerts.insert()  # the columns are the keys of ``_row``
-_UPDATE_ALERT = alerts.update().where(alerts.c.id == bindparam("alert_id"))  # SET: the keys
-_INSERT_EVENT = alert_events.insert()
-
-
-class AlertNotFound(LookupError):
-    """No alert with that id (the API answers 404)."""
-
-
-@dataclass(frozen=True, slots=True)
-class NamedState:
-    """JSON state to save under ``key`` with a batch (``AlertStore.apply_many``)."""
-
-    key: str
-    value: dict[str, Any]
-    at_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreTransition:
-    """One engine transition and what ``AlertStore.apply_many`` needs to store it.
-
-    The same as the arguments of ``AlertStore.apply``: ``severity`` (the rule's), ``kind`` and
-    ``areas`` (the device's) for an alert it opens, ``now_ms`` the wall clock it is raised at.
-    """
-
-    transition: Transition
-    severity: Severity
-    kind: Kind
-    areas: dict[Level, str]
-    now_ms: int
 
 
 ALERTS_FILE = "alerts.sqlite3"
@@ -209,25 +92,6 @@ ALERTS_FILE = "alerts.sqlite3"
 def sqlite_url(data_dir: Path) -> str:
     """The default store: a SQLite file in the data directory."""
     return f"sqlite:///{data_dir / ALERTS_FILE}"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _row(alert: Alert) -> dict[str, Any]:
-    areas = {level.value: area for level, area in alert.areas.items()}
-    return {
-        "id": alert.id,
-        "rule_id": alert.rule_id,
-        "device_id": alert.device_id,
-        "state": alert.state.value,
-        "severity": alert.severity.value,
-        **{c: areas.get(c) for c in _AREA_COLUMNS},
-        "opened_ms": alert.opened_ms,
-        "updated_ms": alert.updated_ms,
-        "body": alert.model_dump(mode="json"),
-    }
 
 
 def _values(*items: Any) -> builtins.list[str]:
@@ -263,9 +127,9 @@ class AlertStore:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         self._engine: Engine = create_engine(url, **options)
         if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_connect)
-            event.listen(self._engine, "begin", _sqlite_begin)
-        self._writer: Engine = self._engine.execution_options(**{_WRITE: True})
+            event.listen(self._engine, "connect", sqlite_connect)
+            event.listen(self._engine, "begin", sqlite_begin)
+        self._writer: Engine = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:  # serialised, so two processes may start together
             metadata.create_all(conn)
 
@@ -284,14 +148,14 @@ class AlertStore:
             yield conn
 
     @contextmanager
-    def _transaction(self) -> Iterator[_Tx]:
+    def _transaction(self) -> Iterator[WriteTransaction]:
         """One write transaction; what the work in it wrote is stored when the work is done."""
         with self._write() as conn:
-            tx = _Tx(conn)
+            tx = WriteTransaction(conn)
             yield tx
             tx.flush()
 
-    def _retrying(self, work: Callable[[_Tx], _T]) -> _T:
+    def _retrying(self, work: Callable[[WriteTransaction], _T]) -> _T:
         """``work`` in one write transaction, and in a second one if an insert was refused."""
         try:
             with self._transaction() as tx:
@@ -354,7 +218,7 @@ class AlertStore:
         with self._transaction() as tx:
             done = tx.resolve_auto(rule_id, device_id, at_ms, detail)
             if done is not None and announce is not None:
-                _put_announcements(tx.conn, announce([done]))
+                put_announcements(tx.conn, announce([done]))
             return done
 
     def last_event_seq(self) -> int:
@@ -437,10 +301,10 @@ class AlertStore:
                 tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
                 done = [tx.apply_item(item) for item in items]
                 if state is not None:
-                    _put_state(tx.conn, state.key, state.value, state.at_ms)
+                    put_state(tx.conn, state.key, state.value, state.at_ms)
                 if announce is not None:
                     changes = [(alert, event) for alert, event, _ in filter(None, done)]
-                    _put_announcements(tx.conn, announce(changes))
+                    put_announcements(tx.conn, announce(changes))
                 return done
         except IntegrityError:
             # Another writer opened an alert of one of the batch's (rule, device) between our
@@ -448,7 +312,9 @@ class AlertStore:
             # per transaction, each retried once as ``apply`` does; the state after the last
             # (a crash in between leaves the store ahead of the state: a replayed open is then a
             # repeat, a replayed clear a no-op).
-            out = [self._retrying(partial(_Tx.apply_item, item=item)) for item in items]
+            out = [
+                self._retrying(partial(WriteTransaction.apply_item, item=item)) for item in items
+            ]
             if state is not None:
                 self.save_state(state.key, state.value, state.at_ms)
             if announce is not None:
@@ -470,7 +336,7 @@ class AlertStore:
             alert, change = acknowledge(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)
             if announce is not None:
-                _put_announcements(tx.conn, announce([(alert, change)]))
+                put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
 
     def resolve(
@@ -486,7 +352,7 @@ class AlertStore:
             alert, change = resolve(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)
             if announce is not None:
-                _put_announcements(tx.conn, announce([(alert, change)]))
+                put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
 
     def escalate(
@@ -497,7 +363,7 @@ class AlertStore:
             alert, change = escalate(tx.locked(alert_id), at_ms)
             tx.update(alert, change)
             if announce is not None:
-                _put_announcements(tx.conn, announce([(alert, change)]))
+                put_announcements(tx.conn, announce([(alert, change)]))
             return alert, change
 
     # -- the outbox of announcements ---------------------------------------------------------
@@ -506,7 +372,7 @@ class AlertStore:
         """Messages to send, in their own transaction (for a change already committed)."""
         if rows:
             with self._transaction() as tx:
-                _put_announcements(tx.conn, rows)
+                put_announcements(tx.conn, rows)
 
     def pending_announcements(self, limit: int = 500) -> builtins.list[tuple[int, str, bytes]]:
         """The oldest messages not yet acknowledged by the broker: (id, topic, payload)."""
@@ -558,7 +424,7 @@ class AlertStore:
         """The one alert of (rule, device) that is open or acknowledged, if any."""
         with self._engine.connect() as conn:
             body = conn.execute(
-                _NOT_RESOLVED, {"rule_id": rule_id, "device_id": device_id}
+                NOT_RESOLVED, {"rule_id": rule_id, "device_id": device_id}
             ).scalar_one_or_none()
         return Alert.model_validate(body) if body is not None else None
 
@@ -584,7 +450,7 @@ class AlertStore:
 
     def open_alerts(self) -> builtins.list[Alert]:
         """Every alert not resolved (open or acknowledged), oldest first, without a limit."""
-        query = select(alerts.c.body).where(_UNRESOLVED).order_by(alerts.c.opened_ms, alerts.c.id)
+        query = select(alerts.c.body).where(UNRESOLVED).order_by(alerts.c.opened_ms, alerts.c.id)
         with self._engine.connect() as conn:
             return [Alert.model_validate(b) for b in conn.execute(query).scalars()]
 
@@ -624,7 +490,7 @@ class AlertStore:
         if wanted_severities:
             conditions.append(alerts.c.severity.in_(wanted_severities))
         if area_id is not None:
-            conditions.append(or_(*(alerts.c[c] == area_id for c in _AREA_COLUMNS)))
+            conditions.append(or_(*(alerts.c[c] == area_id for c in AREA_COLUMNS)))
         if rule_id is not None:
             conditions.append(alerts.c.rule_id == rule_id)
         if device_id is not None:
@@ -647,7 +513,7 @@ class AlertStore:
     def save_state(self, key: str, value: dict[str, Any], at_ms: int | None = None) -> None:
         """Replace the JSON stored under ``key`` (``at_ms`` defaults to now)."""
         with self._write() as conn:
-            _put_state(conn, key, value, at_ms)
+            put_state(conn, key, value, at_ms)
 
     def load_state(self, key: str) -> dict[str, Any] | None:
         """The JSON stored under ``key``, if any."""
@@ -661,229 +527,3 @@ class AlertStore:
         if not isinstance(loaded, dict):
             raise ValueError(f"state {key!r} is not a JSON object")
         return loaded
-
-
-def _put_announcements(conn: Connection, rows: Sequence[tuple[str, bytes]]) -> None:
-    if rows:
-        stamp = _now_ms()
-        conn.execute(
-            announcements.insert(),
-            [{"topic": t, "payload": p, "created_ms": stamp} for t, p in rows],
-        )
-
-
-def _put_state(conn: Connection, key: str, value: dict[str, Any], at_ms: int | None) -> None:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    stamp = _now_ms() if at_ms is None else at_ms
-    done = conn.execute(
-        engine_state.update().where(engine_state.c.key == key).values(value=text, updated_ms=stamp)
-    )
-    if done.rowcount == 0:
-        conn.execute(engine_state.insert().values(key=key, value=text, updated_ms=stamp))
-
-
-class _Tx:
-    """Inside one write transaction: the lifecycle of engine transitions, and the rows.
-
-    Remembers the alert not resolved of each (rule, device) it has read or written, so a later
-    item of a batch finds what an earlier one did without reading and validating it again.
-    Nothing else changes those meanwhile: on SQLite ``BEGIN IMMEDIATE`` holds the write lock; on
-    PostgreSQL a row read is locked ``FOR UPDATE``, and an alert another writer opens meanwhile
-    makes our insert fail with IntegrityError, as it would without the memory.
-
-    Writes are kept and made at the end (``flush``), each table in one ``executemany``, an alert
-    changed several times written once as it ends: one statement per row costs SQLAlchemy more
-    than SQLite's work on the row. Nothing reads them back inside the transaction: alerts are
-    found through the memory above, or by id (``locked``) before anything is written.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._unresolved: dict[tuple[str, str], Alert | None] = {}
-        self._opened: dict[str, Alert] = {}  # alerts new in this transaction, by id, as now
-        self._changed: dict[str, Alert] = {}  # alerts read locked and changed, by id, as now
-        self._events: builtins.list[dict[str, Any]] = []
-
-    # -- engine transitions -----------------------------------------------------------------
-
-    def apply_item(self, item: StoreTransition) -> tuple[Alert, AlertEvent, bool] | None:
-        return self.apply(
-            item.transition,
-            severity=item.severity,
-            kind=item.kind,
-            areas=item.areas,
-            now_ms=item.now_ms,
-        )
-
-    def apply(
-        self,
-        t: Transition,
-        *,
-        severity: Severity,
-        kind: Kind,
-        areas: dict[Level, str],
-        now_ms: int | None,
-    ) -> tuple[Alert, AlertEvent, bool] | None:
-        if t.action == "clear":
-            done = self.resolve_auto(t.rule_id, t.device_id, t.ts_ms, t.detail)
-            return None if done is None else (*done, False)
-        return self.open_or_repeat(
-            rule_id=t.rule_id,
-            device_id=t.device_id,
-            severity=severity,
-            kind=kind,
-            areas=areas,
-            ts_ms=t.ts_ms,
-            value=t.value,
-            detail=t.detail,
-            flapping=t.reason is Reason.FLAPPING,
-            now_ms=now_ms,
-        )
-
-    def open_or_repeat(
-        self,
-        *,
-        rule_id: str,
-        device_id: str,
-        severity: Severity,
-        kind: Kind,
-        areas: dict[Level, str],
-        ts_ms: int,
-        value: float | str | None,
-        detail: str,
-        flapping: bool,
-        now_ms: int | None,
-    ) -> tuple[Alert, AlertEvent, bool]:
-        existing = self.not_resolved(rule_id, device_id)
-        if existing is None:
-            alert, change = open_alert(
-                rule_id=rule_id,
-                severity=severity,
-                device_id=device_id,
-                kind=kind,
-                areas=areas,
-                at_ms=ts_ms,
-                value=value,
-                detail=detail,
-                flapping=flapping,
-                raised_ms=_now_ms() if now_ms is None else now_ms,
-            )
-            self.insert(alert, change)
-            return alert, change, True
-        if flapping:
-            alert, change = mark_flapping(existing, ts_ms, detail)
-        else:
-            alert, change = repeat(existing, ts_ms, value, detail)
-        self.update(alert, change)
-        return alert, change, False
-
-    def resolve_auto(
-        self, rule_id: str, device_id: str, at_ms: int, detail: str
-    ) -> tuple[Alert, AlertEvent] | None:
-        existing = self.not_resolved(rule_id, device_id)
-        if existing is None:
-            return None
-        alert, change = resolve(existing, AUTO, at_ms, detail or None)
-        self.update(alert, change)
-        return alert, change
-
-    # -- rows -------------------------------------------------------------------------------
-
-    def not_resolved(self, rule_id: str, device_id: str) -> Alert | None:
-        """The alert not resolved of (rule, device), locked."""
-        key = (rule_id, device_id)
-        if key not in self._unresolved:
-            body = self.conn.execute(
-                _NOT_RESOLVED_LOCKED, {"rule_id": rule_id, "device_id": device_id}
-            ).scalar_one_or_none()
-            self._unresolved[key] = Alert.model_validate(body) if body is not None else None
-        return self._unresolved[key]
-
-    def read_not_resolved(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Read (locked) the alerts not resolved of many (rule, device) at once, as
-        ``not_resolved`` would one at a time: one query per rule instead of one per pair."""
-        device_ids: dict[str, builtins.list[str]] = {}
-        for rule_id, device_id in pairs:
-            if (rule_id, device_id) not in self._unresolved:
-                self._unresolved[rule_id, device_id] = None  # unless found below
-                device_ids.setdefault(rule_id, []).append(device_id)
-        for rule_id, ids in device_ids.items():
-            for start in range(0, len(ids), _DEVICES_PER_QUERY):
-                chunk = ids[start : start + _DEVICES_PER_QUERY]
-                query = {"rule_id": rule_id, "device_ids": chunk}
-                for body in self.conn.execute(_NOT_RESOLVED_OF_DEVICES, query).scalars():
-                    alert = Alert.model_validate(body)
-                    self._unresolved[alert.rule_id, alert.device_id] = alert
-
-    def locked(self, alert_id: str) -> Alert:
-        body = self.conn.execute(_LOCKED, {"alert_id": alert_id}).scalar_one_or_none()
-        if body is None:
-            raise AlertNotFound(f"no alert {alert_id!r}")
-        return Alert.model_validate(body)
-
-    def insert(self, alert: Alert, first: AlertEvent) -> None:
-        self._opened[alert.id] = alert
-        self._remember(alert)
-        self._record(first)
-
-    def update(self, alert: Alert, change: AlertEvent) -> None:
-        """A change to an alert read (locked) or inserted in this transaction, so it exists."""
-        if alert.id in self._opened:
-            self._opened[alert.id] = alert
-        else:
-            self._changed[alert.id] = alert
-        self._remember(alert)
-        self._record(change)
-
-    def flush(self) -> None:
-        """Write what the transaction did. Alerts changed first: one resolved here frees its
-        (rule, device) for an alert opened after it, which the unique index would refuse before.
-        """
-        if self._changed:
-            rows = [_row(a) for a in self._changed.values()]
-            for row in rows:
-                row["alert_id"] = row.pop("id")  # the WHERE; "id" would be a SET
-            self.conn.execute(_UPDATE_ALERT, rows)
-        if self._opened:
-            self.conn.execute(_INSERT_ALERT, [_row(a) for a in self._opened.values()])
-        if self._events:
-            self.conn.execute(_INSERT_EVENT, self._events)
-        self._changed, self._opened, self._events = {}, {}, []
-
-    def _record(self, change: AlertEvent) -> None:
-        self._events.append(
-            {
-                "alert_id": change.alert_id,
-                "at_ms": change.at_ms,
-                "body": change.model_dump(mode="json"),
-            }
-        )
-
-    def _remember(self, alert: Alert) -> None:
-        key = (alert.rule_id, alert.device_id)
-        if alert.state is not AlertState.RESOLVED:
-            self._unresolved[key] = alert
-        elif (known := self._unresolved.get(key)) is not None and known.id == alert.id:
-            self._unresolved[key] = None  # else: an older alert, or a pair not read yet
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy, not the sqlite3 module, starts transactions (see _sqlite_begin).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    # WAL: the CLI and the API read while the service writes; a busy writer is waited for.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a PUBACK follows the commit, and the engine's state is in the same commit; with
-    # NORMAL a power cut may roll back the last commits after their messages were acknowledged.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    # A writing transaction takes the write lock at BEGIN, so its reads cannot go stale before
-    # its writes (a deferred transaction that upgrades fails at once with SQLITE_BUSY in WAL).
-    if conn.get_execution_options().get(_WRITE):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")

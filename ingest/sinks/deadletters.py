@@ -58,7 +58,7 @@ class NewDeadLetter:
     reason: str
     detail: str
     payload: bytes
-    token: int | None = None  # the MQTT message's ack token (ingest/acks.py), if it has one
+    token: int | None = None  # the MQTT message's ack token (ingest/mqtt/acks.py), if it has one
     size: int | None = None  # the payload's size as received, if ``payload`` is cut short
 
 

@@ -2,7 +2,7 @@
 
 A fixed client id with clean session off makes the broker keep our subscription and queue
 messages while we are away. PUBACKs are sent only when the pipeline reports a message safe
-(``ingest/acks.py``): a message lost in our memory by a crash is delivered again. The
+(``ingest/mqtt/acks.py``): a message lost in our memory by a crash is delivered again. The
 broker's in-flight window (``max_inflight_messages``) bounds how many unacknowledged QoS 1
 messages we hold, so a slow InfluxDB slows the broker's sending, not our memory; past
 ``PAUSE_ABOVE`` unacknowledged messages (QoS 0 ones are not windowed) the socket is not read
@@ -14,7 +14,7 @@ session's plain subscription after a broker restart but not a shared one
 broker's restart and our re-subscribe is lost; set ``mqtt_share_group`` only to split load
 over several processes, accepting that gap (README, "Delivery guarantee").
 
-The wire: an asyncio protocol over ``ingest/mqttcodec.py`` rather than aiomqtt/paho — paho's
+The wire: an asyncio protocol over ``ingest/mqtt/codec.py`` rather than aiomqtt/paho — paho's
 receive path was half of the service's CPU (benchmarks/README.md). Each chunk the socket
 gives is parsed in one go and every PUBLISH in it handed to the pipeline synchronously: no
 per-message task, future or queue. Lost connections are retried with jittered exponential
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from devices.topics import DEVICE_TOPIC_FILTER, shared_filter
-from ingest.acks import AckTracker
-from ingest.mqttcodec import (
+from ingest.mqtt.acks import AckTracker
+from ingest.mqtt.codec import (
     CONNACK,
     CONNACK_REFUSALS,
     DISCONNECT_PACKET,
@@ -49,7 +49,7 @@ from ingest.mqttcodec import (
     suback_codes,
     subscribe_packet,
 )
-from ingest.mqtttls import mqtt_tls_context
+from ingest.mqtt.tls import mqtt_tls_context
 from ingest.settings import Settings
 
 log = logging.getLogger(__name__)

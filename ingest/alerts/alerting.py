@@ -11,6 +11,11 @@ store holds exactly what that engine said (``take``, ``run_store``).
 Another task publishes each change on ``alerts/{level}/{area}`` for every level the alert
 has reached, and writes it to InfluxDB (measurement ``alert``). A clock task
 drives time: the engine's deadlines (silence, expiry), escalation, and state saves.
+
+Why one module (over 400 lines): the store round, the clock and the announcing share one engine
+and one ordering — a transition is stored before it is announced, a state is saved only with
+what it has seen, a person's resolve is heard between rounds. Spread over files, that ordering
+would have no single place to be read. The store itself is ``store``, the outbox ``outbox``.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from devices.kinds import Channel
 from devices.payloads import DeviceMessage
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import alert_topic
-from ingest.alertfeed import AlertFeed, Change
-from ingest.batcher import Batcher
-from ingest.lineprotocol import encode_fields, series_key
-from ingest.outbox import MqttOutbox
-from ingest.readclock import ReadClock, clock_data, read_clock_state
-from ingest.stamps import UntimedStamps
+from ingest.alerts.feed import AlertFeed, Change
+from ingest.alerts.outbox import MqttOutbox
+from ingest.alerts.readclock import ReadClock, clock_data, read_clock_state
+from ingest.alerts.store import AlertStore, NamedState, StoreTransition
+from ingest.intake.batcher import Batcher
+from ingest.intake.lineprotocol import encode_fields, series_key
+from ingest.intake.stamps import UntimedStamps
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
     Alert,
@@ -45,7 +51,6 @@ from rules.alerts import (
     due_for_escalation,
 )
 from rules.messages import describe
-from rules.store import AlertStore, NamedState, StoreTransition
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +315,7 @@ class Alerting:
 
         One transaction reads and writes, so a person's acknowledgement and these changes
         cannot overwrite each other; one per batch, because a transaction's fixed cost is
-        most of a change's (rules/store.py).
+        most of a change's (ingest/alerts/store.py).
         """
         now_ms = state.at_ms
         items = []
@@ -446,7 +451,7 @@ class Alerting:
         while True:
             await asyncio.sleep(TICK_S)
             now = _now_ms()
-            # Deadlines on how far we have read, not the wall clock (ingest/readclock.py).
+            # Deadlines on how far we have read, not the wall clock (ingest/alerts/readclock.py).
             read_now = self.read_clock.now(now)
             if now >= self._deadlines_from_ms and (due := self.engine.tick(read_now)):
                 self.take(due)

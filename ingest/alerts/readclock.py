@@ -127,7 +127,8 @@ class ReadClock:
     @property
     def backlog(self) -> bool:
         """Reading a backlog, as decided at the last window's end (``now``): what is read
-        now arrives late, so its arrival says nothing of the device's clock (ingest/skew.py)."""
+        now arrives late, so its arrival says nothing of the device's clock
+        (ingest/intake/skew.py)."""
         return self._backlog
 
     def state(self) -> ReadClockState | None:

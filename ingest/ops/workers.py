@@ -13,7 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.kinds import Level
-from devices.registry import AreaId, Problem, Registry
+from devices.problems import FileProblems, Problem
+from devices.registry import AreaId, Registry
 from devices.topics import alert_topic
 
 # A broker username: no ':' (the password file's separator), no whitespace (the ACL file's),
@@ -40,14 +41,10 @@ class Worker(BaseModel):
         return [registry.areas[a].level for a in self.areas]
 
 
-class WorkersError(ValueError):
+class WorkersError(FileProblems):
     """A workers file that cannot be used; ``problems`` lists everything found."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        shown = "\n  ".join(str(p) for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        super().__init__(f"{len(problems)} problem(s) in the workers file:\n  {shown}{more}")
+    what = "the workers file"
 
 
 def _entry_name(index: int, raw: Any) -> str:

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from ingest import stack
+from ingest.api.tokens import Role, TokenStore, tokens_path
+from ingest.ops import processes, stack
 from ingest.settings import Settings
-from ingest.tokens import Role, TokenStore, tokens_path
 
 log = logging.getLogger("citysense.run")
 DEMO_TOKEN_NAME = "make-run operator"
@@ -55,7 +55,7 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
     already_up = bool(recorded) and all(alive for _, alive in recorded)
     try:
         procs = stack.up(settings, repo_root)
-    except stack.StackError as e:
+    except processes.StackError as e:
         log.error("cannot start the local stack: %s", e)
         return 1
     for p in procs:
@@ -66,14 +66,12 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
     simulator = _child(
         "simulate", "--rate", str(args.rate), "--duration", "0", "--scenario", args.scenario
     )
-    from ingest.cli import operator_query_hint
-
     api = f"http://{settings.api_host}:{settings.api_port}"
 
     print(
         "\ncitysense is running: the service logs a status line every "
         f"{settings.status_interval_s:.0f} s.\n"
-        f"  see the data:   {operator_query_hint(settings)}\n"
+        f"  see the data:   {stack.operator_query_hint(settings)}\n"
         f"  dead letters:   .venv/bin/citysense deadletters list\n"
         f"  devices:        .venv/bin/citysense devices list\n"
         f"  HTTP API:       {api} (try {api}/docs)\n"

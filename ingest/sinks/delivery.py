@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ingest.writer import LineSink, Rejected, Retryable, TooLarge
+from ingest.sinks.writer import LineSink, Rejected, Retryable, TooLarge
 
 log = logging.getLogger(__name__)
 

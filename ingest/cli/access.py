@@ -1,0 +1,187 @@
+"""Who may connect: bearer tokens of the HTTP API and Mosquitto's passwords, ACL and TLS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ingest.api.tokens import Role, TokensFileError, TokenStore, tokens_path
+from ingest.cli.common import (
+    checked_settings,
+    load_settings,
+    print_json,
+    print_table,
+    registry_at,
+)
+from ingest.settings import Settings
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The subcommands of this module."""
+    p = sub.add_parser(
+        "broker-config", help="write Mosquitto's passwords, ACL, listeners and local TLS files"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write into")
+    p.add_argument("--port", type=int, help="plain listener port (default $CITYSENSE_MQTT_PORT)")
+    p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument(
+        "--tls-bind", default=None, help="TLS listener address (default CITYSENSE_MQTT_TLS_BIND)"
+    )
+    p.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    p.add_argument(
+        "--workers",
+        type=Path,
+        default=Path("config/workers.yaml"),
+        help="grid workers file (default config/workers.yaml)",
+    )
+    p.set_defaults(func=cmd_broker_config)
+
+    p = sub.add_parser("tokens", help="bearer tokens of the HTTP API")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("add", help="create a token and print it (only this once)")
+    q.add_argument("--name", required=True, help="whose token (person or system)")
+    q.add_argument("--role", required=True, choices=[r.value for r in Role])
+    q.add_argument(
+        "--area",
+        action="extend",
+        nargs="+",
+        metavar="ID",
+        help="area id(s) a grid_worker sees, at any level (repeatable)",
+    )
+    q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    q.set_defaults(func=cmd_tokens)
+    q = dsub.add_parser("list", help="list tokens (never their secrets or hashes)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_tokens)
+    q = dsub.add_parser("revoke", help="revoke a token by its id")
+    q.add_argument("id")
+    q.set_defaults(func=cmd_tokens)
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Add, list or revoke the HTTP API's bearer tokens."""
+    settings = load_settings()
+    path = tokens_path(settings)
+    try:
+        store = TokenStore.load(path)
+        if args.action == "add":
+            return _add_token(args, settings, store)
+        if args.action == "revoke":
+            if not store.revoke(args.id):
+                print(f"citysense tokens: no token {args.id} in {path}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.id}")
+            return 0
+    except TokensFileError as e:
+        print(f"citysense tokens: {e}", file=sys.stderr)
+        return 1
+    principals = store.list()
+    if args.json:
+        print_json(
+            [
+                {"id": p.token_id, "name": p.name, "role": p.role.value, "areas": sorted(p.areas)}
+                for p in principals
+            ]
+        )
+    else:
+        rows = [
+            (p.token_id, p.name, p.role.value, ",".join(sorted(p.areas)) or "(all)")
+            for p in principals
+        ]
+        print_table(rows, ("id", "name", "role", "areas"))
+        if not principals:
+            print(f"no tokens in {path}", file=sys.stderr)
+    return 0
+
+
+def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) -> int:
+    role = Role(args.role)
+    areas: list[str] = list(dict.fromkeys(args.area or []))
+    if role is Role.GRID_WORKER and not areas:
+        print("citysense tokens add: a grid_worker needs --area (one or more)", file=sys.stderr)
+        return 2
+    if role is Role.OPERATOR and areas:
+        print("citysense tokens add: an operator sees everything; drop --area", file=sys.stderr)
+        return 2
+    if areas:
+        registry_file = args.registry or settings.registry
+        registry = registry_at(registry_file)
+        unknown = [a for a in areas if a not in registry.areas]
+        if unknown:
+            print(
+                f"citysense tokens add: no area {', '.join(unknown)} in {registry_file}",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        token, principal = store.add(args.name, role, areas)
+    except ValueError as e:
+        print(f"citysense tokens add: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    scope = ", ".join(sorted(principal.areas)) or "all areas"
+    print(
+        f"created {principal.token_id} for {principal.name} ({role.value}: {scope}) in "
+        f"{store.path}; the token above is shown only now, the file keeps its hash\n"
+        f'use it: curl -H "Authorization: Bearer <token>" '
+        f"http://{settings.api_host}:{settings.api_port}/alerts",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    """Write the broker's password file, ACL, listeners and local TLS files into --out."""
+    from devices.credentials import (
+        DEV_SECRET_ENV,
+        LOCAL_EXAMPLE_DEV_SECRET,
+        LOCAL_EXAMPLE_INGEST_PASSWORD,
+    )
+    from ingest.ops.brokerconfig import BrokerConfigError, write_broker_files
+    from ingest.ops.processes import MissingBinaryError
+    from ingest.ops.tls import TlsError
+    from ingest.ops.workers import WorkersError, load_workers
+
+    settings = checked_settings("broker-config")
+    registry = registry_at(args.registry or settings.registry)
+    try:
+        workers = load_workers(args.workers, registry)
+    except WorkersError as e:
+        print(f"citysense broker-config: {e}", file=sys.stderr)
+        return 1
+    dev_secret = settings.dev_secret.get_secret_value()
+    if dev_secret == LOCAL_EXAMPLE_DEV_SECRET:
+        print(
+            f"citysense broker-config: warning: {DEV_SECRET_ENV} is not set; device and worker "
+            "passwords are derived from the public local example secret, for local use only",
+            file=sys.stderr,
+        )
+    password = settings.mqtt_password.get_secret_value()
+    if password == LOCAL_EXAMPLE_INGEST_PASSWORD:
+        print(
+            "citysense broker-config: warning: CITYSENSE_MQTT_PASSWORD is not set; the ingest "
+            "user gets the public local example password, for local use only",
+            file=sys.stderr,
+        )
+    try:
+        files = write_broker_files(
+            args.out,
+            registry,
+            workers,
+            dev_secret=dev_secret,
+            ingest_password=password,
+            ingest_user=settings.mqtt_username,
+            port=args.port or settings.mqtt_port,
+            tls_port=args.tls_port,
+            tls_host=args.tls_bind or settings.mqtt_tls_bind,
+        )
+    except (BrokerConfigError, MissingBinaryError, TlsError, OSError) as e:
+        print(f"citysense broker-config: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {files.passwords}, {files.acl} ({files.users} users) and {files.listeners} "
+        f"(plain :{files.port}, TLS :{files.tls_port}, CA {files.tls.ca_cert}); append "
+        "listeners.conf after mosquitto.conf"
+    )
+    return 0
