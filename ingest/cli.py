@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from devices.kinds import Kind, Level
 from devices.registry import Registry, RegistryError, load_registry
+from ingest.configfile import ConfigFileError, config_file_path, where_set
 from ingest.settings import Settings
 from ingest.tokens import Role, TokensFileError, TokenStore, tokens_path
 
@@ -31,8 +32,11 @@ log = logging.getLogger("citysense")
 def _settings() -> Settings:
     try:
         return Settings()
+    except ConfigFileError as e:
+        sys.exit(f"citysense: {e}")
     except ValidationError as e:
-        sys.exit(f"citysense: bad CITYSENSE_* setting:\n{e}")
+        lines = where_set([str(err["loc"][0]) for err in e.errors() if err["loc"]])
+        sys.exit("\n".join(["citysense: bad CITYSENSE_* setting:", *lines, str(e)]))
 
 
 def _checked_settings(command: str) -> Settings:
@@ -522,6 +526,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_demo(settings, REPO_ROOT, args)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``config show``: the effective settings, secrets masked, and where each came from."""
+    from ingest.configview import render_json, render_text, shown_settings
+
+    settings = _settings()  # a bad file exits here, naming it
+    rows, path = shown_settings(settings), config_file_path()
+    print(render_json(rows, path) if args.json else render_text(rows, path))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="citysense", description=__doc__)
@@ -632,6 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("revoke", help="revoke a token by its id")
     q.add_argument("id")
     q.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("config", help="the settings (citysense.toml, CITYSENSE_*)")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("show", help="effective settings, secrets masked, with their sources")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_config)
     return parser
 
 

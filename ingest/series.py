@@ -1,4 +1,4 @@
-"""Time-series queries for the HTTP API (SPEC §6): validated parameters → InfluxQL → JSON/CSV.
+"""Time-series queries for the HTTP API: validated parameters → InfluxQL → JSON/CSV.
 
 No user text ever reaches a query. Every name in it comes from the payload schemas or the
 registry after the request's value was found there (the registry's own string is used, not
