@@ -1,4 +1,4 @@
-"""Pydantic models of what devices publish (SPEC §3).
+"""Pydantic models of what devices publish (docs/payloads.md).
 
 Device payloads are lenient about extra keys (firmware adds diagnostics; they are ignored and
 never stored) and strict about the keys they declare: types are not coerced ("3" is not 3),

@@ -1,4 +1,4 @@
-"""The registry of areas and devices (SPEC §4), loaded from YAML and checked at load.
+"""The registry of areas and devices (docs/operations.md), loaded from YAML and checked at load.
 
 Operator files are validated strictly (unknown keys are errors) and every problem names the
 file, the entry and the field, so a typo in a 500-device file is found in one read.

@@ -1,4 +1,4 @@
-"""The MQTT topic grammar (SPEC §3): ``iot/{kind}/{device_id}/{channel}`` and ``alerts/...``."""
+"""MQTT topic grammar (docs/payloads.md): ``iot/{kind}/{device_id}/{channel}``, ``alerts/...``."""
 
 from __future__ import annotations
 

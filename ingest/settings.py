@@ -13,13 +13,14 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from devices.credentials import (
     INGEST_USER,
     LOCAL_EXAMPLE_DEV_SECRET,
     LOCAL_EXAMPLE_INGEST_PASSWORD,
 )
+from ingest.configfile import CitysenseTomlSource, config_file_path
 
 
 class InfluxDialect(StrEnum):
@@ -31,17 +32,37 @@ class InfluxDialect(StrEnum):
 
 
 class Settings(BaseSettings):
-    """citysense configuration; each field is ``CITYSENSE_<NAME>`` in the environment."""
+    """citysense configuration; each field is ``CITYSENSE_<NAME>`` in the environment, or
+    ``<name>`` in the config file ``citysense.toml`` (ingest/configfile.py)."""
 
     model_config = SettingsConfigDict(env_prefix="CITYSENSE_", extra="forbid")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """First wins: init kwargs, environment, the config file (``citysense.toml``), defaults.
+
+        The file is found anew on each construction, so ``CITYSENSE_CONFIG`` set by a test or
+        a parent process is honoured (see ingest/configfile.py).
+        """
+        toml = CitysenseTomlSource(settings_cls, config_file_path())
+        return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
+
     # MQTT broker
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_host: str = Field("127.0.0.1", description="broker host")
+    mqtt_port: int = Field(
+        1883, ge=1, le=65535, description="broker port (also where `stack up` starts Mosquitto)"
+    )
     mqtt_username: str = Field(INGEST_USER, description="the ingest service's broker user")
     mqtt_password: SecretStr = Field(
         SecretStr(LOCAL_EXAMPLE_INGEST_PASSWORD),
-        description="its password; the default is public, for the local stack only",
+        description="its broker password; the default is public, for the local stack only",
     )
     mqtt_tls_port: int = Field(8883, ge=1, le=65535, description="TLS listener of `stack up`")
     mqtt_tls_bind: str = Field(
@@ -79,23 +100,30 @@ class Settings(BaseSettings):
     )
 
     # InfluxDB
-    influx_url: str = "http://127.0.0.1:8086"
-    influx_dialect: InfluxDialect = InfluxDialect.AUTO
-    influx_database: str = "citysense"
-    influx_retention_policy: str = ""
-    influx_username: str | None = None
-    influx_password: SecretStr | None = None
-    influx_token: SecretStr | None = None
-    influx_org: str = "citysense"
-    influx_bucket: str = "citysense"
+    influx_url: str = Field(
+        "http://127.0.0.1:8086", description="InfluxDB (also where `stack up` starts it)"
+    )
+    influx_dialect: InfluxDialect = Field(
+        InfluxDialect.AUTO,
+        description="v1 (/write), v2 (/api/v2/write), auto (from /ping's X-Influxdb-Version)",
+    )
+    influx_database: str = Field("citysense", description="v1 database (created by `stack up`)")
+    influx_retention_policy: str = Field("", description="v1 retention policy; empty: default")
+    influx_username: str | None = Field(None, description="v1 user")
+    influx_password: SecretStr | None = Field(None, description="v1 password")
+    influx_token: SecretStr | None = Field(None, description="v2 API token")
+    influx_org: str = Field("citysense", description="v2 organisation")
+    influx_bucket: str = Field("citysense", description="v2 bucket")
 
     # Files
-    registry: Path = Path("config/registry.yaml")
-    rules: Path = Path("config/rules.yaml")
-    data_dir: Path = Path(".data")
+    registry: Path = Field(Path("config/registry.yaml"), description="areas and devices")
+    rules: Path = Field(Path("config/rules.yaml"), description="alert rules")
+    data_dir: Path = Field(
+        Path(".data"), description="stack data, dead letters, spool, alert store"
+    )
 
     # HTTP API
-    api_host: str = "127.0.0.1"
+    api_host: str = Field("127.0.0.1", description="address the HTTP API binds")
     api_port: int = Field(8080, ge=0, le=65535, description="0: any free port (tests)")
     api_enabled: bool = Field(True, description="serve the HTTP API beside the consumer")
     api_streams_per_token: int = Field(
@@ -119,7 +147,9 @@ class Settings(BaseSettings):
         description="spool cap; when full the service stops taking messages and the broker "
         "keeps them (nothing is dropped)",
     )
-    max_payload_bytes: int = Field(16_384, ge=64)
+    max_payload_bytes: int = Field(
+        16_384, ge=64, description="larger payloads are rejected as too_large"
+    )
     future_skew_s: float = Field(300, ge=0, description="reject ts further ahead than this")
     ahead_tolerance_s: float = Field(
         2.0,
@@ -160,7 +190,7 @@ class Settings(BaseSettings):
     alert_snapshot_interval_s: float = Field(
         1.0, gt=0, description="seconds between saves of the rule engine's state"
     )
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @property
     def influx_port(self) -> int:

@@ -1,4 +1,4 @@
-"""What is wrong: alert rules, their evaluation state and the alert lifecycle (SPEC §5).
+"""What is wrong: alert rules, their evaluation state and the alert lifecycle (docs/rules.md).
 
 The rule engine here is pure: no I/O, no asyncio, no wall clock. The ingest pipeline feeds it
 validated messages and the time; it answers with transitions, and its state is plain data.

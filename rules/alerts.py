@@ -1,4 +1,4 @@
-"""Alerts and their lifecycle (SPEC §5): open → acknowledged → resolved, and escalation.
+"""Alerts and their lifecycle (docs/rules.md): open → acknowledged → resolved, and escalation.
 
 Pure functions of an alert and a time: each returns the new alert and the history row to
 record, so the store only persists and the rules about what may happen live here. Invalid

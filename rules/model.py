@@ -1,4 +1,4 @@
-"""Rule models (SPEC §5): what a rule file may say, validated strictly with pydantic.
+"""Rule models (docs/rules.md): what a rule file may say, validated strictly with pydantic.
 
 A rule file is ``rules:`` followed by a list; each rule picks its form with ``type``:
 ``threshold``, ``rate_of_change``, ``event``, ``event_count``, ``water_quality`` or ``silence``.

@@ -1,4 +1,4 @@
-"""Device simulators and scenarios (SPEC §7 ``citysense simulate``).
+"""Device simulators and scenarios (``citysense simulate``).
 
 Devices publish realistic telemetry, events and status over MQTT, each with its own
 connection, ``seq`` counter and last will; scenarios inject the trouble alert rules look for.

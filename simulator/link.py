@@ -13,7 +13,7 @@ import aiomqtt
 from simulator.config import MqttTarget
 from simulator.device import Outgoing
 
-QOS = 1  # SPEC §3: at least once for telemetry, events and status
+QOS = 1  # docs/payloads.md: at least once for telemetry, events and status
 DISCONNECTION_WAIT_S = 2.0  # how long to wait for aiomqtt to notice a connection is gone
 
 

@@ -110,7 +110,7 @@ class RiverBehaviour:
         )
 
     def on_script(self, event: str, stamp: Stamp, active: Conditions) -> DeviceMessage:
-        """River stations have no event channel in SPEC §3."""
+        """River stations have no event channel (docs/payloads.md)."""
         raise ValueError(f"a river station cannot publish a {event!r} event")
 
     def _advance_clock(self, ts_ms: int) -> float:

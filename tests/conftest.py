@@ -1,7 +1,7 @@
 """Session fixtures: real Mosquitto, InfluxDB 1.x and VictoriaMetrics on free ports.
 
 Each server fixture starts a throwaway server from an empty temporary directory with
-``ingest.ops.stack`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
+``ingest.ops.processes`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
 (``.port``, ``.address``, ``.url`` for the HTTP ones, ``.log_path``) and stops it at the end of
 the session. A missing program fails the test loudly: ``make test`` installs it; nothing is
 skipped.
@@ -9,6 +9,7 @@ skipped.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from ingest.ops.processes import (
 from tests.brokerauth import broker_files
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A developer's own ./citysense.toml must not change what the tests (and the services they
+# start, which inherit the environment) run with: read no config file unless a test says so.
+os.environ["CITYSENSE_CONFIG"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC §6): FastAPI routes over the running service's parts."""
+"""The HTTP API (docs/security.md): FastAPI routes over the running service's parts."""
 
 from ingest.api.app import create_app
 from ingest.api.context import ApiContext

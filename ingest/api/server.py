@@ -1,4 +1,4 @@
-"""Serving the API inside the service's event loop (one process, one loop, SPEC §6)."""
+"""Serving the API inside the service's event loop (one process, one loop: docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bearer tokens of the HTTP API (SPEC §6): who may call it, and which areas they see.
+"""Bearer tokens of the HTTP API (docs/security.md): who may call it, and which areas they see.
 
 A token reads ``cst_<id>_<secret>``: the id is a lookup key, not secret; the secret is
 random. The tokens file (YAML, mode 0600) keeps only the SHA-256 of each secret, so reading

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from devices.registry import Registry, RegistryError, load_registry
+from ingest.configfile import ConfigFileError, where_set
 from ingest.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,8 +23,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def load_settings() -> Settings:
     try:
         return Settings()
+    except ConfigFileError as e:
+        sys.exit(f"citysense: {e}")
     except ValidationError as e:
-        sys.exit(f"citysense: bad CITYSENSE_* setting:\n{e}")
+        lines = where_set([str(err["loc"][0]) for err in e.errors() if err["loc"]])
+        sys.exit("\n".join(["citysense: bad CITYSENSE_* setting:", *lines, str(e)]))
 
 
 def checked_settings(command: str) -> Settings:

@@ -1,4 +1,6 @@
-"""The accounting identity of SPEC §8: received = written + dead-lettered + spooled + in flight.
+"""The accounting identity received = written + dead-lettered + spooled + in flight.
+
+Its place in the delivery guarantee: docs/architecture.md.
 
 Plain integers on the hot path (a Prometheus collector reads them at scrape time); each side of
 the identity is counted where it happens, so a leak shows up as an imbalance.

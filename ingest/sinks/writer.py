@@ -1,6 +1,6 @@
 """InfluxDB write endpoints behind one small protocol, and the error table they share.
 
-Two dialects (SPEC §2): ``/write`` of InfluxDB 1.x, and ``/api/v2/write`` through
+Two dialects (docs/operations.md): ``/write`` of InfluxDB 1.x, and ``/api/v2/write`` through
 influxdb-client for 1.8+, 2.x, 3.x and compatible servers. Both turn HTTP outcomes into the
 same three exceptions, following Telegraf's influxdb_v2 output: 413 → split the batch,
 400/422 → drop and report, 429/5xx/connection errors → retry honouring Retry-After.

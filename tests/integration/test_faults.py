@@ -1,4 +1,4 @@
-"""At-least-once delivery under faults, on real processes (SPEC §8, issue 5).
+"""At-least-once delivery under faults, on real processes (docs/architecture.md, issue 5).
 
 Each test runs its own Mosquitto, InfluxDB and ``citysense serve`` (see ``faults.py``),
 publishes numbered telemetry from every registry device at a steady rate, injects one fault

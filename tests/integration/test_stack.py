@@ -103,7 +103,7 @@ def take(inbox: queue.Queue[mqtt.MQTTMessage], count: int) -> list[mqtt.MQTTMess
 
 def test_influxdb_fixture_is_1x_and_stores_what_it_is_sent(influxdb: ManagedProcess) -> None:
     with urllib.request.urlopen(f"{influxdb.url}/ping", timeout=5) as resp:
-        # The writer picks the /write dialect from this header (SPEC §2).
+        # The writer picks the /write dialect from this header (docs/operations.md).
         assert resp.status == 204
         assert resp.headers["X-Influxdb-Version"].startswith("1.")
     body = (
@@ -144,7 +144,7 @@ def test_mqtt_round_trip_and_queue_for_an_away_persistent_session(
         [msg] = take(sub.inbox, 1)
         assert (msg.topic, msg.payload, msg.qos) == (topic, b"while-here", 1)
 
-    # More than Mosquitto's default queue of 1000: mosquitto.conf must raise it (SPEC §8).
+    # More than Mosquitto's default queue of 1000: mosquitto.conf must raise it.
     away = [(topic, b"%d" % i, False) for i in range(1500)]
     publish(mosquitto.port, away)
 

@@ -1,4 +1,4 @@
-"""API bearer tokens: hashed at rest, verified in constant time, scoped to areas (SPEC §6)."""
+"""API bearer tokens: hashed at rest, verified in constant time, scoped to areas."""
 
 import hashlib
 import json
