@@ -7,9 +7,15 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-stages deps system-deps venv clean stack-up stack-down
+.PHONY: run test lint format bench bench-stages deps test-deps system-deps test-system-deps venv clean stack-up stack-down
 
+# What running needs; `make test` adds the test-only packages (VictoriaMetrics, Chromium, a CJK font).
 deps: system-deps venv
+
+test-deps: test-system-deps venv
+
+test-system-deps:
+	@scripts/system-deps.sh test
 
 system-deps:
 	@scripts/system-deps.sh
@@ -26,7 +32,7 @@ $(STAMP): pyproject.toml
 run: deps
 	$(BIN)/citysense run
 
-test: deps lint
+test: test-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages citysense runs against, if any is missing. Idempotent: on a
-# machine that has them it only checks, so `make test` stays fast the second time.
+# Install the Debian packages citysense needs, if any is missing. Idempotent: on a machine that
+# has them it only checks, so `make run` and `make test` stay fast the second time.
+#   scripts/system-deps.sh        what running needs (make run, stack-up, bench)
+#   scripts/system-deps.sh test   that, plus what only the tests use (make test)
 set -euo pipefail
 
 need=()
@@ -8,12 +10,18 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 # The `influx` shell an operator uses to look at the data (make run prints the query).
 command -v influx >/dev/null 2>&1 || need+=(influxdb-client)
-command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 # mosquitto_sub/_pub, for watching alerts the way a grid worker's phone receives them.
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
-# The headless browser of the web page tests (tests/integration/test_web.py, via Playwright).
-[ -x /usr/bin/chromium ] || need+=(chromium)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+
+if [ "${1:-}" = "test" ]; then
+  # The /api/v2/write dialect's tests run against VictoriaMetrics.
+  command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+  # The headless browser of the web page tests (tests/integration/test_web.py, via Playwright).
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  # A small CJK font, so the browser tests render Chinese labels, not empty boxes.
+  [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

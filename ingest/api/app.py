@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,9 +66,11 @@ STRICT_CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-# /docs is FastAPI's Swagger UI, which loads its script and styles from a public CDN and starts
-# with an inline script: it gets no script policy (it holds no token of ours), only no framing.
+# /docs is Swagger UI: its script and styles are vendored (served under /ui/static/vendor/, so
+# it works on an intranet), but it starts with an inline script: it gets no script policy (it
+# holds no token of ours), only no framing.
 RELAXED_CSP = "frame-ancestors 'none'"
+SWAGGER = "/ui/static/vendor/swagger-ui"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -77,6 +81,8 @@ SECURITY_HEADERS = {
 def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> FastAPI:
     """The application around one service's context; writes limited per token."""
     app = FastAPI(
+        docs_url=None,  # served below from the vendored files, not a CDN
+        redoc_url=None,  # ReDoc would need a CDN too; /docs covers it
         title="citysense",
         version="0.1.0",
         description=DESCRIPTION,
@@ -118,8 +124,27 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
 
     for module in (health, devices, timeseries, alerts, rules, deadletters):
         app.include_router(module.router)
+    _add_front_door(app)
     app.include_router(web.router)  # the pages under /ui/ (public; data comes from the API)
     # No CORSMiddleware, on purpose: the API is for the command centre's server side and the
     # grid workers' app, not for pages of other origins; browsers then refuse cross-origin
     # reads. tests/unit/test_api_hardening.py holds that.
     return app
+
+
+def _add_front_door(app: FastAPI) -> None:
+    """``/`` leads to the pages; ``/docs`` is Swagger UI from the package, not from a CDN."""
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=307)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="citysense — API",
+            swagger_js_url=f"{SWAGGER}-bundle.js",
+            swagger_css_url=f"{SWAGGER}.css",
+            swagger_favicon_url=f"{SWAGGER}-favicon-32x32.png",
+        )

@@ -24,17 +24,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--out", type=Path, required=True, help="directory to write into")
     p.add_argument("--port", type=int, help="plain listener port (default $CITYSENSE_MQTT_PORT)")
-    p.add_argument("--tls-port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument(
+        "--tls-port", type=int, help="TLS listener port (default $CITYSENSE_MQTT_TLS_PORT)"
+    )
     p.add_argument(
         "--tls-bind", default=None, help="TLS listener address (default CITYSENSE_MQTT_TLS_BIND)"
     )
     p.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
-    p.add_argument(
-        "--workers",
-        type=Path,
-        default=Path("config/workers.yaml"),
-        help="grid workers file (default config/workers.yaml)",
-    )
+    p.add_argument("--workers", type=Path, help="grid workers file (default $CITYSENSE_WORKERS)")
     p.set_defaults(func=cmd_broker_config)
 
     p = sub.add_parser("tokens", help="bearer tokens of the HTTP API")
@@ -146,7 +143,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     settings = checked_settings("broker-config")
     registry = registry_at(args.registry or settings.registry)
     try:
-        workers = load_workers(args.workers, registry)
+        workers = load_workers(args.workers or settings.workers, registry)
     except WorkersError as e:
         print(f"citysense broker-config: {e}", file=sys.stderr)
         return 1
@@ -173,7 +170,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             ingest_password=password,
             ingest_user=settings.mqtt_username,
             port=args.port or settings.mqtt_port,
-            tls_port=args.tls_port,
+            tls_port=args.tls_port or settings.mqtt_tls_port,
             tls_host=args.tls_bind or settings.mqtt_tls_bind,
         )
     except (BrokerConfigError, MissingBinaryError, TlsError, OSError) as e:

@@ -77,6 +77,7 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
         f"  HTTP API:       {api} (try {api}/docs)\n"
         f"  web pages:      http://{settings.api_host}:{settings.api_port}/ui/\n"
         f"  operator token: {token}\n"
+        f"  staged alerts:  the simulator plays {args.scenario.replace(',', ', ')} (--scenario)\n"
         f'  e.g.:           curl -H "Authorization: Bearer {token}" {api}/alerts\n'
         "Press Ctrl-C to stop.\n",
         flush=True,

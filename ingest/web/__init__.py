@@ -25,7 +25,7 @@ PAGE_CACHE = "no-cache"  # the pages themselves: always revalidated
 STATIC_FILES = {
     p.relative_to(STATIC_DIR).as_posix(): p
     for p in sorted(STATIC_DIR.rglob("*"))
-    if p.is_file() and p.suffix in {".js", ".css"}
+    if p.is_file() and p.suffix in {".js", ".css", ".png"}
 }
 
 router = APIRouter(prefix="/ui", include_in_schema=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,6 +107,42 @@ async def test_overview_shows_devices_and_a_new_alert_live(
     )
     await page.screenshot(path=ARTIFACTS / "overview.png", full_page=True)
     assert getattr(page, "js_errors") == []  # noqa: B009
+    await page.context.close()
+
+
+# Draws single characters with an element's own font on a canvas (the same font fallback as
+# the page) and reports: pixels inked by the first, whether the first two differ, and whether
+# the first differs from a private-use character, which no font has (a missing-glyph box).
+GLYPHS_JS = """([selector, text]) => {
+  const font = getComputedStyle(document.querySelector(selector)).font;
+  const draw = (t) => {
+    const c = document.createElement("canvas");
+    c.width = 64; c.height = 64;
+    const g = c.getContext("2d");
+    g.font = font; g.fillStyle = "#000"; g.fillText(t, 8, 44);
+    return Array.from(g.getImageData(0, 0, 64, 64).data).filter((_, i) => i % 4 === 3);
+  };
+  const a = draw(text[0]), b = draw(text[1]), box = draw("\\ue000");
+  return {
+    inked: a.filter((v) => v > 0).length,
+    distinct: a.some((v, i) => v !== b[i]),
+    not_a_box: a.some((v, i) => v !== box[i]),
+  };
+}"""
+
+
+async def test_chinese_labels_render_as_glyphs_not_boxes(api: Api, browser: Browser) -> None:
+    """Issue 15: without a CJK font Chromium draws every Chinese character as the same empty
+    box. With ``fonts-wqy-microhei`` (scripts/system-deps.sh test) the county names have real,
+    distinct glyphs. Checked to fail by launching Chromium with a fontconfig that lists only
+    DejaVu (FONTCONFIG_FILE): ``distinct`` and ``not_a_box`` were then false."""
+    page = await signed_in(browser, f"{api.url}/ui/", api.operator)
+    county = page.locator("#by-county tr[data-county] td").first
+    await expect(county).to_have_text(re.compile(r"[\u4e00-\u9fff]{2}"))
+    text = re.sub(r"[^\u4e00-\u9fff]", "", await county.inner_text())
+    glyphs = await page.evaluate(GLYPHS_JS, ["#by-county tr[data-county] td", text[:2]])
+    assert glyphs["inked"] > 20, glyphs
+    assert glyphs["distinct"] and glyphs["not_a_box"], glyphs
     await page.context.close()
 
 

@@ -4,6 +4,7 @@ answered as 503 in the error shape (it was a 500). Real stores; InfluxDB is a cl
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -83,9 +84,28 @@ async def test_every_answer_carries_the_security_headers(
         assert "script-src 'self'" in STRICT_CSP and "frame-ancestors 'none'" in STRICT_CSP
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["referrer-policy"] == "no-referrer"
-    docs = await c.get("/docs")  # Swagger UI needs its CDN and inline start: no script policy
+    docs = await c.get("/docs")  # Swagger UI starts with an inline script: no script policy
     assert docs.status_code == 200
     assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+async def test_the_front_door_leads_to_the_pages_and_docs_need_no_internet(
+    client: tuple[httpx.AsyncClient, str],
+) -> None:
+    """Issue 15: ``/`` answered 404, and ``/docs`` loaded Swagger UI from a public CDN (a blank
+    page on a city's intranet). Every asset the docs page names is served by us."""
+    c, _ = client
+    root = await c.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    html = (await c.get("/docs")).text
+    assert "SwaggerUIBundle" in html and "/openapi.json" in html
+    assert not re.findall(r"(?:src|href)=[\"']?https?://", html)
+    assets = re.findall(r"(?:src|href)=[\"']?(/[^\"' >]+)", html)
+    assert {a.rsplit(".", 1)[-1] for a in assets} == {"js", "css", "png"}
+    for asset in assets:
+        r = await c.get(asset)
+        assert r.status_code == 200 and len(r.content) > 500, asset
+    assert (await c.get("/redoc")).status_code == 404  # ReDoc would need a CDN: not offered
 
 
 async def test_an_unreachable_influxdb_is_a_503_in_the_error_shape(

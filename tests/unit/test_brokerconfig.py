@@ -420,6 +420,24 @@ def test_cli_uses_the_secrets_from_the_environment(
     assert "listener 21883 127.0.0.1" in (tmp_path / "listeners.conf").read_text()
 
 
+def test_cli_takes_the_workers_file_and_tls_port_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: `broker-config` ignored CITYSENSE_WORKERS and CITYSENSE_MQTT_TLS_PORT (it
+    used config/workers.yaml and 8883) while `stack up` honoured them."""
+    workers = tmp_path / "my-workers.yaml"
+    workers.write_text(
+        "workers:\n- username: wang.fang\n  name: 王芳\n  areas: ['430502001001-01']\n"
+    )
+    monkeypatch.setenv("CITYSENSE_WORKERS", str(workers))
+    monkeypatch.setenv("CITYSENSE_MQTT_TLS_PORT", "18999")
+    monkeypatch.setenv("CITYSENSE_REGISTRY", str(REPO / "config" / "registry.yaml"))
+    assert main(["broker-config", "--out", str(tmp_path / "out")]) == 0
+    users = {line.split(":", 1)[0] for line in (tmp_path / "out" / "passwords").read_text().split()}
+    assert "wang.fang" in users and "li.na" not in users  # li.na is in config/workers.yaml
+    assert "listener 18999 127.0.0.1" in (tmp_path / "out" / "listeners.conf").read_text()
+
+
 def test_cli_names_a_bad_workers_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
