@@ -79,8 +79,9 @@ class Pipeline:
         measurement = measurement_of(result.kind, result.channel)
         if self._alerting is not None:
             try:
+                skew = self._skew.skew_ms(result.device.id) if self._skew is not None else None
                 transitions = self._alerting.observe(
-                    result.device, result.channel, result.message, result.ts_ms, now_ms
+                    result.device, result.channel, result.message, result.ts_ms, now_ms, skew
                 )
             except Exception:
                 # A rule's bug must not cost the reading: store the point, log the failure.

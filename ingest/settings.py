@@ -155,8 +155,9 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         description="a ts up to this far ahead of its arrival is judged as stamped; further "
-        "ahead (a fast device clock), the rules judge it as of its arrival plus this, so it "
-        "cannot hide the readings after it. Raise it (with future_skew_s) only to replay an "
+        "ahead (a fast device clock), the rules judge it at the stamp less the device's "
+        "measured clock skew, never later than its arrival plus this, so it cannot hide the "
+        "readings after it. Raise it (with future_skew_s) only to replay an "
         "accelerated simulation",
     )
     max_age_s: float = Field(30 * 86400, gt=0, description="reject ts older than this")

@@ -31,8 +31,9 @@ Device time throughout. Late and out-of-order messages, per form (details in eac
 - silence: times only move forward; a message no newer than the newest changes no condition.
 Duplicates: a (``seq``, ``ts``) the device already sent is dropped before any rule sees it
 (``seen``: runs of seqs, so a whole redelivered window is recognised). A stamp past
-``not_after_ms`` (the message's arrival) is judged as of it. A rule that raises loses only its
-own verdict (``engine.failures``).
+``not_after_ms`` (the message's arrival) is judged at the stamp less the device's measured
+lead, never past ``not_after_ms``; a stamp sent again is judged no later than the first time.
+A rule that raises loses only its own verdict (``engine.failures``).
 """
 
 from rules.engine import Engine

@@ -76,6 +76,28 @@ _Observer = tuple[
 _EVENT = Channel.EVENT  # bound once: an enum member lookup costs ~0.1 µs (Engine.observe)
 
 
+def _judged_ahead(dev: DeviceState, sent: int, not_after: int, skew: int | None) -> int:
+    """The device time a message stamped ``sent`` past ``not_after`` (its arrival plus the
+    tolerance: a fast clock) is judged at: the stamp less the clock's measured lead, never
+    past ``not_after`` — so a burst read in one go keeps its spacing rather than collapsing
+    onto one millisecond (event_count took them for copies of one event).
+
+    A stamp the device sent no later than an earlier stamp ahead is judged no later than that
+    one was, less their difference: a redelivery, read later (so ``not_after`` is later), with
+    the skew measured anew in between, is judged no later than the first time, and so is no
+    newer than a person's resolve of what the first delivery opened.
+    """
+    judged = sent - skew if skew is not None and skew > 0 else sent
+    if judged > not_after:
+        judged = not_after
+    last_sent, last_judged = dev.ahead_sent, dev.ahead_judged
+    if last_sent is None or last_judged is None or sent > last_sent:
+        dev.ahead_sent, dev.ahead_judged = sent, judged
+    elif judged > last_judged - (last_sent - sent):
+        judged = last_judged - (last_sent - sent)
+    return judged
+
+
 def compile_rule(rule: AnyRule) -> Evaluator[Any, Any]:
     """The evaluator for one rule."""
     if isinstance(rule, ThresholdRule):
@@ -163,15 +185,19 @@ class Engine:
         ts_ms: int,
         arrival_ms: int | None = None,
         not_after_ms: int | None = None,
+        skew_ms: int | None = None,
     ) -> list[Transition]:
         """Evaluate one valid message from ``device`` at device time ``ts_ms``.
 
         ``arrival_ms``: when it was read, on the clock later passed to ``tick`` (silence is
         then judged on arrival; without it, on device time). ``not_after_ms``: the latest
         device time the message can truly be from (when it was received): a stamp past it is
-        a clock running ahead, and is judged as of ``not_after_ms``, so that one reading
+        a clock running ahead, and is judged no later than ``not_after_ms``, so that one reading
         stamped minutes ahead does not hide the readings after it (each rule ignores readings
-        older than its newest). Duplicates are still recognised by the stamp as sent.
+        older than its newest). ``skew_ms``: the device clock's measured lead, if it runs
+        fast: a stamp past ``not_after_ms`` is judged at the stamp less it (still never past
+        ``not_after_ms``), so a burst read at once keeps its spacing (``_judged_ahead``).
+        Duplicates are still recognised by the stamp as sent.
         """
         for silence in self._silences:
             silence.arrival_ms = arrival_ms
@@ -196,7 +222,7 @@ class Engine:
             else:
                 remember(runs, seq, ts_ms)
         if not_after_ms is not None and ts_ms > not_after_ms:
-            ts_ms = not_after_ms
+            ts_ms = _judged_ahead(dev, ts_ms, not_after_ms, skew_ms)
         if newest is None or ts_ms > newest:
             newest = dev.newest_ts = ts_ms
         # _EVENT, not Channel.EVENT: an enum member lookup costs ~0.1 µs each time.
@@ -381,7 +407,8 @@ class Engine:
 
             {"format": 1,
              "devices": {device_id: {"newest_ts": int | None,
-                                     "seen": [[first seq, last seq, first ts, last ts], ...]}},
+                                     "seen": [[first seq, last seq, first ts, last ts], ...],
+                                     "ahead_sent": int | None, "ahead_judged": int | None}},
              "rules": {rule_id: {"type": form, "states": {device_id: {...form state...}}}},
              "armed": [rule_id, ...],
              "caller": {...} | None}  # the caller's own state (caller_state)

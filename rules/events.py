@@ -18,7 +18,9 @@ Late and out-of-order events: a late event is still an event that happened, so
   newest time, as for ``event``), since the window is defined on timestamps; events no newer
   than the last clear, or outside the window, are dropped — a burst an hour old opens
   nothing. A matching event at exactly the time of one already counted is taken for a copy
-  of it and not counted twice.
+  of it and not counted twice — unless it has a seq and was judged at another time than it
+  was stamped (a fast clock, ``rules.engine``): the engine has told copies by (seq, stamp as
+  sent) already, and distinct events of a burst may be judged at the same time.
 """
 
 from __future__ import annotations
@@ -128,9 +130,13 @@ class EventCountEvaluator(Evaluator[EventCountRule, EventCountState]):
         # The window ends at the device's newest time, as for ``event``: a burst sent late
         # (an hour-old backlog) cannot open what would already have cleared.
         end = max(ts, newest, times[-1]) if times else max(ts, newest)
-        if ts <= end - self.window or ts in times:
+        if ts <= end - self.window or (
+            ts in times and (message.seq is None or message.ts is None or message.ts == ts)
+        ):
             # Outside the window, or the same event at the same millisecond again: a copy
-            # (redelivered without a seq, or beyond the engine's memory of recent seqs).
+            # (redelivered without a seq). Not when a stamp ahead was judged at another time
+            # than sent (rules.engine._judged_ahead): with a seq, the engine has already told
+            # copies on the stamp as sent, and events sent apart may be judged at one time.
             return out
         insert_time(times, ts)
         trim_before(times, end, self.window)

@@ -14,9 +14,19 @@ run's span (exactly the end's time for a run's first or last seq). Bounded: at m
 ``MAX_RUNS`` runs per device, the one that ended longest ago is forgotten first, so a device
 sending seqs at random costs ``MAX_RUNS`` comparisons a message, not memory.
 
+A restart usually starts the new run at a later ts, past the old run's span. Not always: a
+device whose clock ran fast and is set right as it restarts counts 1, 2, 3… again at times
+inside the old run's span. So a message that continues a run exactly (its next seq, at a later
+ts) is new, whatever older run its (seq, ts) falls inside: within one run of a counting device
+that never happens to a message already seen (adjacent runs are joined), so a redelivery is
+still recognised, of the old runs as of the new.
+
 The one mistake it can make: a message whose seq lies inside a run and whose ts lies strictly
-inside that run's span but differs from the one seen — a device reusing a seq within a run,
-which a counting device never does (a restart starts a new run at a later ts).
+inside that run's span but differs from the one seen, and that continues no run — a device
+reusing a seq within a run, which a counting device never does; or the first message after a
+restart of a device with its clock set back, when the new count's first messages were lost
+(seq 3 before any of 1 and 2): dropped, with the ones after it, until the count or the clock
+passes the old run.
 
 Runs are tuples, replaced rather than changed, so a snapshot may share them (``rules.state``).
 """
@@ -31,12 +41,17 @@ MAX_RUNS = 64
 
 def is_repeat(runs: list[Run], seq: int, ts: int) -> bool:
     """Whether (seq, ts) was remembered."""
+    repeat = False
     for lo, hi, ts_lo, ts_hi in runs:
+        if seq == hi + 1 and ts > ts_hi:
+            # It continues a run (the next seq, later): new, even inside an older run's span
+            # — a device restarted with its clock set back counts again over the old run.
+            return False
         if lo <= seq <= hi and ts_lo <= ts <= ts_hi:
             if (seq == lo and ts != ts_lo) or (seq == hi and ts != ts_hi):
                 continue
-            return True
-    return False
+            repeat = True
+    return repeat
 
 
 def remember(runs: list[Run], seq: int, ts: int) -> None:

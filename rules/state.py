@@ -118,6 +118,10 @@ class DeviceState:
     newest_ts: int | None = None
     # What the device sent, as runs (rules.seen): tuples, replaced and never changed.
     seen: list[Run] = field(default_factory=list)
+    # The newest stamp it sent past its arrival (a fast clock) and the time it was judged at
+    # (rules.engine._judged_ahead): a redelivery of it is judged no later.
+    ahead_sent: int | None = None
+    ahead_judged: int | None = None
 
 
 FormState = ThresholdState | RateState | EventState | EventCountState | QualityState | SilenceState
@@ -184,7 +188,12 @@ def _silence(st: SilenceState) -> dict[str, Any]:
 
 
 def _device(st: DeviceState) -> dict[str, Any]:
-    return {"newest_ts": st.newest_ts, "seen": st.seen.copy()}  # runs shared: never changed
+    return {  # runs shared: never changed
+        "newest_ts": st.newest_ts,
+        "seen": st.seen.copy(),
+        "ahead_sent": st.ahead_sent,
+        "ahead_judged": st.ahead_judged,
+    }
 
 
 _ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {

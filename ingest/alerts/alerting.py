@@ -60,7 +60,8 @@ TICK_S = 1.0
 # engine's state, ~1 ms for the example city); a round with alert changes starts at once.
 COVER_EVERY_S = 0.05
 # A device stamp at most this far past its arrival is taken as it is (clocks disagree a
-# little); further ahead, the message is judged as of its arrival plus this.
+# little); further ahead, at the stamp less the device's measured skew, never later than its
+# arrival plus this.
 AHEAD_TOLERANCE_S = 2.0
 STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same batch again
 
@@ -222,17 +223,21 @@ class Alerting:
         message: DeviceMessage,
         ts_ms: int,
         received_ms: int | None = None,
+        skew_ms: int | None = None,
     ) -> list[Transition]:
-        """Evaluate one valid message (read at wall time ``received_ms``); what the engine
-        says goes to ``take`` (if anything)."""
+        """Evaluate one valid message (read at wall time ``received_ms``; ``skew_ms`` the
+        device clock's measured skew, ingest/intake/skew.py); what the engine says goes to
+        ``take`` (if anything)."""
         started = time.perf_counter()
         arrival = (
             None if received_ms is None else self.read_clock.saw(ts_ms, received_ms, device.id)
         )
-        # A stamp ahead of when the message arrived is a device clock running fast: judged as
-        # of its arrival (Engine.observe), so it cannot hide the readings after it.
+        # A stamp ahead of when the message arrived is a device clock running fast: judged
+        # at the stamp less the clock's measured lead, never past its arrival (plus the
+        # tolerance), so it cannot hide the readings after it (Engine.observe).
         not_after = None if received_ms is None else received_ms + self._ahead_ms
-        transitions = self.engine.observe(device, channel, message, ts_ms, arrival, not_after)
+        lead = skew_ms if skew_ms is not None and skew_ms > self._ahead_ms else None
+        transitions = self.engine.observe(device, channel, message, ts_ms, arrival, not_after, lead)
         self.eval_seconds += time.perf_counter() - started
         self.evaluated += 1
         return transitions

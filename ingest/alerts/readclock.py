@@ -7,17 +7,22 @@ every device falling silent at once (issue 13: 45 of 60 devices after a 40 s bro
 
 So silence is judged against this clock instead. It only ever moves forward, by steps:
 - connected and caught up: as the wall clock moves;
-- reading a backlog (the typical device's oldest stamp read in a 2 s window lags the wall
-  clock by more than ``behind_ms``): as far as the backlog has come — the step of the median
-  of the devices' newest stamps, so the clock goes at the pace the backlog was sent,
-  whatever the pace we read it at;
+- reading a backlog (a quorum of the devices read in the last few 2 s windows — at least 3,
+  and at least half of them — had their oldest stamp in a window lag that window's end by
+  more than ``behind_ms``): as far as the backlog has come — the step of the median of the
+  devices' newest stamps, so the clock goes at the pace the backlog was sent, whatever the
+  pace we read it at;
 - the broker link down, or reading paused (backpressure), or nothing read while messages
   still wait for their acknowledgement: not at all.
 Steps, not positions: a 40 s broker outage leaves the clock 40 s behind the wall clock, and
 it stays so — devices that could not reach the broker are given that time back rather than
-judged for it. Medians over devices (each device is one vote per 2 s window, however many
-messages it sends), not the newest stamp, so a device whose clock is wrong — or one that
-floods old or future stamps — moves nothing. After a restart the clock continues from
+judged for it. Votes of devices (each device is one vote, however many messages it sends),
+not the newest stamp, so a device whose clock is wrong — or one that floods old or future
+stamps — moves nothing: alone it never makes a quorum, even in a quiet city where it is the
+only device read for minutes (a lone vote that was the median of its window stopped the
+clock for everyone: 55 min behind after an hour). Each window's lag is judged at the end of
+that window, and only the verdict of the window just closed counts, so a quiet city's clock
+loses no time to an old window's stamps. After a restart the clock continues from
 where the last run stopped (the engine's snapshot keeps it); on a first start, from the
 first message read.
 
@@ -34,6 +39,8 @@ from typing import Any
 
 BEHIND_MS = 30_000  # newest read this far behind the wall clock: we are reading a backlog
 WINDOW_MS = 2_000  # what "recently read" means
+RECENT_WINDOWS = 5  # the devices heard in this many windows vote on a backlog
+QUORUM = 3  # at least this many devices (or every device ever heard, if fewer) must lag
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +75,15 @@ class ReadClock:
         self._behind_ms = behind_ms
         self._window_ms = window_ms
         self._window_start = _NEVER  # wall ms the current window of reads began
+        self._last_read = _NEVER  # wall ms of the newest read (a window's lag is judged at it)
         # Per device, the newest device time it sent in the current window: one vote per
         # device, so one device flooding old or future stamps cannot steer the clock.
         self._stamps: dict[str, tuple[int, int]] = {}  # device → (oldest, newest) stamp
-        self._median: int | None = None  # of the devices' oldest stamps in the last window
+        # Per device heard in the last RECENT_WINDOWS windows: when its last window ended and
+        # whether its oldest stamp in it lagged that window's end by more than ``behind_ms``.
+        self._recent: dict[str, tuple[int, bool]] = {}
+        self._known: set[str] = set()  # every device ever read (bounded by the registry)
+        self._lagging = False  # the last window's verdict: a quorum of devices lagged
         self._median_at = _NEVER  # wall ms that window ended
         self._ahead: int | None = None  # median of the devices' newest stamps in it
         # The device time the clock stands for: a backlog steps the clock by its progress past it.
@@ -87,8 +99,13 @@ class ReadClock:
             self._unset = False
             self._value = self._anchor = min(ts_ms, wall_ms)
         if wall_ms - self._window_start >= self._window_ms:
+            if self._stamps and wall_ms - self._last_read > self._behind_ms:
+                # Nothing read, and no clock tick closed the window, for a long while (we were
+                # not running): that time is given back rather than judged.
+                self._wall_at = wall_ms
             self._close_window(wall_ms)
             self.now(wall_ms)
+        self._last_read = wall_ms
         stamps = self._stamps
         span = stamps.get(device_id)
         if span is None:
@@ -115,14 +132,31 @@ class ReadClock:
         return heard if heard < wall_ms else max(value, wall_ms)
 
     def _close_window(self, wall_ms: int) -> None:
-        if self._stamps:
-            spans = self._stamps.values()
-            n = len(spans)
-            self._median = sorted(oldest for oldest, _ in spans)[n // 2]
-            self._ahead = sorted(newest for _, newest in spans)[n // 2]
+        stamps = self._stamps
+        if stamps:
+            self._ahead = sorted(newest for _, newest in stamps.values())[len(stamps) // 2]
             self._median_at = wall_ms
+            # Lag judged at the window's last read, not at its close: a window closed late
+            # (reading paused, the broker link down) had read nothing late.
+            self._lagging = self._vote(stamps, min(wall_ms, self._last_read))
         self._stamps = {}
         self._window_start = wall_ms
+
+    def _vote(self, stamps: dict[str, tuple[int, int]], wall_ms: int) -> bool:
+        """Whether we read a backlog, by the devices heard in the last few windows: each
+        device one vote (its oldest stamp in its last window lagged that window's end), a
+        backlog only if at least ``QUORUM`` devices and at least half of those heard lag. So
+        one device (a clock minutes slow, old stamps sent on purpose) never stops the clock
+        that every other device's silence is judged by, however quiet the rest of the city."""
+        recent, behind = self._recent, self._behind_ms
+        for device_id, (oldest, _) in stamps.items():
+            recent[device_id] = (wall_ms, wall_ms - oldest > behind)
+        self._known.update(stamps)
+        since = wall_ms - RECENT_WINDOWS * self._window_ms
+        for device_id in [d for d, (at, _) in recent.items() if at <= since]:
+            del recent[device_id]
+        lagging = sum(1 for _, lags in recent.values() if lags)
+        return lagging >= min(QUORUM, len(self._known)) and 2 * lagging >= len(recent)
 
     @property
     def backlog(self) -> bool:
@@ -145,13 +179,14 @@ class ReadClock:
             return self._value  # cut off or paused: nobody can be judged silent meanwhile
         if wall_ms - self._window_start >= self._window_ms and self._stamps:
             self._close_window(wall_ms)
-        median = self._median
         self._backlog = False
         if not self._stamps and wall_ms - self._window_start >= self._window_ms:
             # Nothing read for a while: caught up, if nothing waits for its acknowledgement
             # (else the broker may be holding back behind its window: stand still).
             step = elapsed if self._waiting() == 0 else 0
-        elif median is not None and wall_ms - median > self._behind_ms:
+        elif self._lagging and wall_ms - self._median_at <= self._window_ms:
+            # The verdict of the window just closed (the lag judged at its end, not against
+            # now): one from before a pause in reading says nothing of what we read now.
             self._backlog = True
             used, ahead = self._anchor, self._ahead
             # The backlog's progress: how far the typical device's messages have come (one

@@ -63,13 +63,18 @@ def _key_text(literal: bytes) -> str:
     return key if isinstance(key, str) else ""
 
 
-def _hash_members(payload: bytes, hash_plate: Callable[[str], str]) -> bytes:
-    """``payload`` with every ``"plate": value`` member's value replaced by its keyed hash."""
+def _hash_members(payload: bytes, hash_plate: Callable[[str], str]) -> bytes | None:
+    """``payload`` with every ``"plate": value`` member's value replaced by its keyed hash;
+    None if a plate's value is an object the member pattern cannot see the end of (its first
+    comma ends the match, so the rest of it would be kept in clear)."""
+    unbounded: list[bool] = []
 
     def replace(m: re.Match[bytes]) -> bytes:
         if not _is_plate_key(m.group(1)):
             return m.group(0)
         raw = m.group(3)
+        if raw.startswith(b"{"):
+            unbounded.append(True)
         try:
             value = json.loads(raw)
         except ValueError:
@@ -77,7 +82,8 @@ def _hash_members(payload: bytes, hash_plate: Callable[[str], str]) -> bytes:
         hashed = hash_plate(value if isinstance(value, str) else json.dumps(value))
         return m.group(1) + m.group(2) + b'"' + _HASHED + hashed.encode() + b'"'
 
-    return _MEMBER.sub(replace, payload)
+    redacted = _MEMBER.sub(replace, payload)
+    return None if unbounded else redacted
 
 
 _U_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
@@ -163,6 +169,6 @@ def redact_plates(payload: bytes, hash_plate: Callable[[str], str]) -> bytes:
     if not _mentions_plate(payload.decode("utf-8", errors="replace")):
         return payload
     redacted = _hash_members(payload, hash_plate)
-    if _fully_redacted(redacted):
+    if redacted is not None and _fully_redacted(redacted):
         return redacted
     return withheld(payload, hash_plate)

@@ -24,6 +24,8 @@ SHAPES = [
     '{"plate_no": "%s", "plate_confidence": 0.9}',
     '{"plate": ["%s"]}',
     '{"plate": {"number": "%s"}}',
+    '{"plate": {"color": "blue", "number": "%s"}}',  # review: only up to the comma was hashed
+    '{"plate": {"color": "blue", "number": "%s"',
     '{"x": "a\\"", "plate": "%s"}',
     '{"ts": 1, "plate": "%s"',  # cut off
     '{"ts": 1, "plate": "%s',  # cut off inside the plate

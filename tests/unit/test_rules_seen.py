@@ -13,7 +13,7 @@ import random
 from rules.seen import MAX_RUNS, Run, from_pairs, is_repeat, remember
 from rules.state import decode_device
 from tests.unit.test_rules_state import RULES
-from tests.unit.test_rules_support import SECOND, T0, Feeder, gate_event, river, ruleset
+from tests.unit.test_rules_support import SECOND, T0, Feeder, base, gate_event, river, ruleset
 
 WINDOW = 20_000  # max_inflight_messages in mosquitto.conf
 
@@ -81,3 +81,25 @@ def test_a_snapshot_of_the_older_format_is_read() -> None:
     state = decode_device({"newest_ts": T0 + 3, "seen": [[1, T0 + 1], [2, T0 + 2], [7, T0 + 3]]})
     assert state.seen == from_pairs([[1, T0 + 1], [2, T0 + 2], [7, T0 + 3]])
     assert state.seen == [(1, 2, T0 + 1, T0 + 2), (7, 7, T0 + 3, T0 + 3)]
+
+
+def test_a_restart_that_sets_a_fast_clock_right_is_not_taken_for_a_redelivery() -> None:
+    """Issue 14 review F6: a gate 290 s fast (the decoder accepts 300) sends seq 1..300, one a
+    second, then restarts with its clock set right and counts from 1 again: its new (seq, ts)
+    fell inside the old run's seqs and span and were dropped as redeliveries for ~5 minutes,
+    a forced_open among them. The old messages sent again are still recognised, before and
+    after the new ones (and the new ones are, too)."""
+    feed = Feeder(ruleset(base("forced", "event", "gate") + "  events: [forced_open]\n"))
+    fast = 290 * SECOND
+    old = [gate_event(T0 + k * SECOND + fast, "pass", seq=k) for k in range(1, 301)]
+    for message in old:
+        assert feed("g1", message) == []
+    new = [
+        gate_event(T0 + (301 + j) * SECOND, "forced_open" if j == 5 else "pass", seq=j)
+        for j in range(1, 11)
+    ]
+    opened = [t for message in new for t in feed("g1", message)]
+    assert [(t.action, t.ts_ms) for t in opened] == [("open", T0 + 306 * SECOND)]
+    for engine_feed in (feed, feed.restarted()):
+        for message in old + new:  # the broker sends everything again
+            assert engine_feed("g1", message) == []

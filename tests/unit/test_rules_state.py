@@ -66,7 +66,12 @@ STATES: list[Any] = [
         stopped=True,
         heard_at=T0 + 3,
     ),
-    DeviceState(newest_ts=T0, seen=[(1, 2, T0 - 1, T0), (1, 1, T0 + 5, T0 + 5)]),
+    DeviceState(
+        newest_ts=T0,
+        seen=[(1, 2, T0 - 1, T0), (1, 1, T0 + 5, T0 + 5)],
+        ahead_sent=T0 + 60_000,
+        ahead_judged=T0 + 2_000,
+    ),
 ]
 
 EVENTS = base("forced", "event", "gate") + "  events: [forced_open]\n"

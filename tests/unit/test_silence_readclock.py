@@ -181,3 +181,49 @@ def test_one_device_flooding_old_stamps_cannot_stop_the_clock() -> None:
             clock.saw(wall - 10 * 24 * 60 * MINUTE, wall, "evil")
         clock.now(wall)
     assert clock.now(T0 + 60 * SECOND) >= T0 + 58 * SECOND
+
+
+def quiet_city(clock: ReadClock, hostile: bool, minutes: int, quiet: str | None = None) -> int:
+    """10 gates reporting every 5 min (stamps right), spread evenly; with ``hostile`` an 11th
+    sending a message a second stamped 60 s old (accepted: within max age); the clock task
+    calling ``now`` every second. ``quiet`` speaks once at the start, then never again.
+    Return how far the read clock is behind the wall clock at the end (ms)."""
+    for t in range(0, minutes * MINUTE, 100):
+        wall = T0 + t
+        for d in range(10):
+            if t % (5 * MINUTE) == d * 30 * SECOND and (f"g{d}" != quiet or t == 0):
+                clock.saw(wall, wall, f"g{d}")
+        if hostile and t % SECOND == 500:
+            clock.saw(wall - MINUTE, wall, "evil")
+        if t % SECOND == 0:
+            clock.now(wall)
+    end = T0 + minutes * MINUTE
+    return end - clock.now(end)
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_a_quiet_city_keeps_time_whatever_one_device_sends(hostile: bool) -> None:
+    """Review finding F1 (issue 14): in every 2 s window where no other device spoke, the one
+    device sending stamps 60 s old was the median of its window, the clock took it for a
+    backlog and stood still: 55 min behind after an hour. Without it, the median of an old
+    window compared with the wall clock still cost a quiet city 2 min an hour."""
+    clock = ReadClock(None, T0, lambda: True, lambda: 0)
+    assert quiet_city(clock, hostile, 60) <= 2 * SECOND
+    assert not clock.backlog
+
+
+def test_a_stopped_device_is_silent_on_time_beside_a_device_sending_old_stamps() -> None:
+    """F1, as the city sees it: g0 speaks at the start and stops; k = 3 × 5 min, so it is
+    silent when the read clock has gone 15 min past its arrival — at about 15 wall minutes,
+    not after 199 (the reviewer's run) while the other device holds the clock back."""
+    registry = city(10, 300)
+    engine = Engine(silence_rules(registry), registry)
+    clock = ReadClock(None, T0, lambda: True, lambda: 0)
+    device = registry.devices["g0"]
+    engine.observe(
+        device, Channel.TELEMETRY, gate_telemetry(T0, seq=1), T0, clock.saw(T0, T0, "g0")
+    )
+    behind = quiet_city(clock, hostile=True, minutes=16, quiet="g0")
+    assert behind <= 2 * SECOND
+    opened = engine.tick(clock.now(T0 + 16 * MINUTE))
+    assert [(t.device_id, t.action) for t in opened] == [("g0", "open")]
