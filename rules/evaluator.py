@@ -24,6 +24,7 @@ from devices.registry import GateDevice, RiverDevice, RoadDevice
 from rules.durations import format_duration
 from rules.model import AnyRule, RuleBase
 from rules.state import (
+    EventCountState,
     EventState,
     FormState,
     Lifecycle,
@@ -235,6 +236,9 @@ def forget(st: FormState, newest: int | None, now: int) -> None:
         st.above = False
     elif isinstance(st, QualityState):
         st.worst = None
+    elif isinstance(st, EventCountState):
+        # The events counted so far belong to the resolved alert: a burst must be counted anew.
+        st.times = [t for t in st.times if life.cleared_ts is not None and t > life.cleared_ts]
     elif isinstance(st, SilenceState):
         st.cause, st.quiet = None, []
         st.heard_at = now if st.heard_at is None else max(now, st.heard_at)

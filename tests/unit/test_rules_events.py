@@ -150,3 +150,17 @@ def test_a_late_burst_older_than_the_window_opens_nothing() -> None:
     for i in range(3):
         out = feed("g1", gate_event(now - 5 * MINUTE + i * SECOND, "tailgating"))
     assert actions(out) == [("open", "event_count")]
+
+
+def test_a_resolved_burst_is_counted_anew() -> None:
+    """Issue 14 review (F8): ``forget`` kept the counted times, so ONE new event after a
+    person's resolve reopened the burst alert at once ("3 events" of which 2 were resolved)."""
+    feed = Feeder(ruleset(TAILGATING))
+    for i in range(3):
+        feed("g1", gate_event(T0 + i * SECOND, "tailgating"))
+    assert feed.engine.is_open("tailgating", "g1")
+    assert feed.engine.resolve("tailgating", "g1", T0 + 30 * SECOND)
+    assert feed("g1", gate_event(T0 + MINUTE, "tailgating")) == []
+    assert feed("g1", gate_event(T0 + MINUTE + SECOND, "tailgating")) == []
+    [opened] = feed("g1", gate_event(T0 + MINUTE + 2 * SECOND, "tailgating"))
+    assert (opened.action, opened.value) == ("open", 3.0)
