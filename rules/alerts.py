@@ -23,9 +23,11 @@ __all__ = [
     "AlertEvent",
     "AlertState",
     "InvalidTransition",
+    "ReservedActor",
     "Severity",
     "acknowledge",
     "area_ids",
+    "check_person",
     "due_for_escalation",
     "escalate",
     "mark_flapping",
@@ -59,6 +61,21 @@ class AlertAction(StrEnum):
 
 class InvalidTransition(ValueError):
     """A lifecycle step that is not allowed from the alert's current state."""
+
+
+class ReservedActor(ValueError):
+    """A person's step named with the rules' own actor: the engine would never hear it."""
+
+
+def check_person(actor: str) -> str:
+    """``actor`` if it may name a person's acknowledge or resolve; ReservedActor if not.
+
+    ``auto`` marks the rule's own resolves, which the engine does not need to hear; a person's
+    resolve under that name would leave the engine holding a condition the store has closed.
+    """
+    if actor.strip().casefold() == AUTO:
+        raise ReservedActor(f"{actor!r} is reserved for the rules' own resolves; name the person")
+    return actor
 
 
 class Alert(BaseModel):

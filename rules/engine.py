@@ -319,13 +319,21 @@ class Engine:
     # -- people ---------------------------------------------------------------------------
 
     def resolve(
-        self, rule_id: str, device_id: str, now_ms: int, opened_ts: int | None = None
+        self,
+        rule_id: str,
+        device_id: str,
+        now_ms: int,
+        opened_ts: int | None = None,
+        resolved_ts: int | None = None,
     ) -> bool:
         """A person resolved the alert: forget the condition, so the next reading or event
         that shows it opens a new alert (``rules.evaluator.forget``). Return if it was open.
 
         ``opened_ts``: the resolved alert's opening time; a condition opened later is another
-        episode (it opened after the resolve) and is left alone. ``now_ms``: ``tick``'s clock.
+        episode (it opened after the resolve) and is left alone. ``resolved_ts``: when it was
+        resolved, in the device's time as the engine judges it: what the device sent before is
+        the resolved episode's, however late it is read (a backlog after a restart); without
+        it, the device's newest time read so far. ``now_ms``: ``tick``'s clock.
         """
         i = self._by_id.get(rule_id)
         st = self._states[i].get(device_id) if i is not None else None
@@ -334,8 +342,10 @@ class Engine:
         opened = st.life.opened_ts
         if opened_ts is not None and opened is not None and opened > opened_ts:
             return False
-        dev = self._devices.get(device_id)
-        forget(st, dev.newest_ts if dev else None, now_ms)
+        if resolved_ts is None:
+            dev = self._devices.get(device_id)
+            resolved_ts = dev.newest_ts if dev else None
+        forget(st, resolved_ts, now_ms)
         device = self.registry.devices.get(device_id)
         if device is not None and i is not None and self._evaluators[i].needs_deadline:
             self._schedule(i, self._evaluators[i], st, device)

@@ -215,20 +215,21 @@ def _after(ts: int, life: Lifecycle) -> int:
     return ts if life.opened_ts is None or ts >= life.opened_ts else life.opened_ts
 
 
-def forget(st: FormState, newest: int | None, now: int) -> None:
+def forget(st: FormState, cleared: int | None, now: int) -> None:
     """A person resolved the alert: forget the condition, so that the next reading (or event)
     that shows it opens a new alert.
 
-    ``newest`` is the device's newest time (messages no newer belong to the resolved episode:
-    a late or redelivered event cannot reopen it); ``now`` the caller's clock (``tick``'s). A
+    ``cleared`` is the device time of the resolve (messages no newer belong to the resolved
+    episode: a late, redelivered or backlogged event cannot reopen it); ``now`` the caller's
+    clock (``tick``'s). A
     silent device is given a fresh ``k`` × interval from ``now`` before it counts as silent again,
     not reopened on the next tick. Flap history is kept: a condition that goes on flapping is
     held again.
     """
     life = st.life
     life.open = life.active = life.flapping = False
-    if newest is not None:
-        life.cleared_ts = newest if life.cleared_ts is None else max(newest, life.cleared_ts)
+    if cleared is not None:
+        life.cleared_ts = cleared if life.cleared_ts is None else max(cleared, life.cleared_ts)
     if isinstance(st, ThresholdState):
         st.pending_since = st.clear_since = None
         st.above = False

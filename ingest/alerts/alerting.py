@@ -37,13 +37,14 @@ from ingest.alerts.feed import AlertFeed, Change
 from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.readclock import ReadClock, clock_data, read_clock_state
 from ingest.alerts.store import AlertStore, NamedState, StoreTransition
+from ingest.alerts.told import Change as ToldChange
+from ingest.alerts.told import DeferredTelling, Telling, ToldMemory
 from ingest.intake.batcher import Batcher
 from ingest.intake.lineprotocol import encode_fields, series_key
 from ingest.intake.stamps import UntimedStamps
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
     Alert,
-    AlertAction,
     AlertEvent,
     AlertState,
     InvalidTransition,
@@ -111,6 +112,7 @@ class Alerting:
         # Stamps of messages without ts, saved with the state that has seen them.
         self.stamps = UntimedStamps.from_data(caller.get("stamps"))
         self._live: Callable[[], bool] = lambda: True
+        self._skew_of: Callable[[str], int | None] = lambda _: None  # never measured
         self._waiting: Callable[[], int] = lambda: 0
         self.read_clock = ReadClock(start, _now_ms(), lambda: self._live(), lambda: self._waiting())
         # What the engine said of each message (often nothing) with the message's point, and
@@ -129,8 +131,7 @@ class Alerting:
         self._snapshot_every_ms = round(snapshot_interval_s * 1000)
         self._renotify_ms = round(renotify_s * 1000)
         self._ahead_ms = round(ahead_tolerance_s * 1000)
-        self._told_ms: dict[str, int] = {}  # alert id → when people were last told of it
-        self._told_flapping: set[str] = set()  # alerts whose holding open has been told
+        self._told = ToldMemory(self._renotify_ms)  # repeats told on a schedule (told.py)
         self._reconcile(_now_ms())
         self.feed = feed or AlertFeed()
         self.evaluated = 0  # messages the engine has judged, and the time it took (metrics)
@@ -172,13 +173,17 @@ class Alerting:
             device = self._registry.devices.get(device_id)
             if device is None or not self.engine.watches(rule_id, device):
                 detail = "rule_changed: the rule no longer watches this device"
-                self._store.resolve_auto(rule_id, device_id, now_ms, detail, self.announcements)
+                told = self._deferred_telling()
+                self._store.resolve_auto(rule_id, device_id, now_ms, detail, told)
+                told.commit()
                 log.warning("resolved %s (%s on %s): %s", alert.id, rule_id, device_id, detail)
             elif (rule_id, device_id) not in held:
                 self.engine.adopt(rule_id, device_id, alert.opened_ms)
         read_now = self.read_clock.now(now_ms)
         for rule_id, device_id in held - unresolved.keys():
-            self.engine.resolve(rule_id, device_id, read_now)
+            resolved_ms = self._store.last_resolved_ms(rule_id, device_id)
+            resolved_ts = None if resolved_ms is None else self._judged(device_id, resolved_ms)
+            self.engine.resolve(rule_id, device_id, read_now, resolved_ts=resolved_ts)
 
     async def _hear_resolves(self) -> None:
         """Forget the conditions of alerts people resolved since the last look (API, CLI,
@@ -186,8 +191,9 @@ class Alerting:
         last, found = await asyncio.to_thread(self._store.resolved_by_people, self._resolves_seen)
         self._resolves_seen = last
         read_now = self.read_clock.now(_now_ms())
-        for rule_id, device_id, opened_ms in found:
-            if self.engine.resolve(rule_id, device_id, read_now, opened_ms):
+        for rule_id, device_id, opened_ms, resolved_ms in found:
+            resolved_ts = self._judged(device_id, resolved_ms)
+            if self.engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts):
                 self._save_wanted = True  # saved by the next store round
                 self._to_store_ready.set()
 
@@ -210,6 +216,20 @@ class Alerting:
     def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
         """How the read clock tells we are reading (connected, not paused) and what waits."""
         self._live, self._waiting = live, waiting
+
+    def follow_clocks(self, skew_of: Callable[[str], int | None]) -> None:
+        """Each device's measured clock skew (ingest/intake/skew.py), for ``_judged``."""
+        self._skew_of = skew_of
+
+    def _judged(self, device_id: str, wall_ms: int) -> int:
+        """A wall-clock time (a person's resolve) in the device's time as the engine judges
+        its stamps (``observe``): a clock running fast past the tolerance is judged at wall
+        time; one slow (or a little fast) at its own time, wall + its measured skew. A clock
+        never measured (just after a restart, its backlog unmeasured) is taken as right: a
+        slow one then has its events up to its lag after the resolve taken as the resolved
+        episode's (README, "What holds for alerts")."""
+        skew = self._skew_of(device_id)
+        return wall_ms + skew if skew is not None and skew <= self._ahead_ms else wall_ms
 
     @property
     def pending_points(self) -> int:
@@ -291,14 +311,16 @@ class Alerting:
         self.engine.caller_state = self._caller_state()
         state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
         transitions = [t for ts, _ in items for t in ts]
+        told = self._deferred_telling()
         try:
-            changes, reopened = await asyncio.to_thread(self._apply_all, transitions, state)
+            changes, reopened = await asyncio.to_thread(self._apply_all, transitions, state, told)
         except Exception:
             log.exception("could not store %d alert changes; retrying", len(transitions))
             self._to_store.extendleft(reversed(items))
             self._urgent = True
             await asyncio.sleep(STORE_RETRY_S)
             return
+        told.commit()  # only now: a failed round tells again what it could not store
         for alert in reopened:
             # A repeat found its alert resolved by a person and opened a new one: the engine
             # holds that one now, so the older resolve, heard later, does not forget it, and
@@ -312,7 +334,7 @@ class Alerting:
                 self._batcher.add(*point)
 
     def _apply_all(
-        self, transitions: Sequence[Transition], state: NamedState
+        self, transitions: Sequence[Transition], state: NamedState, told: DeferredTelling
     ) -> tuple[list[tuple[Alert, AlertEvent]], list[Alert]]:
         """Store a batch and the engine's state in one transaction (in the store's thread);
         the changes it made, and the alerts a repeat opened (its alert was resolved by a
@@ -331,7 +353,7 @@ class Alerting:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
             items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
-        done = self._store.apply_many(items, state=state, announce=self.announcements)
+        done = self._store.apply_many(items, state=state, announce=told)
         changes = [(alert, event) for alert, event, _ in filter(None, done)]
         final = {alert.id: alert for alert, _ in changes}
         reopened = [
@@ -386,11 +408,26 @@ class Alerting:
 
     def announcements(self, changes: Sequence[tuple[Alert, AlertEvent]]) -> list[tuple[str, bytes]]:
         """The MQTT messages (topic, payload) that tell of ``changes``; in the store's thread,
-        inside the changes' transaction. Repeats only every ``renotify_s`` (``_worth_telling``).
+        inside the changes' transaction. Repeats only every ``renotify_s`` (told.py).
+
+        For callers with a transaction of their own (the API's ack and resolve, tools): the
+        told memory is changed at once, so if their transaction then fails, a repeat of that
+        alert may go untold for one renotify period. The engine's rounds, its auto-resolves
+        and escalations use ``_deferred_telling`` and change it only after the commit.
         """
+        telling = self._told.telling()
+        rows = self._messages(changes, telling)
+        telling.commit()
+        return rows
+
+    def _deferred_telling(self) -> DeferredTelling:
+        return DeferredTelling(self._told, self._messages)
+
+    def _messages(self, changes: Sequence[ToldChange], telling: Telling) -> list[tuple[str, bytes]]:
         rows: list[tuple[str, bytes]] = []
+        now = _now_ms()
         for alert, event in changes:
-            if not self._worth_telling(alert, event):
+            if not telling.worth_telling(alert, event, now):
                 continue
             zh, en = self._describe(alert, event)
             payload = json.dumps(
@@ -404,27 +441,6 @@ class Alerting:
             ).encode()
             rows += [(alert_topic(level, area), payload) for level, area in alert.audience]
         return rows
-
-    def _worth_telling(self, alert: Alert, event: AlertEvent) -> bool:
-        """Every change of state goes out; a repeat only ``renotify_s`` after the last word.
-
-        A river above its warning level repeats with every reading; a phone that buzzes every
-        minute gets muted. The store and InfluxDB still record every repeat.
-        """
-        now = _now_ms()
-        if event.action is AlertAction.FLAPPING and alert.id not in self._told_flapping:
-            # Held open by flap suppression: told once, then as a repeat (issue 14 item 8).
-            self._told_flapping.add(alert.id)
-        elif event.action in (AlertAction.REPEATED, AlertAction.FLAPPING):
-            last = self._told_ms.get(alert.id)
-            if last is not None and now - last < self._renotify_ms:
-                return False
-        if alert.state is AlertState.RESOLVED:
-            self._told_ms.pop(alert.id, None)
-            self._told_flapping.discard(alert.id)
-        else:
-            self._told_ms[alert.id] = now
-        return True
 
     @staticmethod
     def _line(alert: Alert, event: AlertEvent) -> str:
@@ -489,8 +505,10 @@ class Alerting:
             after = rule.escalate_after if rule else None
             if not due_for_escalation(alert, after, now_ms):
                 continue
+            told = self._deferred_telling()
             try:
-                out.append(self._store.escalate(alert.id, now_ms, self.announcements))
+                out.append(self._store.escalate(alert.id, now_ms, told))
+                told.commit()
             except InvalidTransition:
                 continue  # acknowledged or resolved since it was listed
             except Exception:

@@ -72,6 +72,7 @@ from rules.alerts import (
     AlertEvent,
     AlertState,
     acknowledge,
+    check_person,
     escalate,
     resolve,
 )
@@ -228,10 +229,11 @@ class AlertStore:
 
     def resolved_by_people(
         self, after_seq: int, limit: int = 1000
-    ) -> tuple[int, builtins.list[tuple[str, str, int]]]:
+    ) -> tuple[int, builtins.list[tuple[str, str, int, int]]]:
         """Resolves by a person (not ``auto``) recorded after history row ``after_seq``, by any
         process (the API, the CLI): the newest row looked at, and each (rule id, device id,
-        the alert's opening time), oldest first. For the engine to forget those conditions.
+        the alert's opening time, the resolve's time), oldest first. For the engine to forget
+        those conditions.
 
         One read transaction, so every row up to the newest it returns was visible to it: the
         next call, from there, misses none. Filtered in SQL, so thousands of other history rows
@@ -244,7 +246,13 @@ class AlertStore:
             if newest is None or int(newest) <= after_seq:
                 return after_seq, []
             rows = conn.execute(
-                select(alert_events.c.seq, alerts.c.rule_id, alerts.c.device_id, alerts.c.opened_ms)
+                select(
+                    alert_events.c.seq,
+                    alerts.c.rule_id,
+                    alerts.c.device_id,
+                    alerts.c.opened_ms,
+                    alert_events.c.at_ms,
+                )
                 .join(alerts, alerts.c.id == alert_events.c.alert_id)
                 .where(
                     alert_events.c.seq > after_seq,
@@ -256,7 +264,22 @@ class AlertStore:
                 .limit(limit)
             ).all()
         last = int(rows[-1][0]) if len(rows) == limit else int(newest)
-        return last, [(str(r), str(d), int(o)) for _, r, d, o in rows]
+        return last, [(str(r), str(d), int(o), int(at)) for _, r, d, o, at in rows]
+
+    def last_resolved_ms(self, rule_id: str, device_id: str) -> int | None:
+        """When the newest resolved alert of (rule, device) was resolved; None if none was."""
+        action = alert_events.c.body["action"].as_string()
+        with self._engine.connect() as conn:
+            found = conn.execute(
+                select(func.max(alert_events.c.at_ms))
+                .join(alerts, alerts.c.id == alert_events.c.alert_id)
+                .where(
+                    alerts.c.rule_id == rule_id,
+                    alerts.c.device_id == device_id,
+                    action == AlertAction.RESOLVED.value,
+                )
+            ).scalar_one()
+        return None if found is None else int(found)
 
     def apply(
         self,
@@ -331,7 +354,9 @@ class AlertStore:
         note: str | None = None,
         announce: Announce | None = None,
     ) -> tuple[Alert, AlertEvent]:
-        """Someone took it on. AlertNotFound, or InvalidTransition if resolved or acknowledged."""
+        """Someone took it on. AlertNotFound, or InvalidTransition if resolved or acknowledged;
+        ReservedActor if ``actor`` is the rules' own name."""
+        check_person(actor)
         with self._transaction() as tx:
             alert, change = acknowledge(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)
@@ -347,7 +372,9 @@ class AlertStore:
         note: str | None = None,
         announce: Announce | None = None,
     ) -> tuple[Alert, AlertEvent]:
-        """Closed by ``actor``. AlertNotFound, or InvalidTransition if already resolved."""
+        """Closed by ``actor``, a person. AlertNotFound, or InvalidTransition if already
+        resolved; ReservedActor if ``actor`` is the rules' own name."""
+        check_person(actor)
         with self._transaction() as tx:
             alert, change = resolve(tx.locked(alert_id), actor, at_ms, note)
             tx.update(alert, change)

@@ -22,7 +22,14 @@ from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
 from ingest.api.ratelimit import WriteCaller
 from ingest.api.tokens import Principal, Role
-from rules.alerts import Alert, AlertEvent, AlertState, InvalidTransition, Severity
+from rules.alerts import (
+    Alert,
+    AlertEvent,
+    AlertState,
+    InvalidTransition,
+    ReservedActor,
+    Severity,
+)
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 KEEPALIVE_S = 15.0  # a comment line so proxies and phones keep an idle stream open
@@ -225,6 +232,8 @@ async def _act(
         raise not_found("alert", alert_id) from None
     except InvalidTransition as e:
         raise ApiError(409, "invalid_transition", str(e)) from None
+    except ReservedActor as e:  # a tokens file written by hand: the loader refuses the name too
+        raise ApiError(422, "reserved_actor", str(e)) from None
     if ctx.announce is not None:
         await ctx.announce(alert, event)
     return Changed(alert=alert, event=event)
@@ -233,6 +242,7 @@ async def _act(
 _ACT_ERRORS = {
     404: {"model": ErrorBody, "description": "no such alert, or not yours"},
     409: {"model": ErrorBody, "description": "not allowed in the alert's state"},
+    422: {"model": ErrorBody, "description": "the token's name is reserved (auto)"},
     429: {"model": ErrorBody, "description": "too many writes for this token; see Retry-After"},
     **ERRORS,
 }

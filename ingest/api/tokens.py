@@ -39,6 +39,7 @@ from pydantic import (
 
 from devices.registry import AreaId
 from ingest.settings import Settings
+from rules.alerts import check_person
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,12 @@ class TokenStore:
             return True
 
     def add(self, name: str, role: Role, areas: Iterable[str] = ()) -> tuple[str, Principal]:
-        """Create a token, save the file and return the token text (shown only now)."""
+        """Create a token, save the file and return the token text (shown only now).
+
+        ReservedActor if ``name`` is the rules' own actor: a token's name signs its acks and
+        resolves. A file edited by hand may still hold one; the store refuses its steps.
+        """
+        check_person(name)
         with self._lock:
             self._refresh_for_write()
             token_id = secrets.token_hex(_ID_HEX_CHARS // 2)

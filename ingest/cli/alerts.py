@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def cmd_alerts(args: argparse.Namespace) -> int:
     """List, acknowledge or resolve alerts in the alert store."""
     from ingest.alerts.store import AlertNotFound, AlertStore, sqlite_url
-    from rules.alerts import AlertState, InvalidTransition
+    from rules.alerts import AlertState, InvalidTransition, ReservedActor
 
     settings = load_settings()
     store = AlertStore(sqlite_url(settings.data_dir))
@@ -85,7 +85,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         except AlertNotFound:
             print(f"citysense alerts: no alert {args.id}", file=sys.stderr)
             return 1
-        except InvalidTransition as e:
+        except (InvalidTransition, ReservedActor) as e:
             print(f"citysense alerts: {e}", file=sys.stderr)
             return 1
         _announce_by_cli(settings, changed, event)

@@ -196,6 +196,65 @@ async def test_a_repeat_between_a_resolve_and_its_hearing_keeps_engine_and_store
     assert a._store.get(second.id).state is AlertState.RESOLVED  # type: ignore[union-attr]
 
 
+FORCED: dict[str, Any] = {
+    "id": "gate_forced_open",
+    "name": "Gate forced open",
+    "name_zh": "门禁被强行打开",
+    "type": "event",
+    "severity": "major",
+    "kinds": ["gate"],
+    "events": ["forced_open"],
+}
+
+
+async def test_a_backlog_sent_before_a_resolve_belongs_to_the_resolved_alert(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Issue 14 review F7: a forced gate opens an alert; the service is killed while the gate
+    reports the same forced opening again at T0+60 s (held by the broker); a person resolves
+    the alert with the CLI at T0+120 s. At restart the backlog is read: the event sent before
+    the resolve belongs to the episode the person closed. On af7b86c it opened a second alert
+    (the engine took "resolved" to mean "up to the newest it had read", T0). An event sent
+    after the resolve still opens one."""
+    a = alerting(tmp_path, registry, FORCED)
+    await gate(a, registry, T0, "forced_open", seq=1)
+    [first] = unresolved(a, "gate_forced_open")
+    del a  # killed: the last round's state is stored
+    AlertStore(sqlite_url(tmp_path)).resolve(first.id, "li.na", T0 + 2 * MINUTE, "closed it")
+    b = alerting(tmp_path, registry, FORCED)
+    msg = GateEvent(ts=T0 + MINUTE, seq=2, event="forced_open")  # the backlog, read late
+    b.take(b.observe(registry.devices[GATE], Channel.EVENT, msg, T0 + MINUTE, T0 + 3 * MINUTE))
+    await b._store_round()
+    assert unresolved(b, "gate_forced_open") == []
+    await gate(b, registry, T0 + 4 * MINUTE, "forced_open", seq=3)
+    assert [x.opened_ms for x in unresolved(b, "gate_forced_open")] == [T0 + 4 * MINUTE]
+
+
+async def test_a_resolve_is_placed_in_a_slow_clocks_own_time(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """A gate whose clock runs 4 minutes slow (measured): a person's resolve at wall time W
+    is W − 4 min in the gate's time, so an event it stamps a minute after the resolve opens
+    a new alert instead of being taken for the resolved one's (it would be for 4 minutes if
+    W were compared with its stamps)."""
+    slow = -4 * MINUTE
+    a = alerting(tmp_path, registry, FORCED)
+    a.follow_clocks(lambda device_id: slow if device_id == GATE else None)
+
+    async def forced(wall: int, seq: int) -> None:
+        msg = GateEvent(ts=wall + slow, seq=seq, event="forced_open")
+        a.take(a.observe(registry.devices[GATE], Channel.EVENT, msg, wall + slow, wall))
+        await a._store_round()
+
+    await forced(T0, 1)
+    [first] = unresolved(a, "gate_forced_open")
+    a._store.resolve(first.id, "li.na", T0 + MINUTE)
+    await a._hear_resolves()
+    await forced(T0 + 2 * MINUTE, 2)
+    [second] = unresolved(a, "gate_forced_open")
+    assert second.id != first.id and second.opened_ms == T0 + 2 * MINUTE + slow
+
+
 # -- item 4: one rule's exception costs only its own verdict --------------------------------
 
 
@@ -300,6 +359,41 @@ async def test_flapping_is_told_once_then_on_the_renotify_schedule(
     # One normal open and clear, the second open, then held: told once, and the rises and
     # held-back clears of the next 8 cycles are repeats within the renotify interval.
     assert actions == ["opened", "resolved", "opened", "flapping"]
+
+
+async def test_a_failed_store_round_tells_its_flapping_again(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 review F5: the round that holds the condition open as flapping fails (disk
+    full, the file locked past its timeout) and is retried. Its "told once" was kept in memory
+    although the transaction rolled back, so the retry told nothing: the flapping message was
+    never sent. Now the memory changes only once the round has committed."""
+    import ingest.alerts.alerting as alerting_module
+    import ingest.alerts.store as store_module
+
+    monkeypatch.setattr(alerting_module, "STORE_RETRY_S", 0.0)
+    real_put = store_module.put_announcements
+    failed: list[int] = []
+
+    def put_failing_once(conn: Any, rows: list[tuple[str, bytes]]) -> None:
+        if not failed and any(b'"action": "flapping"' in p for _, p in rows):
+            failed.append(len(rows))
+            raise RuntimeError("disk I/O error")  # the whole round rolls back
+        real_put(conn, rows)
+
+    monkeypatch.setattr(store_module, "put_announcements", put_failing_once)
+    a = alerting(tmp_path, registry, FLAPPY, renotify_s=600)
+    t = T0
+    for _ in range(4):
+        for ts, level in ((t, 212.0), (t + 9 * MINUTE, 210.0)):
+            await river(a, registry, ts, level)
+            while a._to_store:
+                await a._store_round()  # run_store's retry of the same batch
+        t += 18 * MINUTE
+    assert failed, "the flapping round never failed: the test proves nothing"
+    assert [m["event"]["action"] for m in told(a)] == ["opened", "resolved", "opened", "flapping"]
+    [alert] = unresolved(a, "river_over_warning")
+    assert alert.flapping
 
 
 # -- item 7: an unreadable state never stops ingest ------------------------------------------

@@ -114,6 +114,10 @@ def test_alerts_list_ack_resolve(
     assert "acknowledged by li.na" in out and "not announced" in err
     assert main(["alerts", "ack", alert.id, "--by", "wang"]) == 1  # already acknowledged
     assert "already acknowledged by li.na" in capsys.readouterr().err
+    # "auto" signs the rules' own resolves, which the engine does not hear (issue 14 F4).
+    assert main(["alerts", "resolve", alert.id, "--by", " AUTO"]) == 1
+    assert "reserved for the rules' own resolves" in capsys.readouterr().err
+    assert run_json(capsys, "alerts", "list", "--state", "resolved", "--json") == []
     assert main(["alerts", "resolve", alert.id, "--by", "li.na"]) == 0
     capsys.readouterr()
     resolved = run_json(capsys, "alerts", "list", "--state", "resolved", "--json")

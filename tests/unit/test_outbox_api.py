@@ -95,3 +95,25 @@ async def test_an_ack_and_its_message_are_one_commit(api: Api) -> None:
     got = store.get(alert.id)
     assert got is not None and got.state is AlertState.ACKNOWLEDGED
     assert store.count_announcements() == 1
+
+
+async def test_a_token_named_auto_cannot_resolve(api: Api) -> None:
+    """Issue 14 review F4: ``auto`` marks the rules' own resolves, which the engine does not
+    listen for; a person's resolve under that name would leave the engine holding a condition
+    the store has closed. ``tokens add`` refuses the name; a file edited by hand may still
+    hold it, and then the step is refused with a named error, nothing stored or sent."""
+    store = api.ctx.alert_store
+    alert, _ = fire(store)
+    with pytest.raises(ValueError, match="reserved"):
+        api.ctx.tokens.add("Auto", Role.OPERATOR)
+    path = api.ctx.tokens.path
+    path.write_text(path.read_text(encoding="utf-8").replace("duty officer", "auto"))
+    assert api.ctx.tokens.reload_if_changed()
+    auth = {"Authorization": f"Bearer {api.token}"}
+    for action in ("ack", "resolve"):
+        r = await api.client.post(f"/alerts/{alert.id}/{action}", headers=auth)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "reserved_actor"
+    got = store.get(alert.id)
+    assert got is not None and got.state is AlertState.OPEN
+    assert store.count_announcements() == 0
