@@ -6,6 +6,7 @@ import re
 from typing import NamedTuple
 
 from devices.kinds import Channel, Kind, Level
+from devices.partitions import partition_of
 
 # Ids travel in topics, InfluxDB tags and file names: keep them to a safe alphabet so none of
 # those needs escaping and no id can smuggle a topic wildcard or separator.
@@ -13,6 +14,8 @@ ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _ID = re.compile(ID_PATTERN)
 
 DEVICE_TOPIC_FILTER = "iot/+/+/+"
+# On a clustered broker the topic gains the device's partition (devices/partitions.py).
+PARTITIONED_TOPIC_FILTER = "iot/+/+/+/+"
 
 
 class TopicError(ValueError):
@@ -31,9 +34,26 @@ _KINDS = {k.value: k for k in Kind}
 _CHANNELS = {c.value: c for c in Channel}
 
 
-def parse_device_topic(topic: str) -> DeviceTopic:
-    """Parse ``iot/{kind}/{device_id}/{channel}``; raise TopicError naming what is wrong."""
+def parse_device_topic(topic: str, partitions: int | None = None) -> DeviceTopic:
+    """Parse ``iot/{kind}/{device_id}/{channel}``; raise TopicError naming what is wrong.
+
+    With ``partitions`` (a clustered broker), the topic as the broker delivers it:
+    ``iot/{p}/{kind}/{device_id}/{channel}``, where ``p`` must be the device's partition —
+    a message in another partition would be judged by a worker that does not own the device.
+    """
     parts = topic.split("/")
+    if partitions is not None:
+        if len(parts) != 5 or parts[0] != "iot":
+            raise TopicError(f"not iot/{{p}}/{{kind}}/{{device_id}}/{{channel}}: {topic[:200]!r}")
+        _, p, kind, device_id, channel = parts
+        if not _ID.fullmatch(device_id):
+            raise TopicError(f"device id not in {ID_PATTERN}: {device_id[:64]!r}")
+        if p != str(partition_of(device_id, partitions)):
+            raise TopicError(
+                f"partition {p[:16]!r} is not {device_id}'s "
+                f"({partition_of(device_id, partitions)} of {partitions})"
+            )
+        parts = [parts[0], kind, device_id, channel]
     if len(parts) != 4 or parts[0] != "iot":
         raise TopicError(f"not iot/{{kind}}/{{device_id}}/{{channel}}: {topic[:200]!r}")
     _, kind, device_id, channel = parts

@@ -181,6 +181,7 @@ async def serve(
         max_payload_bytes=settings.max_payload_bytes,
         future_skew_ms=int(settings.future_skew_s * 1000),
         max_age_ms=int(settings.max_age_s * 1000),
+        partitions=settings.partitions if settings.broker == "nats" else None,
     )
     encoder = LineEncoder(registry, PlateHasher(settings.plate_key.get_secret_value().encode()))
     deliverer = Deliverer(sink)

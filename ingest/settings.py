@@ -99,6 +99,24 @@ class Settings(BaseSettings):
         "a plain subscription, which Mosquitto keeps across its own restarts",
     )
 
+    broker: Literal["mosquitto", "nats"] = Field(
+        "mosquitto",
+        description="mosquitto: one broker (the default); nats: a cluster of NATS nodes with "
+        "JetStream, devices' messages partitioned by device id (docs/architecture.md)",
+    )
+    broker_nodes: int = Field(
+        3, ge=1, le=9, description="nats: how many nodes `stack up` starts on loopback"
+    )
+    partitions: int = Field(
+        16, ge=1, le=1024, description="nats: partitions the broker splits devices into (fixed)"
+    )
+    nats_ack_wait_s: float = Field(
+        60,
+        ge=5,
+        description="nats: a message not acknowledged this long is sent again (keep it above "
+        "the longest the service may hold an acknowledgement)",
+    )
+
     # InfluxDB
     influx_url: str = Field(
         "http://127.0.0.1:8086", description="InfluxDB (also where `stack up` starts it)"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from devices.registry import Registry
 from ingest.api.tokens import Role, TokensFileError, TokenStore, tokens_path
 from ingest.cli.common import (
     checked_settings,
@@ -14,6 +16,7 @@ from ingest.cli.common import (
     print_table,
     registry_at,
 )
+from ingest.ops.workers import Worker
 from ingest.settings import Settings
 
 
@@ -161,6 +164,8 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             "user gets the public local example password, for local use only",
             file=sys.stderr,
         )
+    if settings.broker == "nats":
+        return _nats_users(args.out, registry, workers, settings)
     try:
         files = write_broker_files(
             args.out,
@@ -180,5 +185,33 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         f"wrote {files.passwords}, {files.acl} ({files.users} users) and {files.listeners} "
         f"(plain :{files.port}, TLS :{files.tls_port}, CA {files.tls.ca_cert}); append "
         "listeners.conf after mosquitto.conf"
+    )
+    return 0
+
+
+def _nats_users(
+    out: Path, registry: Registry, workers: Sequence[Worker], settings: Settings
+) -> int:
+    """``broker-config`` for a NATS cluster: the nodes' ``users.conf`` (ingest/ops/nats.py)."""
+    from ingest.ops import nats
+    from ingest.ops.brokerconfig import BrokerConfigError
+
+    try:
+        text = nats.users_conf(
+            registry,
+            workers,
+            dev_secret=settings.dev_secret.get_secret_value(),
+            ingest_user=settings.mqtt_username,
+            ingest_password=settings.mqtt_password.get_secret_value(),
+            partitions=settings.partitions,
+        )
+        nats.write_users(out / "users.conf", text)
+    except (BrokerConfigError, OSError) as e:
+        print(f"citysense broker-config: {e}", file=sys.stderr)
+        return 1
+    users = len(registry.devices) + len(workers) + 1
+    print(
+        f"wrote {out / 'users.conf'} ({users} users, {settings.partitions} partitions); "
+        "each node's config includes it (ingest/ops/nats.py)"
     )
     return 0

@@ -165,8 +165,10 @@ class Decoder:
         max_json_depth: int = MAX_JSON_DEPTH,
         max_json_keys: int = MAX_JSON_KEYS,
         stamps: UntimedStamps | None = None,
+        partitions: int | None = None,
     ) -> None:
         self._registry = registry
+        self._partitions = partitions  # a clustered broker's topics carry the partition
         # A message without ts is stamped once per statement (ingest/intake/stamps.py).
         self.stamps = stamps or UntimedStamps()
         self._max_bytes = max_payload_bytes
@@ -223,7 +225,7 @@ class Decoder:
     def _route(self, topic: str) -> _Route | Rejection:
         """Who sent on ``topic`` and which schema applies, or why the topic is refused."""
         try:
-            kind, device_id, channel = parse_device_topic(topic)
+            kind, device_id, channel = parse_device_topic(topic, self._partitions)
         except TopicError as e:
             return Rejection(Reason.BAD_TOPIC, str(e))
         device = self._registry.devices.get(device_id)

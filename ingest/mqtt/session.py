@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from devices.topics import DEVICE_TOPIC_FILTER, shared_filter
+from devices.topics import DEVICE_TOPIC_FILTER, PARTITIONED_TOPIC_FILTER, shared_filter
 from ingest.mqtt.acks import AckTracker
 from ingest.mqtt.codec import (
     CONNACK,
@@ -80,7 +80,9 @@ def backoff_delay(attempt: int, initial: float = 0.5, maximum: float = 30.0) -> 
 def subscription(settings: Settings) -> str:
     """The topic filter the service subscribes to (see the module docstring)."""
     group = settings.mqtt_share_group
-    return shared_filter(group) if group else DEVICE_TOPIC_FILTER
+    # A NATS cluster delivers iot/{partition}/{kind}/{id}/{channel} (ingest/ops/nats.py).
+    topics = PARTITIONED_TOPIC_FILTER if settings.broker == "nats" else DEVICE_TOPIC_FILTER
+    return shared_filter(group, topics) if group else topics
 
 
 class _Wire(asyncio.Protocol):

@@ -1,4 +1,4 @@
-"""The local stack: Mosquitto and InfluxDB 1.x for ``citysense stack up/down/status``.
+"""The local stack: Mosquitto (or a NATS cluster) and InfluxDB 1.x for ``citysense stack``.
 
 The servers are real background processes (``processes``), detached in their own session, so
 Ctrl-C in the terminal that started them does not stop them. ``up`` records what it started
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devices.registry import load_registry
+from ingest.ops import nats
 from ingest.ops.brokerconfig import BrokerFiles, write_broker_files
 from ingest.ops.processes import (
     HOST,
@@ -94,28 +95,55 @@ def broker_files(settings: Settings, out_dir: Path) -> BrokerFiles:
     )
 
 
-def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
-    """Start Mosquitto and InfluxDB for ``settings``, reusing those already running; record them.
+def _nats_up(settings: Settings, recorded: dict[str, ManagedProcess]) -> list[ManagedProcess]:
+    """The NATS nodes: those recorded if every one still runs on the planned MQTT ports; else
+    the cluster's nodes that run are stopped and all are started with a fresh config."""
+    nats.check_nodes(settings.broker_nodes)
+    directory = settings.data_dir.resolve() / "nats"
+    plan = nats.plan_ports(directory, settings.broker_nodes, settings.mqtt_port)
+    names = [f"nats-{i + 1}" for i in range(len(plan))]
+    old = [recorded.get(n) for n in names]
+    if all(
+        p is not None and p.alive() and p.port == ports.mqtt
+        for p, ports in zip(old, plan, strict=True)
+    ):
+        return [p for p in old if p is not None]
+    for p in recorded.values():
+        if p.name.startswith("nats-"):
+            p.stop()
+    registry = load_registry(settings.registry)
+    users = nats.users_conf(
+        registry,
+        load_workers(settings.workers, registry),
+        dev_secret=settings.dev_secret.get_secret_value(),
+        ingest_user=settings.mqtt_username,
+        ingest_password=settings.mqtt_password.get_secret_value(),
+        partitions=settings.partitions,
+    )
+    return nats.start_cluster(directory, plan, settings.partitions, settings.nats_ack_wait_s, users)
 
-    Data lives in ``DATA_DIR/mosquitto`` and ``DATA_DIR/influxdb`` and survives ``down``/``up``.
-    If a step fails, what this call started is stopped again.
+
+def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
+    """Start the broker and InfluxDB for ``settings``, reusing those already running; record them.
+
+    The broker is Mosquitto, or with ``CITYSENSE_BROKER=nats`` a cluster of NATS nodes
+    (``ingest.ops.nats``). Data lives in ``DATA_DIR/mosquitto`` (or ``nats``) and
+    ``DATA_DIR/influxdb`` and survives ``down``/``up``. If a step fails, what this call started
+    is stopped again.
     """
     _check_loopback("CITYSENSE_MQTT_HOST", settings.mqtt_host)
     _check_loopback("CITYSENSE_INFLUX_URL", settings.influx_host)
     data_dir = settings.data_dir.resolve()
     recorded = {p.name: p for p in _recorded(settings)}
+    other_broker = "nats-" if settings.broker == "mosquitto" else "mosquitto"
+    for p in list(recorded.values()):
+        if p.name.startswith(other_broker):  # the broker was switched: one MQTT port, one broker
+            p.stop()
+            del recorded[p.name]
+    brokers: list[ManagedProcess] = []
+    if settings.broker == "nats":
+        brokers = _nats_up(settings, recorded)
     wanted: list[tuple[str, int, str, Callable[[], ManagedProcess]]] = [
-        (
-            "mosquitto",
-            settings.mqtt_port,
-            "CITYSENSE_MQTT_PORT",
-            lambda: start_mosquitto(
-                settings.mqtt_port,
-                data_dir / "mosquitto",
-                repo_root / "mosquitto.conf",
-                broker_files(settings, data_dir / "mosquitto" / "broker").listeners,
-            ),
-        ),
         (
             "influxdb",
             settings.influx_port,
@@ -125,7 +153,20 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
             ),
         ),
     ]
-    procs: list[ManagedProcess] = []
+    if settings.broker == "mosquitto":
+        mosquitto = (
+            "mosquitto",
+            settings.mqtt_port,
+            "CITYSENSE_MQTT_PORT",
+            lambda: start_mosquitto(
+                settings.mqtt_port,
+                data_dir / "mosquitto",
+                repo_root / "mosquitto.conf",
+                broker_files(settings, data_dir / "mosquitto" / "broker").listeners,
+            ),
+        )
+        wanted.insert(0, mosquitto)
+    procs: list[ManagedProcess] = list(brokers)
     started: list[ManagedProcess] = []
     try:
         for name, port, setting, start in wanted:
@@ -142,7 +183,7 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
                 raise PortInUseError(f"{e}; choose another port with {setting}") from e
             started.append(proc)
             procs.append(proc)
-        influxdb = procs[1]
+        influxdb = procs[-1]
         if not any(p is influxdb for p in started):
             # A reused server may predate a change of CITYSENSE_INFLUX_DATABASE.
             influx_command(influxdb.url, f"CREATE DATABASE {quote_ident(settings.influx_database)}")
@@ -150,7 +191,7 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
         for proc in started:
             proc.stop()
         raise
-    _record(settings, procs)
+    _record(settings, procs)  # nats nodes a failed InfluxDB left running: recorded, reused
     return procs
 
 

@@ -325,3 +325,25 @@ def test_down_leaves_alone_a_recorded_pid_that_is_now_another_program(tmp_path: 
         assert other.alive()
     finally:
         other.stop()
+
+
+def test_up_in_nats_mode_starts_a_cluster_and_switching_back_stops_it(tmp_path: Path) -> None:
+    """CITYSENSE_BROKER=nats: three clustered nodes, node 1's MQTT on CITYSENSE_MQTT_PORT, a
+    device's own login works; up again reuses them; back to mosquitto stops them (one port)."""
+    settings = _settings(tmp_path).model_copy(update={"broker": "nats", "partitions": 4})
+    try:
+        procs = stack.up(settings, REPO)
+        assert [p.name for p in procs] == ["nats-1", "nats-2", "nats-3", "influxdb"]
+        assert procs[0].port == settings.mqtt_port
+        assert len({p.port for p in procs}) == 4
+        for node in procs[:3]:
+            with mqtt_client(node.port, login=device_login("gate-sq-0001")) as s:
+                assert not s.session_present
+        assert [p.pid for p in stack.up(settings, REPO)] == [p.pid for p in procs]
+        mosquitto = settings.model_copy(update={"broker": "mosquitto"})
+        again = stack.up(mosquitto, REPO)
+        assert [p.name for p in again] == ["mosquitto", "influxdb"]
+        assert again[1].pid == procs[3].pid  # InfluxDB kept
+        assert not any(p.alive() for p in procs[:3])
+    finally:
+        stack.down(settings)

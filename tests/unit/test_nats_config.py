@@ -1,0 +1,114 @@
+"""The NATS cluster's configuration (ingest/ops/nats.py), read back as the broker would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worker_password
+from devices.partitions import partition_of
+from devices.registry import Registry, load_registry
+from ingest.ops import nats
+from ingest.ops.brokerconfig import BrokerConfigError
+from ingest.ops.processes import StackError
+from ingest.ops.workers import load_workers
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry(REPO / "config" / "registry.yaml")
+
+
+def users(registry: Registry) -> dict[str, dict]:  # type: ignore[type-arg]
+    text = nats.users_conf(
+        registry,
+        load_workers(REPO / "config" / "workers.yaml", registry),
+        dev_secret=LOCAL_EXAMPLE_DEV_SECRET,
+        ingest_user="citysense-ingest",
+        ingest_password="ingest-pw",
+        partitions=16,
+    )
+    block = json.loads(text.split("authorization ", 1)[1])
+    return {u["user"]: u for u in block["users"]}
+
+
+def test_each_device_may_publish_only_into_its_own_partition(registry: Registry) -> None:
+    found = users(registry)
+    for d in registry.devices.values():
+        perms = found[d.id]["permissions"]
+        p = partition_of(d.id, 16)
+        assert perms == {
+            "publish": {"allow": [f"iot.{p}.{d.kind.value}.{d.id}.>"]},
+            "subscribe": {"deny": [">"]},
+        }
+        password = device_password(LOCAL_EXAMPLE_DEV_SECRET, d.id).encode()
+        assert bcrypt.checkpw(password, found[d.id]["password"].encode())
+
+
+def test_the_service_and_grid_workers(registry: Registry) -> None:
+    found = users(registry)
+    assert found["citysense-ingest"]["permissions"] == {
+        "publish": {"allow": ["alerts.>"]},
+        "subscribe": {"allow": ["iot.>"]},
+    }
+    workers = load_workers(REPO / "config" / "workers.yaml", registry)
+    w = workers[0]
+    got = found[w.username]
+    assert got["permissions"]["subscribe"]["allow"] == [
+        t.replace("/", ".") for t in w.alert_topics(registry)
+    ]
+    assert got["permissions"]["publish"]["allow"] == []
+    pw = worker_password(LOCAL_EXAMPLE_DEV_SECRET, w.username).encode()
+    assert bcrypt.checkpw(pw, got["password"].encode())
+    assert not any("ingest-pw" in json.dumps(u) for u in found.values())  # hashed only
+
+
+def test_a_dotted_device_id_is_refused(registry: Registry) -> None:
+    device = next(iter(registry.devices.values()))
+    dotted = Registry(registry.areas.values(), [device.model_copy(update={"id": "gate.with.dots"})])
+    with pytest.raises(BrokerConfigError, match=r"gate\.with\.dots"):
+        nats.users_conf(
+            dotted, [], dev_secret="s", ingest_user="i", ingest_password="p", partitions=4
+        )
+
+
+def test_node_config_and_port_plan(tmp_path: Path) -> None:
+    plan = nats.plan_ports(tmp_path, 3, 21883)
+    assert plan[0].mqtt == 21883
+    ports = [v for p in plan for v in (p.mqtt, p.client, p.route, p.http)]
+    assert len(set(ports)) == 12
+    assert nats.plan_ports(tmp_path, 3, 21883) == plan  # kept: routes survive a restart
+    conf = nats.node_conf(1, plan, tmp_path / "n2", 16, 60, tmp_path / "users.conf")
+    assert "server_name: n2" in conf
+    assert f"listen: 127.0.0.1:{plan[1].mqtt}" in conf
+    assert "stream_replicas: 3" in conf and "max_ack_pending: 20000" in conf
+    assert 'ack_wait: "60s"' in conf
+    assert '"iot.*.*.*": "iot.{{partition(16,2)}}.{{wildcard(1)}}' in conf
+    assert f"nats-route://127.0.0.1:{plan[0].route}" in conf
+    assert f"nats-route://127.0.0.1:{plan[1].route}" not in conf  # not a route to itself
+    single = nats.plan_ports(tmp_path / "one", 1, 21884)
+    assert "cluster" not in nats.node_conf(0, single, tmp_path, 4, 60, tmp_path / "u.conf")
+    with pytest.raises(StackError, match="majority"):
+        nats.check_nodes(2)
+
+
+def test_broker_config_writes_the_nats_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest.cli import main
+
+    monkeypatch.setenv("CITYSENSE_BROKER", "nats")
+    monkeypatch.setenv("CITYSENSE_PARTITIONS", "4")
+    assert main(["broker-config", "--out", str(tmp_path)]) == 0
+    assert "4 partitions" in capsys.readouterr().out
+    path = tmp_path / "users.conf"
+    assert path.stat().st_mode & 0o777 == 0o600
+    block = json.loads(path.read_text().split("authorization ", 1)[1])
+    gate = next(u for u in block["users"] if u["user"] == "gate-sq-0001")
+    p = partition_of("gate-sq-0001", 4)
+    assert gate["permissions"]["publish"]["allow"] == [f"iot.{p}.gate.gate-sq-0001.>"]
