@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from devices.credentials import (
     INGEST_USER,
@@ -99,6 +104,11 @@ class Settings(BaseSettings):
         "a plain subscription, which Mosquitto keeps across its own restarts",
     )
 
+    mqtt_also: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="further broker nodes, host:port comma-separated, tried in turn when the "
+        "one in use fails (a NATS cluster; with `stack up` in nats mode, its other nodes)",
+    )
     broker: Literal["mosquitto", "nats"] = Field(
         "mosquitto",
         description="mosquitto: one broker (the default); nats: a cluster of NATS nodes with "
@@ -116,6 +126,19 @@ class Settings(BaseSettings):
         description="nats: a message not acknowledged this long is sent again (keep it above "
         "the longest the service may hold an acknowledgement)",
     )
+
+    @field_validator("mqtt_also", mode="before")
+    @classmethod
+    def _nodes(cls, value: object) -> object:
+        """``host:port,host:port`` from the environment or a string in the config file."""
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)):
+            for node in value:
+                host, _, port = str(node).rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"{node!r} is not host:port")
+        return value
 
     # InfluxDB
     influx_url: str = Field(

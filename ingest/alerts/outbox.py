@@ -23,6 +23,7 @@ from typing import Protocol
 
 import aiomqtt
 
+from ingest.mqtt.nodes import BrokerNodes
 from ingest.mqtt.session import backoff_delay
 from ingest.mqtt.tls import mqtt_tls_context
 from ingest.settings import Settings
@@ -52,6 +53,7 @@ class MqttOutbox:
         max_queued: int = 10_000,
     ) -> None:
         self._settings = settings
+        self._nodes = BrokerNodes(settings)
         self._client_id = client_id
         self._source = source
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queued)
@@ -88,10 +90,11 @@ class MqttOutbox:
         s = self._settings
         attempt = 0
         while True:
+            host, port = self._nodes.current
             try:
                 async with aiomqtt.Client(
-                    s.mqtt_host,
-                    s.mqtt_port,
+                    host,
+                    port,
                     identifier=self._client_id,
                     username=s.mqtt_username,
                     password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
@@ -108,6 +111,7 @@ class MqttOutbox:
             except aiomqtt.MqttError as e:
                 delay = backoff_delay(attempt)
                 attempt += 1
+                self._nodes.failed()
                 log.warning("alert publisher lost the broker (%s); retrying in %.1f s", e, delay)
                 await asyncio.sleep(delay)
 

@@ -84,10 +84,11 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the ingest service until SIGINT/SIGTERM."""
     from ingest.mqtt.tls import MqttTlsError, mqtt_tls_context
+    from ingest.ops.nats import with_cluster_nodes
     from ingest.ops.stack import operator_query_hint
     from ingest.service import StartRefused, serve
 
-    settings = checked_settings("serve")
+    settings = with_cluster_nodes(checked_settings("serve"))
     try:
         mqtt_tls_context(settings)  # reads the TLS files now, off the event loop; cached
     except MqttTlsError as e:

@@ -49,6 +49,7 @@ from ingest.mqtt.codec import (
     suback_codes,
     subscribe_packet,
 )
+from ingest.mqtt.nodes import BrokerNodes
 from ingest.mqtt.tls import mqtt_tls_context
 from ingest.settings import Settings
 
@@ -185,6 +186,7 @@ class MqttConsumer:
         self._paused = False
         self._wire: _Wire | None = None
         self._release = asyncio.Event()
+        self.nodes = BrokerNodes(settings)
 
     @property
     def reading_live(self) -> bool:
@@ -223,6 +225,7 @@ class MqttConsumer:
                         attempt = 0  # it had worked: start the backoff over
                     delay = backoff_delay(attempt)
                     attempt += 1
+                    self.nodes.failed()  # the next node of a cluster, if there is one
                     # A refusal is the operator's to fix (password, ACL): say so louder.
                     level = logging.ERROR if isinstance(e, ConnectRefused) else logging.WARNING
                     log.log(level, "MQTT connection failed (%s); retrying in %.1f s", e, delay)
@@ -234,12 +237,13 @@ class MqttConsumer:
     async def _session(self, topic_filter: str) -> None:
         """Connect, subscribe, keep the connection alive until released; raise when lost."""
         s = self._settings
+        host, port = self.nodes.current
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             _, wire = await loop.create_connection(
                 lambda: _Wire(self._received, self._after_chunk),
-                s.mqtt_host,
-                s.mqtt_port,
+                host,
+                port,
                 ssl=mqtt_tls_context(s),  # None: plain TCP (CITYSENSE_MQTT_TLS)
             )
         self._wire = wire
@@ -255,8 +259,8 @@ class MqttConsumer:
             log.info(
                 "subscribed to %s on %s:%d as %s",
                 topic_filter,
-                s.mqtt_host,
-                s.mqtt_port,
+                host,
+                port,
                 s.mqtt_client_id,
             )
             await self._keep_alive(wire)
@@ -280,14 +284,15 @@ class MqttConsumer:
                 password=password,
             )
         )
+        host, port = self.nodes.current
         present, code = connack_result((await wire.expect(CONNACK)).body)
         if code:
             raise ConnectRefused(f"broker refused CONNECT: {CONNACK_REFUSALS.get(code, code)}")
         # A resumed session's queued messages start to flow now, before the SUBACK.
         log.info(
             "MQTT connected to %s:%d as %s (session %s)",
-            s.mqtt_host,
-            s.mqtt_port,
+            host,
+            port,
             s.mqtt_client_id,
             "resumed" if present else "new",
         )

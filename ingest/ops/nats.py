@@ -55,6 +55,7 @@ from ingest.ops.processes import (
     wait_ready,
 )
 from ingest.ops.workers import Worker
+from ingest.settings import Settings
 
 MAX_ACK_PENDING = 20_000  # per session; the cap is 65,535 summed over its subscriptions
 # NATS checks the hash on every CONNECT: at its tool's default cost (11, ~0.1 s) a city's
@@ -267,3 +268,20 @@ def check_nodes(nodes: int) -> None:
             "CITYSENSE_BROKER_NODES=2 cannot survive the loss of a node: JetStream needs a "
             "majority; use 1 or 3 or more"
         )
+
+
+def with_cluster_nodes(settings: Settings) -> Settings:
+    """``settings`` with ``mqtt_also`` naming the other nodes ``stack up`` started (from
+    ``DATA_DIR/nats/ports.json``), unless it is set or the broker is not NATS: the service
+    then moves to another node when its own dies."""
+    if settings.broker != "nats" or settings.mqtt_also:
+        return settings
+    try:
+        plan = [
+            NodePorts(**p)
+            for p in json.loads((settings.data_dir / "nats" / "ports.json").read_text())
+        ]
+    except (OSError, ValueError, TypeError):
+        return settings
+    others = tuple(f"{settings.mqtt_host}:{p.mqtt}" for p in plan if p.mqtt != settings.mqtt_port)
+    return settings.model_copy(update={"mqtt_also": others})

@@ -48,6 +48,17 @@ class Cluster:
     def mqtt_port(self, node: int) -> int:
         return self.plan[node].mqtt
 
+    def revive(self) -> None:
+        """Start again the nodes a test killed: the module's other tests get all three."""
+        dead = [i for i, node in enumerate(self.nodes) if not node.alive()]
+        if not dead:
+            return
+        users = (self.root / "users.conf").read_text()
+        skip = [i for i in range(len(self.nodes)) if i not in dead]
+        started = nats.start_cluster(self.root, self.plan, PARTITIONS, 60, users, skip=skip)
+        for i, node in zip(dead, started, strict=True):
+            self.nodes[i] = node
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -235,12 +246,60 @@ def test_nothing_acknowledged_is_lost_when_the_devices_node_dies(
     finally:
         service.close()
         influx.stop()
-        if not node3.alive():  # the other tests of the module get their third node back
-            cluster.nodes[2] = nats.start_cluster(
-                cluster.root,
-                cluster.plan,
-                PARTITIONS,
-                60,
-                (cluster.root / "users.conf").read_text(),
-                skip=[0, 1],
-            )[0]
+        cluster.revive()
+
+
+def test_the_service_moves_to_another_node_when_its_own_dies(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The service reads on node 1, told of node 2 (CITYSENSE_MQTT_ALSO); devices publish
+    through node 3. Node 1 is SIGKILLed halfway: the service resumes its session on node 2
+    (the same client id; the session lives in a replicated stream) and every acknowledged
+    reading is stored, each once."""
+    influx = start_influxd(free_port(), tmp_path / "influxdb", "citysense")
+    service = Service(
+        _Stack(cluster.mqtt_port(0), influx),  # type: ignore[arg-type]
+        tmp_path / "data",
+        tmp_path / "service.log",
+        CITYSENSE_BROKER="nats",
+        CITYSENSE_PARTITIONS=str(PARTITIONS),
+        CITYSENSE_MQTT_ALSO=f"{HOST}:{cluster.mqtt_port(1)}",
+    )
+    devices: list[Device] = list(REGISTRY.devices.values())
+    per_device = 30
+    base = now_ms() - (per_device + 10) * STEP_MS
+    try:
+        service.start()
+        gateway = client(
+            cluster.mqtt_port(2), brokerauth.GATEWAY, f"gw-{uuid.uuid4().hex[:6]}", inflight=100
+        )
+        sent: list[tuple[tuple[str, int], mqtt.MQTTMessageInfo]] = []
+        for seq in range(1, per_device + 1):
+            if seq == per_device // 2:
+                os.kill(cluster.nodes[0].pid, signal.SIGKILL)  # the service's node
+            for d in devices:
+                payload = json.dumps(telemetry_payload(d, seq, base + seq * STEP_MS, False))
+                info = gateway.publish(f"iot/{d.kind.value}/{d.id}/telemetry", payload, qos=1)
+                sent.append(((d.id, seq), info))
+            time.sleep(0.1)
+        for _, info in sent:
+            info.wait_for_publish(30)
+        acked = {key for key, info in sent if info.is_published()}
+        assert len(acked) == len(sent)
+        gateway.loop_stop()
+        deadline = time.monotonic() + 90
+        stored: dict[tuple[str, int], list[int]] = {}
+        while time.monotonic() < deadline:
+            stored = stored_keys(influx.url, "citysense", base)
+            if acked <= stored.keys():
+                break
+            time.sleep(0.5)
+        lost = acked - stored.keys()
+        assert not lost, f"{len(lost)} acknowledged readings lost, e.g. {sorted(lost)[:5]}"
+        assert all(len(times) == 1 for times in stored.values())
+        log = (tmp_path / "service.log").read_text()
+        assert f"subscribed to iot/+/+/+/+ on {HOST}:{cluster.mqtt_port(1)}" in log
+    finally:
+        service.close()
+        influx.stop()
+        cluster.revive()

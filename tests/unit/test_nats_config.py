@@ -112,3 +112,25 @@ def test_broker_config_writes_the_nats_users(
     gate = next(u for u in block["users"] if u["user"] == "gate-sq-0001")
     p = partition_of("gate-sq-0001", 4)
     assert gate["permissions"]["publish"]["allow"] == [f"iot.{p}.gate.gate-sq-0001.>"]
+
+
+def test_the_service_learns_the_other_nodes_and_tries_them_in_turn(tmp_path: Path) -> None:
+    from ingest.mqtt.nodes import BrokerNodes
+    from ingest.settings import Settings
+
+    settings = Settings(broker="nats", data_dir=tmp_path, mqtt_port=21883)
+    assert nats.with_cluster_nodes(settings) is settings  # no stack up here: as it is
+    plan = nats.plan_ports(tmp_path / "nats", 3, 21883)
+    found = nats.with_cluster_nodes(settings)
+    assert found.mqtt_also == (f"127.0.0.1:{plan[1].mqtt}", f"127.0.0.1:{plan[2].mqtt}")
+    told = settings.model_copy(update={"mqtt_also": ("10.0.0.2:1883",)})
+    assert nats.with_cluster_nodes(told) is told  # what the operator set wins
+    nodes = BrokerNodes(found)
+    seen = []
+    for _ in range(4):
+        seen.append(nodes.current)
+        nodes.failed()
+    assert [port for _, port in seen] == [21883, plan[1].mqtt, plan[2].mqtt, 21883]
+    with pytest.raises(ValueError, match="not host:port"):
+        Settings(mqtt_also="127.0.0.1")  # type: ignore[arg-type]
+    assert Settings(mqtt_also="a:1, b:2").mqtt_also == ("a:1", "b:2")  # type: ignore[arg-type]
