@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-stages deps test-deps system-deps test-system-deps venv clean stack-up stack-down
+.PHONY: run test lint format bench bench-scale bench-stages deps test-deps system-deps test-system-deps venv clean stack-up stack-down
 
 # What running needs; `make test` adds the test-only packages (VictoriaMetrics, Chromium, a CJK font).
 deps: system-deps venv
@@ -61,5 +61,9 @@ bench: deps
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # Per-message cost of decode, rules and line protocol, on a dry run of the example city.
+# Issue 16: the same backlog through Mosquitto and through a 3-node NATS cluster (a few minutes).
+bench-scale: deps
+	$(BIN)/python -m benchmarks.scale $(BENCH_ARGS)
+
 bench-stages: venv
 	$(BIN)/python benchmarks/stage_costs.py

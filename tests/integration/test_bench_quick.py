@@ -37,3 +37,20 @@ def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
     latency = results["alert_latency_ms"]
     assert latency["triggers"] > 0 and latency["alerts_matched"] == latency["triggers"]
     assert results["reference_msgs_per_s"]["median"] > 0
+
+
+def test_quick_bench_scale_runs_on_both_brokers_and_loses_nothing(tmp_path: Path) -> None:
+    """`make bench-scale` in miniature: the same backlog through Mosquitto and a NATS cluster."""
+    out = tmp_path / "scale.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--k", "5000", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    assert [r["broker"] for r in runs] == ["mosquitto", "nats"]
+    assert all(r["lost"] == 0 and r["k"] == 5000 and r["msg_per_s"] > 0 for r in runs)
