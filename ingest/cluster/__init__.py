@@ -1,0 +1,1 @@
+"""Running as several workers: partition leases (issue 16)."""
