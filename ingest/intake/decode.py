@@ -28,7 +28,7 @@ class Reason(StrEnum):
     TOO_DEEP = "too_deep"  # JSON nested deeper than max_json_depth
     TOO_MANY_KEYS = "too_many_keys"  # more than max_json_keys object keys in the document
     NOT_UTF8 = "not_utf8"  # the payload bytes are not UTF-8
-    INVALID_JSON = "invalid_json"  # not parseable JSON (NaN/Infinity literals included)
+    INVALID_JSON = "invalid_json"  # not parseable JSON (NaN/Infinity literals parse: not_finite)
     SCHEMA = "schema"  # JSON, but missing keys or wrong types
     OUT_OF_RANGE = "out_of_range"  # a value outside its physical range
     NOT_FINITE = "not_finite"  # NaN or ±Inf where a number belongs

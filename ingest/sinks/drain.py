@@ -218,7 +218,12 @@ class Drain:
                 spooled = await asyncio.to_thread(self._spool.peek)
             except SpoolCorrupt as e:
                 # Set aside (kept for inspection), counted, and the replay goes on.
-                name = await asyncio.to_thread(self._spool.quarantine_head)
+                try:
+                    name = await asyncio.to_thread(self._spool.quarantine_head)
+                except OSError as moving:  # the disk that rotted may refuse the rename too
+                    self._trouble(f"spool: {e}; cannot set it aside: {moving}")
+                    await asyncio.sleep(REPLAY_RETRY_S)
+                    continue
                 self.stats.quarantined += 1
                 log.error("spool: %s; segment set aside as %s, the replay goes on", e, name)
                 continue

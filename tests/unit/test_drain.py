@@ -263,3 +263,47 @@ def test_a_corrupt_segment_is_set_aside_and_the_rest_replayed(tmp_path: Path) ->
     rest = drain(spool)
     assert rest and all(len(b) == 4 for b in rest) and spool.is_empty
     spool.close()
+
+
+async def test_a_corrupt_segment_that_cannot_be_set_aside_does_not_end_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13 review (suspected, now proven and fixed): the rename that sets a corrupt
+    segment aside failing (EIO, a read-only remount) ended the replay task — and with it the
+    service. Now it is reported as trouble and tried again."""
+    import ingest.sinks.drain as drain_module
+
+    monkeypatch.setattr(drain_module, "REPLAY_RETRY_S", 0.01)
+    sink, safe = FlakySink(), []
+    drain, _batcher, spool = drain_for(tmp_path, sink, safe)
+    spool.close()
+    spool = Spool(tmp_path / "spool", segment_bytes=300)
+    for i in range(6):
+        spool.append([f"river v={i}i {i}"] * 4)
+    first = sorted((tmp_path / "spool").glob("spool-*.lp"))[0]
+    with first.open("r+b") as f:
+        f.seek(10)
+        f.write(b"\xff" * 8)
+    drain._spool = spool
+    real = spool.quarantine_head
+    refusals = [OSError(5, "Input/output error")]
+
+    def quarantine_head() -> str:
+        if refusals:
+            raise refusals.pop()
+        return real()
+
+    monkeypatch.setattr(spool, "quarantine_head", quarantine_head)
+    replayer = asyncio.create_task(drain.replay())
+    for _ in range(200):
+        if spool.is_empty:
+            break
+        await asyncio.sleep(0.02)
+    assert not replayer.done(), replayer.exception() if replayer.done() else None
+    replayer.cancel()
+    assert spool.is_empty and drain.stats.quarantined == 1 and not refusals
+    every = [f"river v={i}i {i}" for i in range(6) for _ in range(4)]
+    assert sink.stored and sink.stored == every[-len(sink.stored) :]  # the sound segments'
+    assert len(sink.stored) < len(every)  # the corrupt one is set aside, not replayed
+    assert "cannot set it aside" in (drain.trouble or "")
+    spool.close()
