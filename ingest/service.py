@@ -262,6 +262,7 @@ async def serve(
         # the engine's state, the API's schemas): out of the collector's sight, a full
         # collection no longer walks it. Measured: such collections took 45-76 ms on the
         # event loop while alerts waited (the alert latency tail, benchmarks/README.md).
+        gc.collect()  # first, or the garbage of start-up would be frozen with the rest
         gc.freeze()
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(drain.run(), name="influx-writer")
