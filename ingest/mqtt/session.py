@@ -173,8 +173,10 @@ class MqttConsumer:
         handle: Handler,
         acks: AckTracker | None = None,
         held: Callable[[], int] | None = None,
+        topic_filter: str | None = None,
     ):
         self._settings = settings
+        self._topic_filter = topic_filter  # default: ``subscription(settings)``
         self._handle = handle
         self.acks = acks or AckTracker()
         # Messages taken and not yet durable, of this connection and of earlier ones (which a
@@ -210,7 +212,7 @@ class MqttConsumer:
 
     async def run(self) -> None:
         """Consume until released (or cancelled)."""
-        topic_filter = subscription(self._settings)
+        topic_filter = self._topic_filter or subscription(self._settings)
         attempt = 0
         try:
             while not self._release.is_set():

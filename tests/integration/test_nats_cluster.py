@@ -303,3 +303,81 @@ def test_the_service_moves_to_another_node_when_its_own_dies(
         service.close()
         influx.stop()
         cluster.revive()
+
+
+async def test_each_worker_reads_only_the_partitions_it_is_assigned(cluster: Cluster) -> None:
+    """Two workers' partition sessions (ingest/mqtt/partitions.py) on different nodes: each
+    device's messages reach exactly the worker assigned its partition; a partition moved from
+    one to the other is read by its new owner from then on (same session, same client id)."""
+    import asyncio
+
+    from ingest.mqtt.partitions import PartitionSessions
+    from ingest.settings import Settings
+
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    workers: dict[str, PartitionSessions] = {}
+
+    def settings(node: int) -> Settings:
+        return Settings(
+            broker="nats",
+            partitions=PARTITIONS,
+            mqtt_port=cluster.mqtt_port(node),
+            mqtt_client_id=f"w-{uuid.uuid4().hex[:6]}",
+        )
+
+    shared = settings(0)
+    for name, node in (("a", 0), ("b", 1)):
+
+        def handle(topic: str, _payload: bytes, token: int, name: str = name) -> None:
+            got[name].append(topic.split("/")[3])
+            workers[name].acks.safe([token])
+
+        workers[name] = PartitionSessions(
+            shared.model_copy(update={"mqtt_port": cluster.mqtt_port(node)}), handle, lambda: 0
+        )
+
+    async def connected(w: PartitionSessions, ps: set[int]) -> None:
+        for _ in range(200):
+            if ps <= w.consumers.keys() and all(w.consumers[p].connected for p in ps):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"sessions {ps} not connected")
+
+    def publish_all() -> None:
+        gateway = client(cluster.mqtt_port(2), brokerauth.GATEWAY, f"gw-{uuid.uuid4().hex[:6]}")
+        for d in REGISTRY.devices.values():
+            publish_and_wait(gateway, f"iot/{d.kind.value}/{d.id}/telemetry", b"{}")
+        gateway.disconnect()
+
+    async def received(n: int) -> None:
+        for _ in range(200):
+            if len(got["a"]) + len(got["b"]) >= n:
+                return
+            await asyncio.sleep(0.05)
+
+    devices = {d.id: partition_of(d.id, PARTITIONS) for d in REGISTRY.devices.values()}
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(w.run()) for w in workers.values()]
+        workers["a"].assign({0, 1})
+        workers["b"].assign({2, 3})
+        await connected(workers["a"], {0, 1})
+        await connected(workers["b"], {2, 3})
+        await asyncio.to_thread(publish_all)
+        await received(len(devices))
+        assert sorted(got["a"]) == sorted(d for d, p in devices.items() if p in (0, 1))
+        assert sorted(got["b"]) == sorted(d for d, p in devices.items() if p in (2, 3))
+        got["a"].clear()
+        got["b"].clear()
+        workers["a"].assign({0})  # partition 1 moves to b
+        for _ in range(100):
+            if 1 not in workers["a"].consumers:
+                break
+            await asyncio.sleep(0.05)
+        workers["b"].assign({1, 2, 3})
+        await connected(workers["b"], {1, 2, 3})
+        await asyncio.to_thread(publish_all)
+        await received(len(devices))
+        assert sorted(got["a"]) == sorted(d for d, p in devices.items() if p == 0)
+        assert sorted(got["b"]) == sorted(d for d, p in devices.items() if p != 0)
+        for task in tasks:
+            task.cancel()
