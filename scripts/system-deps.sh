@@ -21,6 +21,8 @@ if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # A small CJK font, so the browser tests render Chinese labels, not empty boxes.
   [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
+  # The alert store's tests also run on a real PostgreSQL 15 (tests/postgres.py).
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

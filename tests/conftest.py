@@ -1,4 +1,5 @@
-"""Session fixtures: real Mosquitto, InfluxDB 1.x and VictoriaMetrics on free ports.
+"""Session fixtures: real Mosquitto, InfluxDB 1.x, VictoriaMetrics and PostgreSQL (in
+tests/postgres.py) on free ports.
 
 Each server fixture starts a throwaway server from an empty temporary directory with
 ``ingest.ops.processes`` (the code behind ``citysense stack up``), yields its ``ManagedProcess``
@@ -25,12 +26,19 @@ from ingest.ops.processes import (
     start_victoria_metrics,
 )
 from tests.brokerauth import broker_files
+from tests.postgres import postgres_url  # noqa: F401  (a fixture: PostgreSQL 15 for the session)
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A developer's own ./citysense.toml must not change what the tests (and the services they
 # start, which inherit the environment) run with: read no config file unless a test says so.
 os.environ["CITYSENSE_CONFIG"] = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgresql: runs on a real PostgreSQL 15 (tests/postgres.py); in make test"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
-"""Partition leases (ingest/cluster/leases.py) on a real SQLite file: sharing, takeover when a
-worker dies, hand-back when one joins, and the epoch that fences a worker woken too late."""
+"""Partition leases (ingest/cluster/leases.py) on a real SQLite file and a real PostgreSQL 15
+(the `url` fixture of test_alert_store): sharing, takeover when a worker dies, hand-back when
+one joins, and the epoch that fences a worker woken too late."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from ingest.cluster.leases import Leases, holds
+from tests.unit.test_alert_store import url  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 
 P = 16
 LEASE_MS = 6_000
@@ -15,8 +17,10 @@ T0 = 1_800_000_000_000
 
 
 @pytest.fixture
-def leases(tmp_path: Path) -> Leases:
-    return Leases(f"sqlite:///{tmp_path / 'alerts.sqlite3'}", P, LEASE_MS)
+def leases(url: str) -> Iterator[Leases]:  # noqa: F811
+    found = Leases(url, P, LEASE_MS)
+    yield found
+    found.close()
 
 
 def test_one_worker_takes_every_partition_then_shares_with_a_newcomer(leases: Leases) -> None:
