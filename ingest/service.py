@@ -23,7 +23,7 @@ import aiohttp
 from devices.registry import Registry
 from ingest.alerts.alerting import Alerting
 from ingest.alerts.outbox import MqttOutbox
-from ingest.alerts.store import ALERTS_FILE, AlertStore, sqlite_url
+from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
 from ingest.api.tokens import TokenStore, tokens_path
@@ -186,8 +186,10 @@ async def serve(
     )
     encoder = LineEncoder(registry, PlateHasher(settings.plate_key.get_secret_value().encode()))
     deliverer = Deliverer(sink)
-    private_file(settings.data_dir / ALERTS_FILE)
-    alert_store = AlertStore(sqlite_url(settings.data_dir))
+    database = settings.database_url.get_secret_value() if settings.database_url else None
+    if database is None:
+        private_file(settings.data_dir / ALERTS_FILE)
+    alert_store = AlertStore(store_url(database, settings.data_dir))
     outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts", source=alert_store)
     alerting = Alerting(
         rules,

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         description="further broker nodes, host:port comma-separated, tried in turn when the "
         "one in use fails (a NATS cluster; with `stack up` in nats mode, its other nodes)",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="the alert store's database as a SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://user:password@host/citysense (shared by the workers of a cluster); "
+        "unset: the SQLite file alerts.sqlite3 in the data directory",
+    )
     broker: Literal["mosquitto", "nats"] = Field(
         "mosquitto",
         description="mosquitto: one broker (the default); nats: a cluster of NATS nodes with "

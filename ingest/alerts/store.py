@@ -95,6 +95,11 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / ALERTS_FILE}"
 
 
+def store_url(database_url: str | None, data_dir: Path) -> str:
+    """``CITYSENSE_DATABASE_URL`` if set, else the SQLite file in the data directory."""
+    return database_url or sqlite_url(data_dir)
+
+
 def _values(*items: Any) -> builtins.list[str]:
     """Enum members or strings, one or a collection of them, as stored strings."""
     out: builtins.list[str] = []

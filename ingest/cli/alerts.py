@@ -37,11 +37,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """List, acknowledge or resolve alerts in the alert store."""
-    from ingest.alerts.store import AlertNotFound, AlertStore, sqlite_url
+    from ingest.alerts.store import AlertNotFound, AlertStore, store_url
     from rules.alerts import AlertState, InvalidTransition, ReservedActor
 
     settings = load_settings()
-    store = AlertStore(sqlite_url(settings.data_dir))
+    database = settings.database_url.get_secret_value() if settings.database_url else None
+    store = AlertStore(store_url(database, settings.data_dir))
     try:
         if args.action == "list":
             states = [AlertState(args.state)] if args.state else []

@@ -7,6 +7,7 @@ import pytest
 
 from ingest.cli import main
 from ingest.sinks.deadletters import DeadLetterStore, NewDeadLetter
+from tests.unit.test_alert_store import url  # noqa: F401  (a fixture: SQLite and PostgreSQL)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,3 +124,31 @@ def test_alerts_list_ack_resolve(
     resolved = run_json(capsys, "alerts", "list", "--state", "resolved", "--json")
     assert isinstance(resolved, list) and resolved[0]["resolved_by"] == "li.na"
     assert main(["alerts", "ack", "A-nothing", "--by", "x"]) == 1
+
+
+def test_the_alert_commands_use_the_database_url(
+    url: str,  # noqa: F811  (SQLite and PostgreSQL, tests/unit/test_alert_store.py)
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.alerts.store import AlertStore
+    from ingest.ops.processes import free_port
+    from tests.unit.test_alert_store import fire
+
+    store = AlertStore(url)
+    alert, _ = fire(store)
+    store.close()
+    data_dir = tmp_path / "elsewhere"
+    monkeypatch.setenv("CITYSENSE_DATABASE_URL", url)
+    monkeypatch.setenv("CITYSENSE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("CITYSENSE_MQTT_PORT", str(free_port()))  # no broker: stored, not sent
+    listed = run_json(capsys, "alerts", "list", "--json")
+    assert isinstance(listed, list) and [a["id"] for a in listed] == [alert.id]
+    assert main(["alerts", "resolve", alert.id, "--by", "li.na"]) == 0
+    capsys.readouterr()
+    again = AlertStore(url)
+    got = again.get(alert.id)
+    again.close()
+    assert got is not None and got.resolved_by == "li.na"
+    assert not (data_dir / "alerts.sqlite3").exists()  # the URL's database, not the file
