@@ -209,7 +209,7 @@ async def serve(
     consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)
     state.consumer = consumer
     alerting.follow_reading(lambda: consumer.reading_live, lambda: pipeline.in_flight)
-    alerting.follow_clocks(clock_skew.skew_ms)
+    alerting.follow_clocks(clock_skew)
     spool = await asyncio.to_thread(
         Spool, settings.data_dir / "spool", max_bytes=settings.spool_max_bytes
     )

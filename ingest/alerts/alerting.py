@@ -41,6 +41,7 @@ from ingest.alerts.told import Change as ToldChange
 from ingest.alerts.told import DeferredTelling, Telling, ToldMemory
 from ingest.intake.batcher import Batcher
 from ingest.intake.lineprotocol import encode_fields, series_key
+from ingest.intake.skew import ClockSkew
 from ingest.intake.stamps import UntimedStamps
 from rules import Engine, RuleSet, Transition
 from rules.alerts import (
@@ -112,7 +113,10 @@ class Alerting:
         # Stamps of messages without ts, saved with the state that has seen them.
         self.stamps = UntimedStamps.from_data(caller.get("stamps"))
         self._live: Callable[[], bool] = lambda: True
-        self._skew_of: Callable[[str], int | None] = lambda _: None  # never measured
+        # Each device's measured clock skew, saved with the state (a resolve is placed in the
+        # device's time with it, ``_judged``); the live one once ``follow_clocks`` gives it.
+        self._saved_skew = caller.get("clock_skew")
+        self._skew: ClockSkew | None = None
         self._waiting: Callable[[], int] = lambda: 0
         self.read_clock = ReadClock(start, _now_ms(), lambda: self._live(), lambda: self._waiting())
         # What the engine said of each message (often nothing) with the message's point, and
@@ -182,7 +186,9 @@ class Alerting:
         read_now = self.read_clock.now(now_ms)
         for rule_id, device_id in held - unresolved.keys():
             resolved_ms = self._store.last_resolved_ms(rule_id, device_id)
-            resolved_ts = None if resolved_ms is None else self._judged(device_id, resolved_ms)
+            resolved_ts = (
+                None if resolved_ms is None else self._judged(device_id, resolved_ms, now_ms)
+            )
             self.engine.resolve(rule_id, device_id, read_now, resolved_ts=resolved_ts)
 
     async def _hear_resolves(self) -> None:
@@ -190,9 +196,10 @@ class Alerting:
         any process): the next reading that still shows the condition opens a new alert."""
         last, found = await asyncio.to_thread(self._store.resolved_by_people, self._resolves_seen)
         self._resolves_seen = last
-        read_now = self.read_clock.now(_now_ms())
+        now = _now_ms()
+        read_now = self.read_clock.now(now)
         for rule_id, device_id, opened_ms, resolved_ms in found:
-            resolved_ts = self._judged(device_id, resolved_ms)
+            resolved_ts = self._judged(device_id, resolved_ms, now)
             if self.engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts):
                 self._save_wanted = True  # saved by the next store round
                 self._to_store_ready.set()
@@ -211,25 +218,43 @@ class Alerting:
 
     def _caller_state(self) -> dict[str, Any]:
         """What ingest keeps in the engine's snapshot: its read clock and untimed stamps."""
-        return {"read_clock": clock_data(self.read_clock.state()), "stamps": self.stamps.data()}
+        skew = self._skew.data() if self._skew is not None else self._saved_skew
+        return {
+            "read_clock": clock_data(self.read_clock.state()),
+            "stamps": self.stamps.data(),
+            "clock_skew": skew if isinstance(skew, dict) else {},
+        }
 
     def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
         """How the read clock tells we are reading (connected, not paused) and what waits."""
         self._live, self._waiting = live, waiting
 
-    def follow_clocks(self, skew_of: Callable[[str], int | None]) -> None:
-        """Each device's measured clock skew (ingest/intake/skew.py), for ``_judged``."""
-        self._skew_of = skew_of
+    def follow_clocks(self, skew: ClockSkew) -> None:
+        """Each device's measured clock skew (ingest/intake/skew.py), for ``_judged``; it
+        starts from the estimates saved with the state."""
+        skew.load(self._saved_skew)
+        self._skew = skew
 
-    def _judged(self, device_id: str, wall_ms: int) -> int:
-        """A wall-clock time (a person's resolve) in the device's time as the engine judges
-        its stamps (``observe``): a clock running fast past the tolerance is judged at wall
-        time; one slow (or a little fast) at its own time, wall + its measured skew. A clock
-        never measured (just after a restart, its backlog unmeasured) is taken as right: a
-        slow one then has its events up to its lag after the resolve taken as the resolved
-        episode's (README, "What holds for alerts")."""
+    def _skew_of(self, device_id: str) -> int | None:
+        if self._skew is not None:
+            return self._skew.skew_ms(device_id)
+        saved = self._saved_skew.get(device_id) if isinstance(self._saved_skew, dict) else None
+        return saved if type(saved) is int else None
+
+    def _judged(self, device_id: str, wall_ms: int, now_ms: int) -> int | None:
+        """A person's resolve at wall time ``wall_ms``, in the device's time as the engine
+        judges its stamps (``observe``); None when the device's clock was never measured
+        (then the engine uses the newest it has read: a clock of unknown skew could put the
+        resolve days after the device's own time and hide its real events that long).
+
+        Never later than ``now_ms``, the hearing: the clock of the host that resolved (the
+        CLI, another worker) may run ahead. A clock running fast past the tolerance is judged
+        at wall time; one slow (or a little fast) at its own, wall + its measured skew."""
         skew = self._skew_of(device_id)
-        return wall_ms + skew if skew is not None and skew <= self._ahead_ms else wall_ms
+        if skew is None:
+            return None
+        wall_ms = min(wall_ms, now_ms)
+        return wall_ms + skew if skew <= self._ahead_ms else wall_ms
 
     @property
     def pending_points(self) -> int:

@@ -69,6 +69,21 @@ class ClockSkew:
             else:
                 del self._rings[device_id], self._estimates[device_id]
 
+    def data(self) -> dict[str, int]:
+        """The estimates, to save with the rule engine's state (one int per device)."""
+        return dict(self._estimates)
+
+    def load(self, data: object) -> None:
+        """Estimates saved by ``data`` (a restart): each is kept as one old sample, until the
+        device's own messages replace it. Unreadable entries are skipped."""
+        if not isinstance(data, dict):
+            return
+        for device_id, skew in data.items():
+            if isinstance(device_id, str) and type(skew) is int and device_id not in self._rings:
+                # Arrival -1: before anything read now, so no backlog found now drops it.
+                self._rings[device_id] = deque([(-1, skew)], maxlen=self._samples)
+                self._estimates[device_id] = skew
+
     def skew_ms(self, device_id: str) -> int | None:
         """The device's clock minus ours, in ms (negative: slow); None if never measured."""
         return self._estimates.get(device_id)

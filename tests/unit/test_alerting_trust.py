@@ -23,6 +23,7 @@ from devices.registry import Registry, load_registry
 from ingest.alerts.alerting import SNAPSHOT_KEY, Alerting
 from ingest.alerts.store import AlertStore, StoreTransition, sqlite_url
 from ingest.intake.batcher import Batcher
+from ingest.intake.skew import ClockSkew
 from rules.alerts import Alert, AlertState
 from rules.loader import parse_rules
 from rules.model import Severity
@@ -217,9 +218,12 @@ async def test_a_backlog_sent_before_a_resolve_belongs_to_the_resolved_alert(
     (the engine took "resolved" to mean "up to the newest it had read", T0). An event sent
     after the resolve still opens one."""
     a = alerting(tmp_path, registry, FORCED)
+    measured = ClockSkew()
+    measured.saw(GATE, T0, T0)  # the gate's clock is right, as measured live
+    a.follow_clocks(measured)
     await gate(a, registry, T0, "forced_open", seq=1)
     [first] = unresolved(a, "gate_forced_open")
-    del a  # killed: the last round's state is stored
+    del a  # killed: the last round's state is stored, the measured skew with it
     AlertStore(sqlite_url(tmp_path)).resolve(first.id, "li.na", T0 + 2 * MINUTE, "closed it")
     b = alerting(tmp_path, registry, FORCED)
     msg = GateEvent(ts=T0 + MINUTE, seq=2, event="forced_open")  # the backlog, read late
@@ -239,7 +243,9 @@ async def test_a_resolve_is_placed_in_a_slow_clocks_own_time(
     W were compared with its stamps)."""
     slow = -4 * MINUTE
     a = alerting(tmp_path, registry, FORCED)
-    a.follow_clocks(lambda device_id: slow if device_id == GATE else None)
+    measured = ClockSkew()
+    measured.saw(GATE, T0 + slow, T0)
+    a.follow_clocks(measured)
 
     async def forced(wall: int, seq: int) -> None:
         msg = GateEvent(ts=wall + slow, seq=seq, event="forced_open")
@@ -253,6 +259,53 @@ async def test_a_resolve_is_placed_in_a_slow_clocks_own_time(
     await forced(T0 + 2 * MINUTE, 2)
     [second] = unresolved(a, "gate_forced_open")
     assert second.id != first.id and second.opened_ms == T0 + 2 * MINUTE + slow
+
+
+async def test_a_clock_never_measured_keeps_its_events_after_a_resolve(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Review of F7 (P1): a gate whose clock runs two days slow and was never measured is
+    resolved while the service is down. Its resolve cannot be placed in the gate's time, so
+    the engine falls back to what it had read: the gate's real forced openings after the
+    resolve still open a new alert (placing it at wall time hid them for two days)."""
+    slow = -2 * 24 * 60 * MINUTE
+    a = alerting(tmp_path, registry, FORCED)
+
+    async def forced(b: Alerting, wall: int, seq: int) -> None:
+        msg = GateEvent(ts=wall + slow, seq=seq, event="forced_open")
+        b.take(b.observe(registry.devices[GATE], Channel.EVENT, msg, wall + slow, wall))
+        await b._store_round()
+
+    await forced(a, T0, 1)
+    [first] = unresolved(a, "gate_forced_open")
+    del a
+    AlertStore(sqlite_url(tmp_path)).resolve(first.id, "li.na", T0 + MINUTE)
+    b = alerting(tmp_path, registry, FORCED)
+    await forced(b, T0 + 60 * MINUTE, 2)
+    [second] = unresolved(b, "gate_forced_open")
+    assert second.id != first.id
+
+
+async def test_a_resolve_stamped_by_a_clock_ahead_is_placed_no_later_than_heard(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Review of F7 (P2): the CLI ran on a host whose clock is an hour ahead. Its resolve is
+    heard now, so it is placed now, not an hour on: the gate's next forced opening, a minute
+    later, opens a new alert."""
+    import time
+
+    now = time.time_ns() // 1_000_000
+    a = alerting(tmp_path, registry, FORCED)
+    measured = ClockSkew()
+    measured.saw(GATE, now, now)
+    a.follow_clocks(measured)
+    await gate(a, registry, now - 2 * MINUTE, "forced_open", seq=1)
+    [first] = unresolved(a, "gate_forced_open")
+    a._store.resolve(first.id, "li.na", now + 60 * MINUTE)  # the CLI host's clock
+    await a._hear_resolves()
+    await gate(a, registry, now + MINUTE, "forced_open", seq=2)
+    [second] = unresolved(a, "gate_forced_open")
+    assert second.id != first.id
 
 
 # -- item 4: one rule's exception costs only its own verdict --------------------------------

@@ -137,3 +137,18 @@ def test_the_pipeline_feeds_device_stamps_read_on_time_only() -> None:
     )
     assert skew.skewed(60_000) == 1
     assert p._dead_letters.rows == []  # type: ignore[attr-defined]  # all four were accepted
+
+
+def test_estimates_saved_and_loaded_are_replaced_by_the_devices_own_messages() -> None:
+    from ingest.intake.skew import ClockSkew as Skew
+
+    before = Skew(samples=3)
+    before.saw("gate-1", 1_000 - 240_000, 1_000)  # four minutes slow
+    restarted = Skew(samples=3)
+    restarted.load({**before.data(), "bad": "x", 7: 1})  # junk in a saved state is skipped
+    assert restarted.skew_ms("gate-1") == -240_000 and restarted.skew_ms("bad") is None
+    restarted.forget_since(0)  # a backlog found at start does not drop what was saved
+    assert restarted.skew_ms("gate-1") == -240_000
+    for i in range(3):  # the clock was set right meanwhile: its own samples take over
+        restarted.saw("gate-1", 2_000 + i, 2_000 + i)
+    assert restarted.skew_ms("gate-1") == 0
