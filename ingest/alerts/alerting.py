@@ -198,7 +198,8 @@ class Alerting:
         self._resolves_seen = last
         now = _now_ms()
         read_now = self.read_clock.now(now)
-        for rule_id, device_id, opened_ms, resolved_ms in found:
+        for rule_id, device_id, opened_ms, resolved_ms, alert_id in found:
+            self._told.forget(alert_id)  # resolved elsewhere: nothing more to tell of it
             resolved_ts = self._judged(device_id, resolved_ms, now)
             if self.engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts):
                 self._save_wanted = True  # saved by the next store round

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -152,6 +153,20 @@ def sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
+
+
+# PostgreSQL: every writing transaction takes this lock first, so writers take turns as on
+# SQLite (BEGIN IMMEDIATE). Without it, history rows commit out of the order of their ``seq``
+# (a sequence hands numbers out at insert), and a reader that moved past a seq still
+# committing would never see that row: a person's resolve the engine never hears (issue 14
+# review, P4). It also rules out two writers opening the same alert between read and insert.
+WRITERS_LOCK = 0x43_49_54_59  # "CITY"
+
+
+def serialise_writers(conn: Connection) -> None:
+    """Take the writers' turn on PostgreSQL (released at commit or rollback)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITERS_LOCK})
 
 
 def sqlite_begin(conn: Connection) -> None:

@@ -27,7 +27,6 @@ import builtins
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +53,7 @@ from ingest.alerts.database import (
     announcements,
     engine_state,
     metadata,
+    serialise_writers,
     sqlite_begin,
     sqlite_connect,
 )
@@ -137,6 +137,7 @@ class AlertStore:
             event.listen(self._engine, "begin", sqlite_begin)
         self._writer: Engine = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:  # serialised, so two processes may start together
+            serialise_writers(conn)
             metadata.create_all(conn)
 
     @property
@@ -151,6 +152,7 @@ class AlertStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._writer.begin() as conn:
+            serialise_writers(conn)
             yield conn
 
     @contextmanager
@@ -234,11 +236,11 @@ class AlertStore:
 
     def resolved_by_people(
         self, after_seq: int, limit: int = 1000
-    ) -> tuple[int, builtins.list[tuple[str, str, int, int]]]:
+    ) -> tuple[int, builtins.list[tuple[str, str, int, int, str]]]:
         """Resolves by a person (not ``auto``) recorded after history row ``after_seq``, by any
         process (the API, the CLI): the newest row looked at, and each (rule id, device id,
-        the alert's opening time, the resolve's time), oldest first. For the engine to forget
-        those conditions.
+        the alert's opening time, the resolve's time, the alert's id), oldest first. For the
+        engine to forget those conditions.
 
         One read transaction, so every row up to the newest it returns was visible to it: the
         next call, from there, misses none. Filtered in SQL, so thousands of other history rows
@@ -257,6 +259,7 @@ class AlertStore:
                     alerts.c.device_id,
                     alerts.c.opened_ms,
                     alert_events.c.at_ms,
+                    alerts.c.id,
                 )
                 .join(alerts, alerts.c.id == alert_events.c.alert_id)
                 .where(
@@ -269,7 +272,7 @@ class AlertStore:
                 .limit(limit)
             ).all()
         last = int(rows[-1][0]) if len(rows) == limit else int(newest)
-        return last, [(str(r), str(d), int(o), int(at)) for _, r, d, o, at in rows]
+        return last, [(str(r), str(d), int(o), int(at), str(i)) for _, r, d, o, at, i in rows]
 
     def last_resolved_ms(self, rule_id: str, device_id: str) -> int | None:
         """When the newest resolved alert of (rule, device) was resolved; None if none was."""
@@ -335,21 +338,19 @@ class AlertStore:
                     put_announcements(tx.conn, announce(changes))
                 return done
         except IntegrityError:
-            # Another writer opened an alert of one of the batch's (rule, device) between our
-            # read and our insert (PostgreSQL): the whole batch was rolled back. Redo it one item
-            # per transaction, each retried once as ``apply`` does; the state after the last
-            # (a crash in between leaves the store ahead of the state: a replayed open is then a
-            # repeat, a replayed clear a no-op).
-            out = [
-                self._retrying(partial(WriteTransaction.apply_item, item=item)) for item in items
-            ]
-            if state is not None:
-                self.save_state(state.key, state.value, state.at_ms)
-            if announce is not None:
-                self.queue_announcements(
-                    announce([(alert, event) for alert, event, _ in filter(None, out)])
-                )
-            return out
+            # A writer outside the writers' turn (``serialise_writers``: an older version, a
+            # hand-run statement) opened an alert of the batch between our read and our
+            # insert: all was rolled back. Redo the whole batch once, in one transaction with
+            # its state and its messages, which now reads that alert (issue 14 review, P5).
+            with self._transaction() as tx:
+                tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
+                out = [tx.apply_item(item) for item in items]
+                if state is not None:
+                    put_state(tx.conn, state.key, state.value, state.at_ms)
+                if announce is not None:
+                    changes = [(alert, event) for alert, event, _ in filter(None, out)]
+                    put_announcements(tx.conn, announce(changes))
+                return out
 
     def acknowledge(
         self,

@@ -30,6 +30,11 @@ class ToldMemory:
         self.last_ms: dict[str, int] = {}
         self.flapping: set[str] = set()
 
+    def forget(self, alert_id: str) -> None:
+        """The alert was resolved elsewhere (another process): drop what is kept of it."""
+        self.last_ms.pop(alert_id, None)
+        self.flapping.discard(alert_id)
+
     def telling(self) -> Telling:
         """A draft for one transaction's decisions."""
         return Telling(self)

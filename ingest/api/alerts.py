@@ -232,7 +232,7 @@ async def _act(
         raise not_found("alert", alert_id) from None
     except InvalidTransition as e:
         raise ApiError(409, "invalid_transition", str(e)) from None
-    except ReservedActor as e:  # a tokens file written by hand: the loader refuses the name too
+    except ReservedActor as e:  # a token named auto in a hand-edited file (`tokens add` refuses it)
         raise ApiError(422, "reserved_actor", str(e)) from None
     if ctx.announce is not None:
         await ctx.announce(alert, event)

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from ingest.alerts.database import WRITE, sqlite_begin, sqlite_connect
+from ingest.alerts.database import WRITE, serialise_writers, sqlite_begin, sqlite_connect
 
 metadata = MetaData()
 
@@ -85,6 +85,7 @@ class Leases:
             event.listen(self._engine, "begin", sqlite_begin)
         self._writer = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:
+            serialise_writers(conn)
             metadata.create_all(conn)
 
     def close(self) -> None:
@@ -93,6 +94,7 @@ class Leases:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._writer.begin() as conn:
+            serialise_writers(conn)  # two workers never insert the same new lease at once
             yield conn
 
     def beat(self, worker: str, now_ms: int) -> dict[int, int]:

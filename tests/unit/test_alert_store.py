@@ -19,7 +19,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from devices.kinds import Kind, Level
 from devices.registry import Registry, parse_registry
 from ingest.alerts.database import alerts, metadata, row_of
-from ingest.alerts.store import AlertNotFound, AlertStore, sqlite_url
+from ingest.alerts.store import AlertNotFound, AlertStore, StoreTransition, sqlite_url
 from rules.alerts import (
     AUTO,
     Alert,
@@ -489,3 +489,45 @@ def test_commits_are_fsynced(tmp_path: Path) -> None:
         level = conn.exec_driver_sql("PRAGMA synchronous").scalar_one()
     store.close()
     assert level == 2  # FULL
+
+
+@pytest.mark.postgresql
+def test_a_resolve_committing_late_is_still_heard_on_postgresql(postgres_url: str) -> None:
+    """Issue 14 review P4: history rows take their seq from a sequence at insert, so on
+    PostgreSQL two writers could commit out of seq order, and ``resolved_by_people``, moving
+    past the highest seq it saw, skipped a person's resolve still committing: never heard.
+    Writers now take turns (``serialise_writers``): the engine's round waits for the
+    resolve's commit, and the next look sees the resolve."""
+    import threading
+    import time
+
+    from sqlalchemy import event
+
+    url = new_database(postgres_url)
+    store = AlertStore(url)
+    try:
+        x, _ = fire(store, "r1")
+        fire(store, "r2")  # another alert, which the engine keeps repeating
+        after = store.last_event_seq()
+
+        @event.listens_for(store._engine, "commit")
+        def slow_commit(conn: Any) -> None:  # the resolver's COMMIT takes 0.5 s
+            if threading.current_thread().name == "resolver":
+                time.sleep(0.5)
+
+        resolver = threading.Thread(
+            target=store.resolve, args=(x.id, "li.na", T0 + MIN), name="resolver"
+        )
+        resolver.start()
+        time.sleep(0.2)  # its history row has its seq, not yet committed
+        again = Transition(
+            "river_over_warning", "r2", "update", T0 + 1, 2.5, "again", Reason.THRESHOLD
+        )
+        store.apply_many([StoreTransition(again, Severity.MAJOR, Kind.RIVER, {}, T0)])
+        last, found = store.resolved_by_people(after)
+        resolver.join()
+        _, later = store.resolved_by_people(last)
+        assert [(r, d) for r, d, *_ in found + later] == [("river_over_warning", "r1")]
+    finally:
+        store.close()
+        drop_database(url)

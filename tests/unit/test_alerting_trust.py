@@ -449,6 +449,47 @@ async def test_a_failed_store_round_tells_its_flapping_again(
     assert alert.flapping
 
 
+async def test_a_batch_redone_after_a_refused_insert_is_stored_and_told_together(
+    tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 review P5: after an IntegrityError (another writer raced an insert), the
+    batch was redone one item per transaction and its messages queued in yet another; if
+    that last step failed (or the process died just before it), the retried round found the
+    clear done and told nobody. Now the redo is one transaction with its messages: a failure
+    rolls all of it back, and the retry tells. Both failures are simulated (SQLite)."""
+    from sqlalchemy.exc import IntegrityError
+
+    import ingest.alerts.alerting as alerting_module
+    import ingest.alerts.store as store_module
+
+    monkeypatch.setattr(alerting_module, "STORE_RETRY_S", 0.0)
+    a = alerting(tmp_path, registry, WARNING)
+    await river(a, registry, T0, 212.0)  # opens, told
+    real_apply, real_put = store_module.WriteTransaction.apply_item, store_module.put_announcements
+    armed = {"integrity": True, "put": True}
+
+    def apply_item(self: Any, item: Any) -> Any:
+        if armed["integrity"]:
+            armed["integrity"] = False
+            raise IntegrityError("INSERT", {}, Exception("another writer"))
+        return real_apply(self, item)
+
+    def put(conn: Any, rows: Any) -> None:
+        if armed["put"] and rows:
+            armed["put"] = False
+            raise RuntimeError("database is locked")
+        real_put(conn, rows)
+
+    monkeypatch.setattr(store_module.WriteTransaction, "apply_item", apply_item)
+    monkeypatch.setattr(store_module, "put_announcements", put)
+    await river(a, registry, T0 + MINUTE, 210.0)  # clears: the redo, which then fails
+    while a._to_store:
+        await a._store_round()  # run_store's retry
+    assert not armed["integrity"] and not armed["put"]
+    assert unresolved(a, "river_over_warning") == []
+    assert [m["event"]["action"] for m in told(a)] == ["opened", "resolved"]
+
+
 # -- item 7: an unreadable state never stops ingest ------------------------------------------
 
 
@@ -508,3 +549,17 @@ async def test_the_oldest_of_more_than_10000_open_alerts_still_escalates(
     a._store.apply_many([item(0, T0)] + [item(i, now - i) for i in range(1, 10_001)])
     escalated = a._escalate_due(now)
     assert [(x.device_id, x.escalation_level) for x, _ in escalated] == [("d00000", Level.VILLAGE)]
+
+
+async def test_alerts_resolved_elsewhere_leave_the_told_memory(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Issue 14 review P8: an alert resolved by the CLI or another process stayed in the told
+    memory for good (one entry per alert ever raised). Hearing the resolve drops it."""
+    a = alerting(tmp_path, registry, WARNING)
+    await river(a, registry, T0, 212.0)
+    [first] = unresolved(a, "river_over_warning")
+    assert first.id in a._told.last_ms
+    a._store.resolve(first.id, "duty officer", T0 + MINUTE)
+    await a._hear_resolves()
+    assert first.id not in a._told.last_ms
