@@ -372,13 +372,18 @@ class Alerting:
         """
         now_ms = state.at_ms
         items = []
+
+        def judge(device_id: str, wall_ms: int) -> int | None:
+            # In the store's thread: reads one int of the skew estimates (safe unlocked).
+            return self._judged(device_id, wall_ms, _now_ms())
+
         for t in transitions:
             rule = self._rules.get(t.rule_id)
             device = self._registry.devices.get(t.device_id)
             if rule is None or device is None:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
-            items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms))
+            items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms, judge))
         done = self._store.apply_many(items, state=state, announce=told)
         changes = [(alert, event) for alert, event, _ in filter(None, done)]
         final = {alert.id: alert for alert, _ in changes}

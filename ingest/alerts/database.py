@@ -121,6 +121,18 @@ NOT_RESOLVED_OF_DEVICES = (
     .with_for_update()
 )
 DEVICES_PER_QUERY = 500  # well under any driver's limit on parameters
+# When the newest alert of (rule, device) was resolved by a person: None if by ``auto``.
+LAST_RESOLVE = (
+    select(alert_events.c.at_ms, alert_events.c.body["actor"].as_string())
+    .join(alerts, alerts.c.id == alert_events.c.alert_id)
+    .where(
+        alerts.c.rule_id == bindparam("rule_id"),
+        alerts.c.device_id == bindparam("device_id"),
+        alert_events.c.body["action"].as_string() == "resolved",
+    )
+    .order_by(alert_events.c.seq.desc())
+    .limit(1)
+)
 LOCKED = select(alerts.c.body).where(alerts.c.id == bindparam("alert_id")).with_for_update()
 INSERT_ALERT = alerts.insert()  # the columns are the keys of ``row_of``
 UPDATE_ALERT = alerts.update().where(alerts.c.id == bindparam("alert_id"))  # SET: the keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from ingest.alerts.database import (
     DEVICES_PER_QUERY,
     INSERT_ALERT,
     INSERT_EVENT,
+    LAST_RESOLVE,
     LOCKED,
     NOT_RESOLVED_LOCKED,
     NOT_RESOLVED_OF_DEVICES,
@@ -64,6 +65,9 @@ class StoreTransition:
     kind: Kind
     areas: dict[Level, str]
     now_ms: int
+    # A person's resolve (wall ms) in the device's time as the engine judges it, or None if
+    # that cannot be known (``Alerting._judged``); see ``WriteTransaction.apply``.
+    judge: Callable[[str, int], int | None] | None = None
 
 
 def wall_ms() -> int:
@@ -114,6 +118,9 @@ class WriteTransaction:
     # -- engine transitions -----------------------------------------------------------------
 
     def apply_item(self, item: StoreTransition) -> tuple[Alert, AlertEvent, bool] | None:
+        t = item.transition
+        if t.action == "update" and item.judge is not None and self._sent_before_resolve(item):
+            return None
         return self.apply(
             item.transition,
             severity=item.severity,
@@ -183,6 +190,26 @@ class WriteTransaction:
             alert, change = repeat(existing, ts_ms, value, detail)
         self.update(alert, change)
         return alert, change, False
+
+    def _sent_before_resolve(self, item: StoreTransition) -> bool:
+        """Whether an update the engine judged while it held the condition open belongs to an
+        alert a person resolved that the engine has not yet heard of (issue 14 review P3): the
+        device sent it before the resolve. Dropped then: at hearing, the engine forgets that
+        episode with the same placement. Otherwise (sent after, or no such resolve) the update
+        opens a new alert, as a condition still there after a resolve must."""
+        t = item.transition
+        if self.not_resolved(t.rule_id, t.device_id) is not None:
+            return False
+        row = self.conn.execute(
+            LAST_RESOLVE, {"rule_id": t.rule_id, "device_id": t.device_id}
+        ).first()
+        if row is None or row[1] == AUTO:
+            return False
+        assert item.judge is not None
+        judged = item.judge(t.device_id, int(row[0]))
+        # A clock never measured is taken as right here: this covers only what is read in the
+        # moment before the engine hears of the resolve.
+        return t.ts_ms <= (int(row[0]) if judged is None else judged)
 
     def resolve_auto(
         self, rule_id: str, device_id: str, at_ms: int, detail: str

@@ -593,3 +593,33 @@ async def test_a_fast_clocks_late_event_sent_before_a_resolve_belongs_to_it(
     await forced(w + 6 * MINUTE, w + 6 * MINUTE, 3)  # sent after it, on time
     [second] = unresolved(a, "gate_forced_open")
     assert second.id != first.id
+
+
+async def test_an_event_sent_before_a_resolve_and_read_before_it_is_heard_opens_nothing(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Issue 14 review P3: an event the gate sent before a person's resolve, read in the
+    second before the engine hears of the resolve (a backlog being read), opened a new alert
+    (the engine still held the condition, the store found it resolved). The store now sees
+    that the update was sent before the resolve and drops it; one sent after opens anew."""
+    a = alerting(tmp_path, registry, FORCED)
+    measured = ClockSkew()
+    measured.saw(GATE, T0, T0)
+    a.follow_clocks(measured)
+
+    async def forced(sent: int, arrived: int, seq: int) -> None:
+        msg = GateEvent(ts=sent, seq=seq, event="forced_open")
+        a.take(a.observe(registry.devices[GATE], Channel.EVENT, msg, sent, arrived, 0))
+        await a._store_round()
+
+    await forced(T0, T0, 1)
+    [first] = unresolved(a, "gate_forced_open")
+    a._store.resolve(first.id, "li.na", T0 + 2 * MINUTE)
+    await forced(T0 + MINUTE, T0 + 2 * MINUTE + 300, 2)  # sent before, read before hearing
+    assert unresolved(a, "gate_forced_open") == []
+    await a._hear_resolves()
+    await forced(T0 + 3 * MINUTE, T0 + 3 * MINUTE, 3)  # sent after the resolve
+    [second] = unresolved(a, "gate_forced_open")
+    assert second.id != first.id
+    # The first and the new one; the resolve was the store's alone (no message here).
+    assert [m["event"]["action"] for m in told(a)] == ["opened", "opened"]
