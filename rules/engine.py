@@ -195,8 +195,8 @@ class Engine:
         a clock running ahead, and is judged no later than ``not_after_ms``, so that one reading
         stamped minutes ahead does not hide the readings after it (each rule ignores readings
         older than its newest). ``skew_ms``: the device clock's measured lead, if it runs
-        fast: every stamp is judged at the stamp less it (still never past ``not_after_ms``),
-        read on time or late, so a burst read at once keeps its spacing (``_judged_ahead``).
+        fast: a stamp past ``not_after_ms`` is judged at the stamp less it (still never past
+        ``not_after_ms``), so a burst read at once keeps its spacing (``_judged_ahead``).
         Duplicates are still recognised by the stamp as sent.
         """
         for silence in self._silences:
@@ -221,11 +221,7 @@ class Engine:
                 runs[-1] = (last[0], seq, last[2], ts_ms)
             else:
                 remember(runs, seq, ts_ms)
-        if not_after_ms is not None and (ts_ms > not_after_ms or skew_ms is not None):
-            # A clock measured fast is judged at stamp − lead whenever its message arrives:
-            # read late (its own queue, a backlog), its stamp is not past its arrival, yet
-            # judged as stamped it would sit a lead later than when it was sent (issue 14
-            # review P6: then after a person's resolve it did not belong to the resolved alert).
+        if not_after_ms is not None and ts_ms > not_after_ms:
             ts_ms = _judged_ahead(dev, ts_ms, not_after_ms, skew_ms)
         if newest is None or ts_ms > newest:
             newest = dev.newest_ts = ts_ms
