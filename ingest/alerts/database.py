@@ -173,12 +173,20 @@ def sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 # committing would never see that row: a person's resolve the engine never hears (issue 14
 # review, P4). It also rules out two writers opening the same alert between read and insert.
 WRITERS_LOCK = 0x43_49_54_59  # "CITY"
+# A writer never waits for the turn longer than this (then its transaction fails and is
+# retried, as a busy SQLite file is); and a writer that stops moving inside its transaction
+# (SIGSTOP, a partitioned network) loses it after IDLE_TIMEOUT_S: the server ends its session,
+# which frees the turn, instead of every writer waiting for it without end.
+LOCK_TIMEOUT_S = 10
+IDLE_TIMEOUT_S = 30
 
 
-def serialise_writers(conn: Connection) -> None:
-    """Take the writers' turn on PostgreSQL (released at commit or rollback)."""
+def serialise_writers(conn: Connection, key: int = WRITERS_LOCK) -> None:
+    """Take the writers' turn ``key`` on PostgreSQL (released at commit or rollback)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITERS_LOCK})
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+        conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{IDLE_TIMEOUT_S}s'")
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def sqlite_begin(conn: Connection) -> None:

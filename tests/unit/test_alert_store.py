@@ -531,3 +531,55 @@ def test_a_resolve_committing_late_is_still_heard_on_postgresql(postgres_url: st
     finally:
         store.close()
         drop_database(url)
+
+
+@pytest.mark.postgresql
+def test_a_writer_paused_in_its_transaction_does_not_stop_the_others(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Second review of issue 14 (P4's lock): a worker paused inside a write transaction
+    (SIGSTOP, a partitioned network) held the writers' turn with no bound, so every other
+    writer — lease beats too — waited for ever. Now the server ends a transaction idle past
+    ``IDLE_TIMEOUT_S`` (2 s here), and leases take a turn of their own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ingest.cluster.leases import Leases
+
+    url = new_database(postgres_url)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "import ingest.alerts.database as d\n"
+            "d.IDLE_TIMEOUT_S = 2\n"
+            "from ingest.alerts.store import AlertStore\n"
+            "s = AlertStore(sys.argv[1])\n"
+            "with s._write() as conn:\n"
+            "    print('in', flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGSTOP)\n",
+            url,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    store = AlertStore(url)
+    leases = Leases(url, 4, 10_000)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "in"
+        started = time.monotonic()
+        assert len(leases.beat("w2", T0)) == 4  # its own turn: not behind the paused writer
+        assert time.monotonic() - started < 1.5
+        store.save_state("k", {"a": 1}, T0)  # waits only until the server ends the pause
+        assert time.monotonic() - started < 9
+        assert store.load_state("k") == {"a": 1}
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        store.close()
+        leases.close()
+        drop_database(url)
