@@ -328,29 +328,30 @@ class AlertStore:
                 self.save_state(state.key, state.value, state.at_ms)
             return []
         try:
-            with self._transaction() as tx:
-                tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
-                done = [tx.apply_item(item) for item in items]
-                if state is not None:
-                    put_state(tx.conn, state.key, state.value, state.at_ms)
-                if announce is not None:
-                    changes = [(alert, event) for alert, event, _ in filter(None, done)]
-                    put_announcements(tx.conn, announce(changes))
-                return done
+            return self._apply_batch(items, state, announce)
         except IntegrityError:
             # A writer outside the writers' turn (``serialise_writers``: an older version, a
             # hand-run statement) opened an alert of the batch between our read and our
             # insert: all was rolled back. Redo the whole batch once, in one transaction with
             # its state and its messages, which now reads that alert (issue 14 review, P5).
-            with self._transaction() as tx:
-                tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
-                out = [tx.apply_item(item) for item in items]
-                if state is not None:
-                    put_state(tx.conn, state.key, state.value, state.at_ms)
-                if announce is not None:
-                    changes = [(alert, event) for alert, event, _ in filter(None, out)]
-                    put_announcements(tx.conn, announce(changes))
-                return out
+            return self._apply_batch(items, state, announce)
+
+    def _apply_batch(
+        self,
+        items: Sequence[StoreTransition],
+        state: NamedState | None,
+        announce: Announce | None,
+    ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
+        """``apply_many``'s one transaction: the items, the state, their messages."""
+        with self._transaction() as tx:
+            tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
+            done = [tx.apply_item(item) for item in items]
+            if state is not None:
+                put_state(tx.conn, state.key, state.value, state.at_ms)
+            if announce is not None:
+                changes = [(alert, event) for alert, event, _ in filter(None, done)]
+                put_announcements(tx.conn, announce(changes))
+            return done
 
     def acknowledge(
         self,

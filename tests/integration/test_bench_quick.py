@@ -17,12 +17,10 @@ from pathlib import Path
 from tests.serviceproc import REPO
 
 
-def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    args = ["--k", "30000", "--repeat", "1", "--rate", "300", "--duration", "3"]
-    args += ["--outage", "3", "--out", str(out)]
+def run_bench(module: str, args: list[str]) -> None:
+    """``python -m module args`` from the repository; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -30,6 +28,13 @@ def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--k", "30000", "--repeat", "1", "--rate", "300", "--duration", "3"]
+    args += ["--outage", "3", "--out", str(out)]
+    run_bench("benchmarks.run", args)
     results = json.loads(out.read_text())
     assert results["lost_messages"] == 0
     assert results["citysense_msgs_per_s"]["stored"] == [30000]
@@ -42,15 +47,7 @@ def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
 def test_quick_bench_scale_runs_on_both_brokers_and_loses_nothing(tmp_path: Path) -> None:
     """`make bench-scale` in miniature: the same backlog through Mosquitto and a NATS cluster."""
     out = tmp_path / "scale.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scale", "--k", "5000", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_bench("benchmarks.scale", ["--k", "5000", "--out", str(out)])
     runs = json.loads(out.read_text())
     assert [r["broker"] for r in runs] == ["mosquitto", "nats"]
     assert all(r["lost"] == 0 and r["k"] == 5000 and r["msg_per_s"] > 0 for r in runs)

@@ -178,6 +178,24 @@ def test_a_device_publishes_only_into_its_own_partition(cluster: Cluster) -> Non
     assert {t for t, _ in got} == {f"iot/{mine}/gate/{device.id}/telemetry"}
 
 
+def stored_once(
+    influx_url: str, since_ms: int, acked: set[tuple[str, int]], timeout_s: float
+) -> dict[tuple[str, int], list[int]]:
+    """Wait until every acknowledged (device, seq) is in InfluxDB; assert none is lost and
+    each is stored once; return what is stored."""
+    deadline = time.monotonic() + timeout_s
+    stored: dict[tuple[str, int], list[int]] = {}
+    while time.monotonic() < deadline:
+        stored = stored_keys(influx_url, "citysense", since_ms)
+        if acked <= stored.keys():
+            break
+        time.sleep(0.5)
+    lost = acked - stored.keys()
+    assert not lost, f"{len(lost)} acknowledged readings lost, e.g. {sorted(lost)[:5]}"
+    assert all(len(times) == 1 for times in stored.values())
+    return stored
+
+
 class _Stack:
     """What ``faults.Service`` needs of a stack: the MQTT port it connects to, InfluxDB."""
 
@@ -232,17 +250,7 @@ def test_nothing_acknowledged_is_lost_when_the_devices_node_dies(
         acked = {key for key, info in sent if info.is_published()}
         assert len(acked) == total
         gateway.loop_stop()
-        deadline = time.monotonic() + 60
-        stored: dict[tuple[str, int], list[int]] = {}
-        while time.monotonic() < deadline:
-            stored = stored_keys(influx.url, "citysense", base)
-            if acked <= stored.keys():
-                break
-            time.sleep(0.5)
-        lost = acked - stored.keys()
-        assert not lost, f"{len(lost)} acknowledged readings lost, e.g. {sorted(lost)[:5]}"
-        assert all(len(times) == 1 for times in stored.values())
-        assert len(stored) == total
+        assert len(stored_once(influx.url, base, acked, timeout_s=60)) == total
     finally:
         service.close()
         influx.stop()
@@ -287,16 +295,7 @@ def test_the_service_moves_to_another_node_when_its_own_dies(
         acked = {key for key, info in sent if info.is_published()}
         assert len(acked) == len(sent)
         gateway.loop_stop()
-        deadline = time.monotonic() + 90
-        stored: dict[tuple[str, int], list[int]] = {}
-        while time.monotonic() < deadline:
-            stored = stored_keys(influx.url, "citysense", base)
-            if acked <= stored.keys():
-                break
-            time.sleep(0.5)
-        lost = acked - stored.keys()
-        assert not lost, f"{len(lost)} acknowledged readings lost, e.g. {sorted(lost)[:5]}"
-        assert all(len(times) == 1 for times in stored.values())
+        stored_once(influx.url, base, acked, timeout_s=90)
         log = (tmp_path / "service.log").read_text()
         assert f"subscribed to iot/+/+/+/+ on {HOST}:{cluster.mqtt_port(1)}" in log
     finally:
