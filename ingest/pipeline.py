@@ -96,7 +96,7 @@ class Pipeline:
             # The point (and so the acknowledgement) waits until the alert store has what the
             # message caused and an engine state that has seen it (ingest/alerts/alerting.py): a
             # message the broker will not send again is never lost to the rules nor judged twice.
-            self._alerting.take(transitions, (line, measurement, token))
+            self._alerting.take(transitions, (line, measurement, token), result.device.id)
             return
         self._batcher.add(line, measurement, token)
 

@@ -27,6 +27,9 @@ from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
 from ingest.api.tokens import TokenStore, tokens_path
+from ingest.cluster.leases import Leases
+from ingest.cluster.seat import Seat
+from ingest.cluster.worker import Worker
 from ingest.datadir import private_dir, private_file
 from ingest.intake.batcher import Batcher
 from ingest.intake.decode import Decoder
@@ -35,7 +38,8 @@ from ingest.intake.lineprotocol import LineEncoder
 from ingest.intake.plates import PlateHasher
 from ingest.intake.skew import ClockSkew
 from ingest.metrics import Metrics, Sources
-from ingest.mqtt.acks import AckTracker
+from ingest.mqtt.acks import AckRouter, AckTracker
+from ingest.mqtt.partitions import STRIDE, PartitionSessions
 from ingest.mqtt.session import MqttConsumer
 from ingest.pipeline import Pipeline
 from ingest.settings import Settings
@@ -81,7 +85,8 @@ class ServiceState:
     """What a running service exposes to its caller (tests, the demo)."""
 
     ledger: Ledger = field(default_factory=Ledger)
-    consumer: MqttConsumer | None = None
+    consumer: MqttConsumer | PartitionSessions | None = None
+    worker: Worker | None = None  # a cluster's worker (CITYSENSE_BROKER=nats)
     alerting: Alerting | None = None
     api_url: str | None = None
     spool: Spool | None = None
@@ -115,7 +120,7 @@ def _api_server(
     alert_store: AlertStore,
     dead_letters: DeadLetterStore,
     http: aiohttp.ClientSession,
-    consumer: MqttConsumer,
+    consumer: MqttConsumer | PartitionSessions,
     metrics: Metrics,
     spool: Spool,
     drain: Drain,
@@ -159,6 +164,19 @@ def _api_server(
     return ApiServer(create_app(ctx), settings.api_host, settings.api_port)
 
 
+def lease_ms(settings: Settings) -> int:
+    return round(settings.lease_s * 1000)
+
+
+def _outbox(settings: Settings, store: AlertStore, seat: Seat | None) -> MqttOutbox:
+    """The alert publisher; a cluster's workers each have their own connection, and only the
+    leader sends the shared outbox table (ingest/alerts/outbox.py)."""
+    if seat is None:
+        return MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts", source=store)
+    client_id = f"{settings.mqtt_client_id}-alerts-{seat.worker}"
+    return MqttOutbox(settings, client_id, source=store, active=seat.leader, idle_s=0.2)
+
+
 async def serve(
     settings: Settings, registry: Registry, stop: asyncio.Event, state: ServiceState | None = None
 ) -> ServiceState:
@@ -175,7 +193,8 @@ async def serve(
         private_file(store_path(settings.data_dir)), settings.deadletter_max_rows
     )
     batcher = Batcher(settings.batch_size, settings.batch_interval_s)
-    acks = AckTracker()
+    cluster = settings.broker == "nats"  # a worker: partitions under leases (ingest/cluster/)
+    acks = AckRouter(STRIDE) if cluster else AckTracker()
     dead_letters = DeadLetterBuffer(store, ledger.add_dead_lettered, on_safe=acks.safe)
     decoder = Decoder(
         registry,
@@ -190,7 +209,13 @@ async def serve(
     if database is None:
         private_file(settings.data_dir / ALERTS_FILE)
     alert_store = AlertStore(store_url(database, settings.data_dir))
-    outbox = MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts", source=alert_store)
+    seat = Seat(settings.worker_name, settings.partitions) if cluster else None
+    leases = (
+        Leases(store_url(database, settings.data_dir), settings.partitions, lease_ms(settings))
+        if cluster
+        else None
+    )
+    outbox = _outbox(settings, alert_store, seat)
     alerting = Alerting(
         rules,
         registry,
@@ -201,12 +226,20 @@ async def serve(
         snapshot_interval_s=settings.alert_snapshot_interval_s,
         renotify_s=settings.alert_renotify_s,
         ahead_tolerance_s=settings.ahead_tolerance_s,
+        seat=seat,
     )
     state.alerting = alerting
     decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/intake/stamps.py)
     clock_skew = ClockSkew()  # each device's clock against ours: /devices/{id}, /metrics
     pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting, clock_skew)
-    consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)
+    consumer: MqttConsumer | PartitionSessions
+    worker = None
+    if isinstance(acks, AckRouter):
+        consumer = PartitionSessions(settings, pipeline.handle, lambda: pipeline.in_flight, acks)
+        assert leases is not None and seat is not None
+        worker = state.worker = Worker(leases, seat, alerting, consumer)
+    else:
+        consumer = MqttConsumer(settings, pipeline.handle, acks, held=lambda: pipeline.in_flight)
     state.consumer = consumer
     alerting.follow_reading(lambda: consumer.reading_live, lambda: pipeline.in_flight)
     alerting.follow_clocks(clock_skew)
@@ -281,6 +314,7 @@ async def serve(
                 name="status-report",
             )
             reading = tg.create_task(consumer.run(), name="mqtt-consumer")
+            beating = tg.create_task(worker.run(), name="partition-leases") if worker else None
             state.started.set()
             await stop.wait()
             log.info("stopping: no more messages are read, no more requests served")
@@ -313,6 +347,9 @@ async def serve(
             done, _ = await asyncio.wait([reading], timeout=RELEASE_TIMEOUT_S)
             if not done:
                 reading.cancel()
+            if worker is not None and beating is not None:
+                beating.cancel()  # then hand every lease back: the others take them at once
+                await worker.release()
             await outbox.settle(ALERT_SETTLE_S)
             publishing.cancel()
             reporter.cancel()
@@ -324,5 +361,7 @@ async def serve(
         await asyncio.to_thread(spool.close)
         alerting.save()
         alert_store.close()
+        if leases is not None:
+            leases.close()
     log.info("stopped: %s", status_line(ledger, pipeline.in_flight))
     return state

@@ -132,6 +132,19 @@ class Settings(BaseSettings):
         description="nats: a message not acknowledged this long is sent again (keep it above "
         "the longest the service may hold an acknowledgement)",
     )
+    worker_name: str = Field(
+        "worker-1",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="nats: this `serve` process's name in the cluster, distinct per process "
+        "(partition leases are held by name)",
+    )
+    lease_s: float = Field(
+        6.0,
+        ge=1.0,
+        le=120.0,
+        description="nats: a partition's lease; a worker that stops beating loses its "
+        "partitions this long after its last beat (beats every third of it)",
+    )
 
     @field_validator("mqtt_also", mode="before")
     @classmethod

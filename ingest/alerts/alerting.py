@@ -36,9 +36,12 @@ from devices.topics import alert_topic
 from ingest.alerts.feed import AlertFeed, Change
 from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.readclock import ReadClock, clock_data, read_clock_state
-from ingest.alerts.store import AlertStore, NamedState, StoreTransition
+from ingest.alerts.store import AlertStore, Check, NamedState, StoreTransition
 from ingest.alerts.told import Change as ToldChange
 from ingest.alerts.told import DeferredTelling, Telling, ToldMemory
+from ingest.cluster.engines import PartitionEngines, state_key
+from ingest.cluster.leases import Fenced
+from ingest.cluster.seat import LEADER_PARTITION, Seat
 from ingest.intake.batcher import Batcher
 from ingest.intake.lineprotocol import encode_fields, series_key
 from ingest.intake.skew import ClockSkew
@@ -92,6 +95,7 @@ class Alerting:
         feed: AlertFeed | None = None,
         cover_every_s: float | None = None,
         ahead_tolerance_s: float = AHEAD_TOLERANCE_S,
+        seat: Seat | None = None,
     ) -> None:
         self._rules = rules
         self.rules = rules
@@ -103,7 +107,14 @@ class Alerting:
         # taken before the reconcile below, so none falls between the two.
         self._resolves_seen = store.last_event_seq()
         self.state_problem: str | None = None  # why the rules' state was not (all) restored
-        self.engine = self._restore(rules, registry, store)
+        # A cluster's worker (``seat``): one engine per partition it holds, each restored as
+        # its lease is taken (``take_partition``); alone: one engine for every device.
+        self._seat = seat
+        self.engine: Engine | PartitionEngines = (
+            self._restore(rules, registry, store)
+            if seat is None
+            else PartitionEngines(rules, registry, seat.partitions)
+        )
         self.engine.on_failure = self._rule_failed
         # Silence is judged on how far we have read; until ``follow_reading`` says how to
         # tell, reading counts as always live (the unit tests' engine-only use).
@@ -121,7 +132,9 @@ class Alerting:
         self.read_clock = ReadClock(start, _now_ms(), lambda: self._live(), lambda: self._waiting())
         # What the engine said of each message (often nothing) with the message's point, and
         # its ticks' transitions, not yet stored with an engine state that has seen them.
-        self._to_store: deque[tuple[list[Transition], HeldPoint | None]] = deque()
+        # With the message's device id (None for ticks): a worker drops what it judged of a
+        # partition it lost (``drop_partition``).
+        self._to_store: deque[tuple[list[Transition], HeldPoint | None, str | None]] = deque()
         self._held_points = 0  # points among _to_store and in the thread
         self._to_store_ready = asyncio.Event()  # set: run_store has something to do now
         self._urgent = False  # transitions wait in _to_store: no pacing
@@ -136,7 +149,10 @@ class Alerting:
         self._renotify_ms = round(renotify_s * 1000)
         self._ahead_ms = round(ahead_tolerance_s * 1000)
         self._told = ToldMemory(self._renotify_ms)  # repeats told on a schedule (told.py)
-        self._reconcile(_now_ms())
+        if seat is None:
+            for told in self._reconcile(self.engine, None, _now_ms()):
+                told.commit()
+        self.fenced = 0  # messages judged for a partition lost meanwhile: left to its new owner
         self.feed = feed or AlertFeed()
         self.evaluated = 0  # messages the engine has judged, and the time it took (metrics)
         self.eval_seconds = 0.0
@@ -161,8 +177,11 @@ class Alerting:
             log.warning("rules' saved state partly read: %s", "; ".join(engine.restore_problems))
         return engine
 
-    def _reconcile(self, now_ms: int) -> None:
-        """Make the engine and the alert store agree at start.
+    def _reconcile(
+        self, engine: Engine | PartitionEngines, devices: set[str] | None, now_ms: int
+    ) -> list[DeferredTelling]:
+        """Make the engine and the alert store agree at start (a worker: ``engine`` of the
+        partition it takes, whose ``devices`` these are); what is to be told once committed.
 
         - an alert the store holds open whose rule is gone or no longer watches the device:
           resolved (``rule_changed``) — nothing would ever clear it;
@@ -171,25 +190,88 @@ class Alerting:
         - a condition the engine holds that the store has resolved (a person, while we were
           down or since the last save): forgotten, the next reading that shows it reopens.
         """
-        held = set(self.engine.open_conditions())
-        unresolved = {(a.rule_id, a.device_id): a for a in self._store.open_alerts()}
+        held = set(engine.open_conditions())
+        unresolved = {
+            (a.rule_id, a.device_id): a
+            for a in self._store.open_alerts()
+            if devices is None or a.device_id in devices
+        }
+        tellings = []
         for (rule_id, device_id), alert in unresolved.items():
             device = self._registry.devices.get(device_id)
-            if device is None or not self.engine.watches(rule_id, device):
+            if device is None or not engine.watches(rule_id, device):
                 detail = "rule_changed: the rule no longer watches this device"
                 told = self._deferred_telling()
                 self._store.resolve_auto(rule_id, device_id, now_ms, detail, told)
-                told.commit()
+                tellings.append(told)
                 log.warning("resolved %s (%s on %s): %s", alert.id, rule_id, device_id, detail)
             elif (rule_id, device_id) not in held:
-                self.engine.adopt(rule_id, device_id, alert.opened_ms)
+                engine.adopt(rule_id, device_id, alert.opened_ms)
         read_now = self.read_clock.now(now_ms)
         for rule_id, device_id in held - unresolved.keys():
             resolved_ms = self._store.last_resolved_ms(rule_id, device_id)
             resolved_ts = (
                 None if resolved_ms is None else self._judged(device_id, resolved_ms, now_ms)
             )
-            self.engine.resolve(rule_id, device_id, read_now, resolved_ts=resolved_ts)
+            engine.resolve(rule_id, device_id, read_now, resolved_ts=resolved_ts)
+        return tellings
+
+    # -- a cluster's worker: partitions come and go with their leases ------------------------
+
+    async def take_partition(self, partition: int) -> None:
+        """Judge ``partition``'s devices from now on: its engine restored from its saved state
+        and reconciled with the store, before its messages are read (ingest/cluster/worker.py).
+        """
+        engines = self._partition_engines()
+        key = state_key(partition)
+        try:
+            snapshot = await asyncio.to_thread(self._store.load_state, key)
+            engine = engines.restore(partition, snapshot)
+        except Exception as e:
+            self.state_problem = f"partition {partition}'s rule state could not be read ({e})"
+            log.error("%s: started afresh, its open alerts adopted", self.state_problem)
+            engine = engines.restore(partition, None)
+        if engine.restore_problems:
+            log.warning(
+                "partition %d's rule state partly read: %s", partition, engine.restore_problems
+            )
+        caller = engine.caller_state or {}
+        self.stamps.merge(UntimedStamps.from_data(caller.get("stamps")))
+        if self._skew is not None:
+            self._skew.load(caller.get("clock_skew"))  # keeps what this worker measured itself
+        devices = engines.devices_of(partition)
+        tellings = await asyncio.to_thread(self._reconcile, engine, devices, _now_ms())
+        for told in tellings:
+            told.commit()
+        engines.install(partition, engine)
+        log.info("judging partition %d (%d devices)", partition, len(devices))
+
+    def drop_partition(self, partition: int) -> int:
+        """Stop judging ``partition`` (its lease is lost or handed back): what was judged of
+        it and not stored is dropped, points included, so its messages are not acknowledged
+        and come again to its next owner. Returns how many messages were dropped."""
+        engines = self._partition_engines()
+        engines.remove(partition)
+        mine = engines.devices_of(partition)
+        kept: deque[tuple[list[Transition], HeldPoint | None, str | None]] = deque()
+        dropped = 0
+        for transitions, point, device_id in self._to_store:
+            if device_id in mine:
+                if point is not None:
+                    self._held_points -= 1
+                dropped += 1
+                continue
+            kept.append(([t for t in transitions if t.device_id not in mine], point, device_id))
+        self._to_store = kept
+        self.fenced += dropped
+        if dropped:
+            log.warning("partition %d lost: %d messages left to its next owner", partition, dropped)
+        return dropped
+
+    def _partition_engines(self) -> PartitionEngines:
+        if not isinstance(self.engine, PartitionEngines):
+            raise RuntimeError("partitions are a cluster worker's (CITYSENSE_BROKER=nats)")
+        return self.engine
 
     async def _hear_resolves(self) -> None:
         """Forget the conditions of alerts people resolved since the last look (API, CLI,
@@ -217,13 +299,20 @@ class Alerting:
                 exc_info=(type(error), error, error.__traceback__),
             )
 
-    def _caller_state(self) -> dict[str, Any]:
-        """What ingest keeps in the engine's snapshot: its read clock and untimed stamps."""
+    def _caller_state(self, devices: set[str] | None = None) -> dict[str, Any]:
+        """What ingest keeps in the engine's snapshot: its read clock, untimed stamps and clock
+        skews (a partition's: of its ``devices`` only)."""
         skew = self._skew.data() if self._skew is not None else self._saved_skew
+        skew = skew if isinstance(skew, dict) else {}
+        stamps = self.stamps.data()
+        if devices is not None:
+            skew = {d: v for d, v in skew.items() if d in devices}
+            # A topic's device id is its second-last level (devices/topics.py).
+            stamps = {t: v for t, v in stamps.items() if t.rsplit("/", 2)[-2] in devices}
         return {
             "read_clock": clock_data(self.read_clock.state()),
-            "stamps": self.stamps.data(),
-            "clock_skew": skew if isinstance(skew, dict) else {},
+            "stamps": stamps,
+            "clock_skew": skew,
         }
 
     def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
@@ -288,11 +377,26 @@ class Alerting:
         self.evaluated += 1
         return transitions
 
-    def take(self, transitions: list[Transition], point: HeldPoint | None = None) -> None:
+    def take(
+        self,
+        transitions: list[Transition],
+        point: HeldPoint | None = None,
+        device_id: str | None = None,
+    ) -> None:
         """What the engine said of a message (or a tick), stored with the engine's state;
-        ``point`` goes to the batcher once they are. Called for every message the engine saw.
+        ``point`` goes to the batcher once they are. Called for every message the engine saw,
+        with its ``device_id``.
         """
-        self._to_store.append((transitions, point))
+        engine = self.engine
+        if (
+            device_id is not None
+            and isinstance(engine, PartitionEngines)
+            and engine.of.get(device_id) not in engine.engines
+        ):
+            # Read for a partition lost meanwhile: not acknowledged, its next owner judges it.
+            self.fenced += 1
+            return
+        self._to_store.append((transitions, point, device_id))
         if point is not None:
             self._held_points += 1
         self._stored_all.clear()
@@ -334,12 +438,25 @@ class Alerting:
         items = list(self._to_store)
         self._to_store.clear()
         self._urgent = self._save_wanted = False
-        self.engine.caller_state = self._caller_state()
-        state = NamedState(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())
-        transitions = [t for ts, _ in items for t in ts]
+        states, check = self._states()
+        transitions = [t for ts, _, _ in items for t in ts]
         told = self._deferred_telling()
         try:
-            changes, reopened = await asyncio.to_thread(self._apply_all, transitions, state, told)
+            changes, reopened = await asyncio.to_thread(
+                self._apply_all, transitions, states, told, check
+            )
+        except Fenced as e:
+            # Another worker took these partitions (this one was paused past its lease): its
+            # work for them is refused; theirs is the new owner's to redo from the store.
+            log.warning("%s: their unstored work is dropped", e)
+            self._to_store.extendleft(reversed(items))
+            for p in sorted(e.lost):
+                self.drop_partition(p)
+                if self._seat is not None:
+                    self._seat.epochs.pop(p, None)
+                    self._seat.lost.set()  # its session is closed by the next beat, now
+            self._urgent = True
+            return
         except Exception:
             log.exception("could not store %d alert changes; retrying", len(transitions))
             self._to_store.extendleft(reversed(items))
@@ -354,13 +471,36 @@ class Alerting:
             self.engine.hold(alert.rule_id, alert.device_id, alert.opened_ms)
         for change in changes:
             self._queue.put_nowait(change)
-        for _, point in items:
+        for _, point, _ in items:
             if point is not None:
                 self._held_points -= 1
                 self._batcher.add(*point)
 
+    def _states(self) -> tuple[list[NamedState], Check | None]:
+        """The engine's state to store with this round, and the lease fence of a worker.
+
+        Taken on the event loop with no ``await`` since the round's items were taken (see
+        ``_store_round``). A worker saves every partition it judges, each under its own key.
+        """
+        now = _now_ms()
+        engine = self.engine
+        seat = self._seat
+        if isinstance(engine, Engine) or seat is None:
+            assert isinstance(engine, Engine)  # a seat comes with partition engines (__init__)
+            engine.caller_state = self._caller_state()
+            return [NamedState(SNAPSHOT_KEY, engine.snapshot(), now)], None
+        states = []
+        for p, sub in engine.engines.items():
+            sub.caller_state = self._caller_state(engine.devices_of(p))
+            states.append(NamedState(state_key(p), sub.snapshot(), now))
+        return states, seat.check(set(engine.engines))
+
     def _apply_all(
-        self, transitions: Sequence[Transition], state: NamedState, told: DeferredTelling
+        self,
+        transitions: Sequence[Transition],
+        states: list[NamedState],
+        told: DeferredTelling,
+        check: Check | None = None,
     ) -> tuple[list[tuple[Alert, AlertEvent]], list[Alert]]:
         """Store a batch and the engine's state in one transaction (in the store's thread);
         the changes it made, and the alerts a repeat opened (its alert was resolved by a
@@ -370,7 +510,7 @@ class Alerting:
         cannot overwrite each other; one per batch, because a transaction's fixed cost is
         most of a change's (ingest/alerts/store.py).
         """
-        now_ms = state.at_ms
+        now_ms = states[0].at_ms if states else _now_ms()
         items = []
 
         def judge(device_id: str, wall_ms: int) -> int | None:
@@ -384,7 +524,7 @@ class Alerting:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
             items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms, judge))
-        done = self._store.apply_many(items, state=state, announce=told)
+        done = self._store.apply_many(items, state=states, announce=told, check=check)
         changes = [(alert, event) for alert, event, _ in filter(None, done)]
         final = {alert.id: alert for alert, _ in changes}
         reopened = [
@@ -514,7 +654,9 @@ class Alerting:
             # A failing store (locked, disk full) is logged and tried again next second: the
             # clock task must not end (through the TaskGroup it would end the service).
             try:
-                escalated = await asyncio.to_thread(self._escalate_due, now)
+                escalated = (
+                    await asyncio.to_thread(self._escalate_due, now) if self._leads() else []
+                )
             except Exception:
                 log.exception("could not look for alerts to escalate; trying again")
                 escalated = []
@@ -528,9 +670,16 @@ class Alerting:
                 self._to_store_ready.set()
                 saved_ms = now
 
+    def _leads(self) -> bool:
+        """Whether the escalation clock is this process's: alone, always; a worker, while it
+        holds the leader partition (ingest/cluster/seat.py): it runs once in the cluster."""
+        return self._seat is None or self._seat.leader()
+
     def _escalate_due(self, now_ms: int) -> list[tuple[Alert, AlertEvent]]:
         """Escalate every open alert that is due (all of them: no cut-off at the newest N)."""
         out: list[tuple[Alert, AlertEvent]] = []
+        seat = self._seat
+        check = None if seat is None else seat.check({LEADER_PARTITION})
         for alert in self._store.open_alerts():
             rule = self._rules.get(alert.rule_id)
             after = rule.escalate_after if rule else None
@@ -538,10 +687,12 @@ class Alerting:
                 continue
             told = self._deferred_telling()
             try:
-                out.append(self._store.escalate(alert.id, now_ms, told))
+                out.append(self._store.escalate(alert.id, now_ms, told, check))
                 told.commit()
             except InvalidTransition:
                 continue  # acknowledged or resolved since it was listed
+            except Fenced:
+                break  # another worker leads now: the clock is its
             except Exception:
                 # Those escalated so far are committed (their messages in the outbox): tell
                 # of them; the rest are due again next second.
@@ -566,5 +717,7 @@ class Alerting:
         if not self._stored_all.is_set():
             log.warning("%d alert changes not stored; engine state not saved", len(self._to_store))
             return
+        if not isinstance(self.engine, Engine):
+            return  # a worker's partitions are saved by each store round, under their lease
         self.engine.caller_state = self._caller_state()
         self._store.save_state(SNAPSHOT_KEY, self.engine.snapshot(), _now_ms())

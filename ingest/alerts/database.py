@@ -20,9 +20,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     select,
-    text,
 )
-from sqlalchemy.engine import Connection
 
 from rules.alerts import Alert, AlertState
 
@@ -96,8 +94,6 @@ announcements = Table(
 )
 
 AREA_COLUMNS = ("grid", "village", "township", "county", "city")
-WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
-BUSY_TIMEOUT_MS = 10_000
 
 
 # Statements of the write path, built once with their values as parameters: building a new
@@ -152,47 +148,3 @@ def row_of(alert: Alert) -> dict[str, Any]:
         "updated_ms": alert.updated_ms,
         "body": alert.model_dump(mode="json"),
     }
-
-
-def sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy, not the sqlite3 module, starts transactions (see sqlite_begin).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    # WAL: the CLI and the API read while the service writes; a busy writer is waited for.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a PUBACK follows the commit, and the engine's state is in the same commit; with
-    # NORMAL a power cut may roll back the last commits after their messages were acknowledged.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.close()
-
-
-# PostgreSQL: every writing transaction takes this lock first, so writers take turns as on
-# SQLite (BEGIN IMMEDIATE). Without it, history rows commit out of the order of their ``seq``
-# (a sequence hands numbers out at insert), and a reader that moved past a seq still
-# committing would never see that row: a person's resolve the engine never hears (issue 14
-# review, P4). It also rules out two writers opening the same alert between read and insert.
-WRITERS_LOCK = 0x43_49_54_59  # "CITY"
-# A writer never waits for the turn longer than this (then its transaction fails and is
-# retried, as a busy SQLite file is); and a writer that stops moving inside its transaction
-# (SIGSTOP, a partitioned network) loses it after IDLE_TIMEOUT_S: the server ends its session,
-# which frees the turn, instead of every writer waiting for it without end.
-LOCK_TIMEOUT_S = 10
-IDLE_TIMEOUT_S = 30
-
-
-def serialise_writers(conn: Connection, key: int = WRITERS_LOCK) -> None:
-    """Take the writers' turn ``key`` on PostgreSQL (released at commit or rollback)."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
-        conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{IDLE_TIMEOUT_S}s'")
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-
-
-def sqlite_begin(conn: Connection) -> None:
-    # A writing transaction takes the write lock at BEGIN, so its reads cannot go stale before
-    # its writes (a deferred transaction that upgrades fails at once with SQLITE_BUSY in WAL).
-    if conn.get_execution_options().get(WRITE):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aiomqtt
@@ -51,6 +51,8 @@ class MqttOutbox:
         client_id: str,
         source: AnnouncementSource | None = None,
         max_queued: int = 10_000,
+        active: Callable[[], bool] | None = None,
+        idle_s: float = IDLE_S,
     ) -> None:
         self._settings = settings
         self._nodes = BrokerNodes(settings)
@@ -59,6 +61,10 @@ class MqttOutbox:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queued)
         self._wake = asyncio.Event()
         self._backlog = 0  # outbox rows seen waiting at the last look
+        # A cluster's workers share one outbox table: only the leader sends it (each row
+        # once), and looks often, as the others' rows wake only their own publisher.
+        self._active = active or (lambda: True)
+        self._idle_s = idle_s
         self.published = 0
 
     def wake(self) -> None:
@@ -76,7 +82,11 @@ class MqttOutbox:
             async with asyncio.timeout(timeout_s):
                 await self._queue.join()
                 source = self._source
-                while source is not None and await asyncio.to_thread(_any_pending, source):
+                while (
+                    source is not None
+                    and self._active()
+                    and await asyncio.to_thread(_any_pending, source)
+                ):
                     self._wake.set()
                     await asyncio.sleep(0.05)
 
@@ -107,7 +117,7 @@ class MqttOutbox:
                         sent = await self._send_queued(client) + await self._send_outbox(client)
                         if not sent:
                             with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._wake.wait(), IDLE_S)
+                                await asyncio.wait_for(self._wake.wait(), self._idle_s)
             except aiomqtt.MqttError as e:
                 delay = backoff_delay(attempt)
                 attempt += 1
@@ -127,7 +137,7 @@ class MqttOutbox:
         return n
 
     async def _send_outbox(self, client: aiomqtt.Client) -> int:
-        if self._source is None:
+        if self._source is None or not self._active():
             return 0
         source = self._source
         try:

@@ -47,15 +47,11 @@ from ingest.alerts.database import (
     AREA_COLUMNS,
     NOT_RESOLVED,
     UNRESOLVED,
-    WRITE,
     alert_events,
     alerts,
     announcements,
     engine_state,
     metadata,
-    serialise_writers,
-    sqlite_begin,
-    sqlite_connect,
 )
 from ingest.alerts.transaction import (
     AlertNotFound,
@@ -65,6 +61,7 @@ from ingest.alerts.transaction import (
     put_announcements,
     put_state,
 )
+from ingest.transactions import WRITE, serialise_writers, sqlite_begin, sqlite_connect
 from rules.alerts import (
     AUTO,
     Alert,
@@ -83,6 +80,8 @@ __all__ = ["AlertNotFound", "AlertStore", "NamedState", "StoreTransition", "sqli
 
 # Given the changes a transaction made, the (topic, payload) messages to send for them.
 Announce = Callable[[Sequence[tuple[Alert, AlertEvent]]], Sequence[tuple[str, bytes]]]
+# Runs first in a write transaction and raises to refuse it (a worker's lost lease).
+Check = Callable[[Connection], None]
 
 _T = TypeVar("_T")
 
@@ -311,8 +310,9 @@ class AlertStore:
         self,
         items: Sequence[StoreTransition],
         *,
-        state: NamedState | None = None,
+        state: NamedState | Sequence[NamedState] | None = None,
         announce: Announce | None = None,
+        check: Check | None = None,
     ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
         """Engine transitions in one transaction, in order: what ``apply`` on each in turn gives.
 
@@ -321,32 +321,36 @@ class AlertStore:
         Much cheaper per transition than ``apply`` (one commit, statements reused).
 
         ``state`` (the engine's snapshot after these transitions) is saved in the same
-        transaction, so the alerts and the state that produced them never disagree after a crash.
+        transaction, so the alerts and the state that produced them never disagree after a crash
+        (several states: a worker's partitions, ingest/cluster/engines.py). ``check`` runs first
+        in the transaction and may raise to refuse it all (a lost lease: ``Fenced``).
         """
-        if not items:
-            if state is not None:
-                self.save_state(state.key, state.value, state.at_ms)
+        states = [state] if isinstance(state, NamedState) else list(state or ())
+        if not items and not states and check is None:
             return []
         try:
-            return self._apply_batch(items, state, announce)
+            return self._apply_batch(items, states, announce, check)
         except IntegrityError:
             # A writer outside the writers' turn (``serialise_writers``: an older version, a
             # hand-run statement) opened an alert of the batch between our read and our
             # insert: all was rolled back. Redo the whole batch once, in one transaction with
             # its state and its messages, which now reads that alert (issue 14 review, P5).
-            return self._apply_batch(items, state, announce)
+            return self._apply_batch(items, states, announce, check)
 
     def _apply_batch(
         self,
         items: Sequence[StoreTransition],
-        state: NamedState | None,
+        states: Sequence[NamedState],
         announce: Announce | None,
+        check: Check | None,
     ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
-        """``apply_many``'s one transaction: the items, the state, their messages."""
+        """``apply_many``'s one transaction: the check, the items, the states, their messages."""
         with self._transaction() as tx:
+            if check is not None:
+                check(tx.conn)
             tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)
             done = [tx.apply_item(item) for item in items]
-            if state is not None:
+            for state in states:
                 put_state(tx.conn, state.key, state.value, state.at_ms)
             if announce is not None:
                 changes = [(alert, event) for alert, event, _ in filter(None, done)]
@@ -390,10 +394,17 @@ class AlertStore:
             return alert, change
 
     def escalate(
-        self, alert_id: str, at_ms: int, announce: Announce | None = None
+        self,
+        alert_id: str,
+        at_ms: int,
+        announce: Announce | None = None,
+        check: Check | None = None,
     ) -> tuple[Alert, AlertEvent]:
-        """Up one level. AlertNotFound, or InvalidTransition if not open or at the top."""
+        """Up one level. AlertNotFound, or InvalidTransition if not open or at the top;
+        ``check`` as for ``apply_many``."""
         with self._transaction() as tx:
+            if check is not None:
+                check(tx.conn)
             alert, change = escalate(tx.locked(alert_id), at_ms)
             tx.update(alert, change)
             if announce is not None:

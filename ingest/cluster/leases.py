@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from ingest.alerts.database import WRITE, serialise_writers, sqlite_begin, sqlite_connect
+from ingest.transactions import WRITE, serialise_writers, sqlite_begin, sqlite_connect
 
 metadata = MetaData()
 # The leases' own turn on PostgreSQL: a lease beat never waits behind the alert writers.
@@ -52,6 +52,10 @@ partition_leases = Table(
     Column("owner", String(64), nullable=False),
     Column("epoch", BigInteger, nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
+    # How far the owner has read the partition (``cluster status``): messages since it took
+    # the lease, and the wall time of the last one; reported with each beat.
+    Column("read", BigInteger, nullable=False, default=0),
+    Column("read_ms", BigInteger, nullable=False, default=0),
 )
 
 cluster_members = Table(
@@ -70,6 +74,12 @@ class Lease:
     owner: str
     epoch: int
     expires_ms: int
+    read: int = 0
+    read_ms: int = 0
+
+
+# A partition's progress as its owner reports it: (messages read since it took it, ms of the last)
+Progress = dict[int, tuple[int, int]]
 
 
 class Leases:
@@ -99,9 +109,9 @@ class Leases:
             serialise_writers(conn, LEASES_LOCK)  # no two workers insert one new lease at once
             yield conn
 
-    def beat(self, worker: str, now_ms: int) -> dict[int, int]:
+    def beat(self, worker: str, now_ms: int, progress: Progress | None = None) -> dict[int, int]:
         """Renew, hand back and take leases for ``worker``; the partitions it holds now, each
-        with its epoch."""
+        with its epoch. ``progress``: how far it has read each partition it holds."""
         with self._write() as conn:
             _seen(conn, worker, now_ms)
             live = conn.execute(
@@ -111,7 +121,9 @@ class Leases:
             ).scalars()
             fair = math.ceil(self.partitions / max(1, len(list(live))))
             leases = {
-                row.partition: Lease(row.partition, row.owner, row.epoch, row.expires_ms)
+                row.partition: Lease(
+                    row.partition, row.owner, row.epoch, row.expires_ms, row.read, row.read_ms
+                )
                 for row in conn.execute(select(partition_leases).with_for_update())
             }
             mine = sorted(
@@ -123,7 +135,9 @@ class Leases:
                 self._put(conn, Lease(p, worker, leases[p].epoch, 0))
             mine = mine[:fair]
             for p in mine:
-                self._put(conn, Lease(p, worker, leases[p].epoch, now_ms + self.lease_ms))
+                read, read_ms = (progress or {}).get(p, (leases[p].read, leases[p].read_ms))
+                lease = Lease(p, worker, leases[p].epoch, now_ms + self.lease_ms, read, read_ms)
+                self._put(conn, lease)
             free = [
                 p
                 for p in range(self.partitions)
@@ -158,7 +172,15 @@ class Leases:
         """Every lease, by partition (``cluster status``)."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(partition_leases).order_by(partition_leases.c.partition))
-            return [Lease(r.partition, r.owner, r.epoch, r.expires_ms) for r in rows]
+            return [
+                Lease(r.partition, r.owner, r.epoch, r.expires_ms, r.read, r.read_ms) for r in rows
+            ]
+
+    def members(self) -> dict[str, int]:
+        """Every worker that has beaten and not stopped in order, with its last beat (ms)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(cluster_members).order_by(cluster_members.c.worker))
+            return {str(r.worker): int(r.seen_ms) for r in rows}
 
     @staticmethod
     def _put(conn: Connection, lease: Lease, new: bool = False) -> None:
@@ -166,6 +188,8 @@ class Leases:
             "owner": lease.owner,
             "epoch": lease.epoch,
             "expires_ms": lease.expires_ms,
+            "read": lease.read,
+            "read_ms": lease.read_ms,
         }
         if new:
             conn.execute(partition_leases.insert().values(partition=lease.partition, **values))
@@ -195,3 +219,19 @@ def _seen(conn: Connection, worker: str, now_ms: int) -> None:
     ).rowcount
     if not updated:
         conn.execute(cluster_members.insert().values(worker=worker, seen_ms=now_ms))
+
+
+class Fenced(Exception):
+    """A write for partitions this worker no longer holds at the epoch it had: refused."""
+
+    def __init__(self, lost: set[int]) -> None:
+        super().__init__(f"partitions {sorted(lost)} are held by another worker now")
+        self.lost = lost
+
+
+def fence(conn: Connection, worker: str, epochs: dict[int, int]) -> None:
+    """Inside a write transaction: raise ``Fenced`` (and so roll it back) unless ``worker``
+    still holds every partition of ``epochs`` at its epoch."""
+    lost = {p for p, epoch in epochs.items() if not holds(conn, p, worker, epoch)}
+    if lost:
+        raise Fenced(lost)

@@ -34,6 +34,11 @@ class UntimedStamps:
         self._entries[topic] = (digest, now_ms)
         return now_ms
 
+    def merge(self, other: UntimedStamps) -> None:
+        """Add ``other``'s topics (a partition taken over); a topic known here stays as it is."""
+        for topic, entry in other._entries.items():
+            self._entries.setdefault(topic, entry)
+
     def data(self) -> dict[str, list[Any]]:
         """JSON-ready (for the engine's snapshot)."""
         return {topic: [digest, ts] for topic, (digest, ts) in self._entries.items()}

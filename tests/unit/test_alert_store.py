@@ -555,7 +555,7 @@ def test_a_writer_paused_in_its_transaction_does_not_stop_the_others(
             sys.executable,
             "-c",
             "import os, signal, sys\n"
-            "import ingest.alerts.database as d\n"
+            "import ingest.transactions as d\n"
             "d.IDLE_TIMEOUT_S = 2\n"
             "from ingest.alerts.store import AlertStore\n"
             "s = AlertStore(sys.argv[1])\n"
