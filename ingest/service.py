@@ -315,6 +315,9 @@ async def serve(
             )
             reading = tg.create_task(consumer.run(), name="mqtt-consumer")
             beating = tg.create_task(worker.run(), name="partition-leases") if worker else None
+            following = (
+                tg.create_task(alerting.run_follow(), name="alert-feed-follow") if worker else None
+            )
             state.started.set()
             await stop.wait()
             log.info("stopping: no more messages are read, no more requests served")
@@ -353,6 +356,8 @@ async def serve(
             await outbox.settle(ALERT_SETTLE_S)
             publishing.cancel()
             reporter.cancel()
+            if following is not None:
+                following.cancel()
     finally:
         await http.close()
         with contextlib.suppress(Exception):

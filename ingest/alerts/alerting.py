@@ -68,6 +68,7 @@ COVER_EVERY_S = 0.05
 # little); further ahead, at the stamp less the device's measured skew, never later than its
 # arrival plus this.
 AHEAD_TOLERANCE_S = 2.0
+FOLLOW_S = 0.25  # a worker's live stream reads the store's new changes this often
 STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same batch again
 
 # A message's point held back until its transitions are stored: (line, measurement, ack token).
@@ -106,6 +107,7 @@ class Alerting:
         # Resolves by people are read from the store's history from here on (``_hear_resolves``);
         # taken before the reconcile below, so none falls between the two.
         self._resolves_seen = store.last_event_seq()
+        self._feed_seen = self._resolves_seen  # a worker's live stream follows the store
         self.state_problem: str | None = None  # why the rules' state was not (all) restored
         # A cluster's worker (``seat``): one engine per partition it holds, each restored as
         # its lease is taken (``take_partition``); alone: one engine for every device.
@@ -556,7 +558,8 @@ class Alerting:
         self.changes += 1
         zh, en = self._describe(alert, event)
         log.info("%s %s | %s", alert.id, en, zh)
-        self.feed.publish(Change(alert, event, zh, en))
+        if self._seat is None:  # a worker's listeners hear every worker's changes: run_follow
+            self.feed.publish(Change(alert, event, zh, en))
         if not queued:
             rows = self.announcements([(alert, event)])
             try:
@@ -632,6 +635,25 @@ class Alerting:
             "actor": event.actor,
         }
         return f"{series_key('alert', tags)} {encode_fields(fields)} {event.at_ms}"
+
+    async def run_follow(self) -> None:
+        """A worker's live stream: every change any worker stores (the engine's, people's,
+        escalations) told to this worker's listeners, in the store's order, until cancelled.
+        The browser on worker B sees what worker A raised or someone acknowledged on C."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                if self.feed.listeners == 0:  # nobody listens: skip ahead, read no bodies
+                    self._feed_seen = await asyncio.to_thread(self._store.last_event_seq)
+                    continue
+                last, changes = await asyncio.to_thread(self._store.changes_since, self._feed_seen)
+            except Exception:
+                log.exception("could not read alert changes for the live stream; trying again")
+                continue
+            self._feed_seen = last
+            for alert, event in changes:
+                zh, en = self._describe(alert, event)
+                self.feed.publish(Change(alert, event, zh, en))
 
     async def run_clock(self) -> None:
         """Engine deadlines, escalation and state saves, every second, until cancelled.

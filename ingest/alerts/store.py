@@ -273,6 +273,30 @@ class AlertStore:
         last = int(rows[-1][0]) if len(rows) == limit else int(newest)
         return last, [(str(r), str(d), int(o), int(at), str(i)) for _, r, d, o, at, i in rows]
 
+    def changes_since(
+        self, after_seq: int, limit: int = 500
+    ) -> tuple[int, builtins.list[tuple[Alert, AlertEvent]]]:
+        """History rows recorded after ``after_seq`` by any process, oldest first, each with
+        its alert as it is now; and the newest row looked at (as ``resolved_by_people``). For
+        a cluster's live stream: every worker tells its listeners of every worker's changes."""
+        with self._engine.connect() as conn, conn.begin():
+            newest = conn.execute(select(func.max(alert_events.c.seq))).scalar_one()
+            if newest is None or int(newest) <= after_seq:
+                return after_seq, []
+            rows = conn.execute(
+                select(alert_events.c.seq, alert_events.c.body, alerts.c.body)
+                .join(alerts, alerts.c.id == alert_events.c.alert_id)
+                .where(alert_events.c.seq > after_seq, alert_events.c.seq <= int(newest))
+                .order_by(alert_events.c.seq)
+                .limit(limit)
+            ).all()
+        last = int(rows[-1][0]) if len(rows) == limit else int(newest)
+        out = [
+            (Alert.model_validate(alert), AlertEvent.model_validate(event))
+            for _, event, alert in rows
+        ]
+        return last, out
+
     def last_resolved_ms(self, rule_id: str, device_id: str) -> int | None:
         """When the newest resolved alert of (rule, device) was resolved; None if none was."""
         action = alert_events.c.body["action"].as_string()

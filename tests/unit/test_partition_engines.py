@@ -8,6 +8,7 @@ outbox is a fake. The same with real processes: tests/integration/test_workers.p
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,28 @@ async def test_a_handed_back_partition_drops_its_unstored_work(
     expected_dropped = 0 if partition_of(RIVER, P) in mine else 1
     assert a.alerting.fenced == expected_dropped
     assert a.alerting.pending_points == 1 - expected_dropped
+
+
+async def test_a_workers_live_stream_tells_what_another_worker_raised(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """The browser on worker b hears the alert worker a raised (and a person's acknowledgement
+    made anywhere), from the shared store, in order."""
+    a = Worker(tmp_path, registry, "a")
+    await a.beat(T0)
+    b = Worker(tmp_path, registry, "b")
+    follow = asyncio.create_task(b.alerting.run_follow())
+    try:
+        async with b.alerting.feed.listen(lambda alert: True) as listener:
+            for i in range(3):
+                a.reading(T0 + i * MINUTE, 212.0, i + 1)
+            await a.alerting._store_round()
+            (alert,) = a.store.open_alerts()
+            b.store.acknowledge(alert.id, "zhang.wei", T0 + 4 * MINUTE)
+            got = [await asyncio.wait_for(listener.next(), 5) for _ in range(2)]
+    finally:
+        follow.cancel()
+    assert [(c.alert.id, c.event.action.value) for c in got] == [
+        (alert.id, "opened"),
+        (alert.id, "acknowledged"),
+    ]
