@@ -7,8 +7,10 @@ message and the broker's (utime + stime from ``/proc``, over the drain), and los
 must be 0). The NATS cluster is three nodes on loopback configured as ``citysense stack up``
 does (``ingest.ops.nats``); the service reads on node 1, messages are queued through node 3.
 
-Not yet measured: two partitioned workers against one (issue 16's scaling target) — that
-needs partition leases, which are not built yet. Prints a table, writes
+On the NATS cluster the drain runs twice: one worker, then two partitioned workers
+(``CITYSENSE_WORKER_NAME`` w1, w2; leases, alerts and rule state in one PostgreSQL), each run
+with fresh sessions: issue 16's targets are two workers ≥ 1.3 × one, and CPU per message
+(all workers together) within ±15 % of one worker's. Prints a table, writes
 ``bench-scale-results.json``.
 """
 
@@ -17,18 +19,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rig import GATEWAY, INGEST, BenchError, Service, Stack, queue_messages, stored_count
+from benchmarks.rig import (
+    GATEWAY,
+    INGEST,
+    BenchError,
+    Service,
+    Stack,
+    forget_session,
+    queue_messages,
+    stored_count,
+)
 from benchmarks.workload import Workload
 from devices.registry import load_registry
 from ingest.ops import nats
 from ingest.ops.brokerconfig import Account
-from ingest.ops.processes import free_port
+from ingest.ops.processes import ManagedProcess, free_port, start_postgres
+from tests.postgres import new_database
 from tests.serviceproc import REGISTRY_FILE
 
 PARTITIONS = 16
@@ -44,10 +59,11 @@ def cpu_seconds(pid: int) -> float:
 @dataclass
 class Drain:
     broker: str
+    workers: int
     k: int
     seconds: float  # process start → K counted
-    msg_per_s: float  # K / (MQTT connected → K counted): start-up not counted
-    service_us_per_msg: float
+    msg_per_s: float  # K / (first MQTT connect → K counted): start-up not counted
+    service_us_per_msg: float  # all workers' CPU together, per message
     broker_us_per_msg: float
     lost: int
 
@@ -84,57 +100,113 @@ class NatsStack:
 
 
 def connected(service: Service) -> bool:
-    """Whether this start of the service has logged its CONNACK."""
+    """Whether this start of the service has logged its (first) CONNACK."""
     with service.log_path.open("rb") as f:
         f.seek(service._log_offset)
         return b"MQTT connected" in f.read()
 
 
-def drain(
-    stack: Any, root: Path, broker: str, k: int, broker_pids: list[int], publish_port: int
-) -> Drain:
-    """Queue ``k`` messages for a fresh session, start the service, time the drain."""
-    messages = Workload(0.001).backlog(k, time.time_ns() // 1_000_000 - 60_000)
+def subscribed_partitions(service: Service) -> int:
+    """How many partitions' sessions this start of a worker has subscribed."""
+    with service.log_path.open("rb") as f:
+        f.seek(service._log_offset)
+        return len(set(re.findall(rb"subscribed to iot/(\d+)/", f.read())))
+
+
+def workers_of(
+    stack: Any, root: Path, label: str, broker: str, n: int, database_url: str | None
+) -> list[Service]:
+    """``n`` services sharing one InfluxDB database; on NATS, partitioned workers sharing
+    one client id prefix (the partitions' sessions) and ``database_url``."""
     env = {"CITYSENSE_BROKER": broker, "CITYSENSE_PARTITIONS": str(PARTITIONS)}
-    service = Service(stack, root, f"scale-{broker}", **env)
+    services: list[Service] = []
+    for i in range(n):
+        extra = dict(env)
+        if broker == "nats":
+            extra["CITYSENSE_WORKER_NAME"] = f"w{i + 1}"
+            if database_url is not None:
+                extra["CITYSENSE_DATABASE_URL"] = database_url
+        if services:
+            extra["CITYSENSE_MQTT_CLIENT_ID"] = services[0].client_id
+            extra["CITYSENSE_INFLUX_DATABASE"] = services[0].database
+        services.append(Service(stack, root, f"scale-{label}-{i + 1}", **extra))
+    return services
+
+
+def create_sessions(services: list[Service], broker: str) -> None:
+    """The persistent sessions the backlog is queued for: the first service alone, once."""
+    first = services[0]
+    first.start()
+    first.wait_subscribed()
+    deadline = time.monotonic() + 60
+    while broker == "nats" and subscribed_partitions(first) < PARTITIONS:
+        if time.monotonic() > deadline:
+            raise BenchError(f"not every partition subscribed:\n{first.tail()}")
+        time.sleep(0.1)
+    first.stop()
+
+
+def drain(
+    stack: Any,
+    root: Path,
+    broker: str,
+    k: int,
+    broker_pids: list[int],
+    publish_port: int,
+    workers: int = 1,
+    database_url: str | None = None,
+) -> Drain:
+    """Queue ``k`` messages for fresh sessions, start the service(s), time the drain."""
+    label = f"{broker}-{workers}w"
+    messages = Workload(0.001).backlog(k, time.time_ns() // 1_000_000 - 60_000)
+    services = workers_of(stack, root, label, broker, workers, database_url)
+    first = services[0]
     try:
-        service.start()
-        service.wait_subscribed()
-        service.stop()
+        create_sessions(services, broker)
         queue_messages(publish_port, messages)
         broker_before = sum(cpu_seconds(p) for p in broker_pids)
-        service.start()
-        assert service.popen is not None
-        pid = service.popen.pid
+        for service in services:
+            service.start()
+        pids = [s.popen.pid for s in services if s.popen is not None]
         deadline = time.monotonic() + 600
         stored = 0
         service_cpu = 0.0
-        cpu_at_connect: float | None = None  # start-up (imports, stores) is not per message
+        at_connect: dict[int, float] = {}  # start-up (imports, stores) is not per message
         while time.monotonic() < deadline:
-            service_cpu = cpu_seconds(pid)
-            if cpu_at_connect is None and connected(service):
-                cpu_at_connect = service_cpu
-            stored = stored_count(stack.influx_url, service.database) or 0
+            cpu = {pid: cpu_seconds(pid) for pid in pids}
+            for service, pid in zip(services, pids, strict=True):
+                if pid not in at_connect and connected(service):
+                    at_connect[pid] = cpu[pid]
+            service_cpu = sum(cpu[pid] - at_connect.get(pid, cpu[pid]) for pid in pids)
+            stored = stored_count(stack.influx_url, first.database) or 0
             if stored >= k:
                 break
-            service.check_alive()
+            for service in services:
+                service.check_alive()
             time.sleep(0.1)
-        seconds = time.monotonic() - service.started_at
+        seconds = time.monotonic() - first.started_at
         broker_cpu = sum(cpu_seconds(p) for p in broker_pids) - broker_before
-        draining = seconds - service.connected_after()
+        draining = seconds - min(s.connected_after() for s in services)
         return Drain(
             broker,
+            workers,
             k,
             round(seconds, 2),
             round(k / draining),
-            round((service_cpu - (cpu_at_connect or 0.0)) / k * 1e6, 1),
+            round(service_cpu / k * 1e6, 1),
             round(broker_cpu / k * 1e6, 1),
             k - stored,
         )
     finally:
-        service.stop()
-        service.forget_session()
-        stack.drop_database(service.database)
+        for service in services:
+            service.stop()
+        if broker == "nats":  # the partitions' sessions, not one of the client id itself
+            for p in range(PARTITIONS):
+                forget_session(stack.mqtt_port, f"{first.client_id}-p{p}", INGEST)
+        else:
+            first.forget_session()
+        for service in services:
+            stack.drop_database(service.database)
 
 
 def main() -> None:
@@ -146,34 +218,55 @@ def main() -> None:
         root = Path(tmp)
         stack = Stack(root)
         cluster: NatsStack | None = None
+        postgres: ManagedProcess | None = None
+        # Not under the temporary directory: PostgreSQL runs as its own user (tests/postgres.py).
+        pg_dir = Path(tempfile.mkdtemp(prefix="citysense-scale-pg-"))
         try:
             stack.start()
             assert stack.mosquitto is not None
             cluster = NatsStack(root / "nats", stack)
+            postgres = start_postgres(free_port(), pg_dir)
+            url = f"postgresql+psycopg://postgres@{postgres.address}/citysense"
+            nodes = [n.pid for n in cluster.nodes]
             runs = [
                 drain(stack, root, "mosquitto", args.k, [stack.mosquitto.pid], stack.mqtt_port),
-                drain(
-                    cluster,
-                    root,
-                    "nats",
-                    args.k,
-                    [n.pid for n in cluster.nodes],
-                    cluster.publish_port,
+                *(
+                    drain(
+                        cluster,
+                        root,
+                        "nats",
+                        args.k,
+                        nodes,
+                        cluster.publish_port,
+                        workers,
+                        new_database(url, f"scale{workers}"),
+                    )
+                    for workers in (1, 2)
                 ),
             ]
         finally:
             if cluster is not None:
                 cluster.close()
+            if postgres is not None:
+                os.kill(postgres.pid, signal.SIGINT)  # fast shutdown
+                postgres.stop()
+            shutil.rmtree(pg_dir, ignore_errors=True)
             stack.close()
     print(
-        f"{'broker':10} {'K':>8} {'s':>7} {'msg/s':>8} {'svc µs/msg':>11} "
+        f"{'broker':10} {'workers':>7} {'K':>8} {'s':>7} {'msg/s':>8} {'svc µs/msg':>11} "
         f"{'broker µs/msg':>14} {'lost':>5}"
     )
     for r in runs:
         print(
-            f"{r.broker:10} {r.k:8} {r.seconds:7} {r.msg_per_s:8} {r.service_us_per_msg:11} "
-            f"{r.broker_us_per_msg:14} {r.lost:5}"
+            f"{r.broker:10} {r.workers:7} {r.k:8} {r.seconds:7} {r.msg_per_s:8} "
+            f"{r.service_us_per_msg:11} {r.broker_us_per_msg:14} {r.lost:5}"
         )
+    one, two = runs[1], runs[2]
+    print(
+        f"2 workers / 1: {two.msg_per_s / one.msg_per_s:.2f} × msg/s (target ≥ 1.3), "
+        f"CPU per message {two.service_us_per_msg / one.service_us_per_msg - 1:+.0%} "
+        "(target within ±15 %)"
+    )
     args.out.write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
     if any(r.lost for r in runs):
         raise BenchError("messages were lost")

@@ -125,6 +125,7 @@ def _api_server(
     spool: Spool,
     drain: Drain,
     clock_skew: ClockSkew,
+    leases: Leases | None,
 ) -> ApiServer | None:
     """The HTTP API over this service's parts (None when disabled)."""
     if not settings.api_enabled:
@@ -160,6 +161,7 @@ def _api_server(
         clock_skew=clock_skew,
         spool_size=lambda: spool.lines,
         warnings=lambda: {"rules_state": p} if (p := alerting.state_problem) else {},
+        leases=leases,
     )
     return ApiServer(create_app(ctx), settings.api_host, settings.api_port)
 
@@ -289,6 +291,7 @@ async def serve(
             spool,
             drain,
             clock_skew,
+            leases,
         )
         state.api_url = api.url if api else None
         if api is not None:

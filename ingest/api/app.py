@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest import web
-from ingest.api import alerts, deadletters, devices, health, rules, timeseries
+from ingest.api import alerts, cluster, deadletters, devices, health, rules, timeseries
 from ingest.api.context import ApiContext
 from ingest.api.errors import error_response, install_error_handlers
 from ingest.api.ratelimit import TokenBucket
@@ -92,6 +92,7 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
             {"name": "time series", "description": "InfluxDB data, raw or aggregated"},
             {"name": "rules", "description": "the rules running, and validation of a rule file"},
             {"name": "dead letters", "description": "rejected messages"},
+            {"name": "cluster", "description": "the workers and their partitions (nats)"},
             {"name": "health", "description": "liveness, readiness, metrics"},
         ],
     )
@@ -122,7 +123,7 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
         response.headers["Content-Security-Policy"] = RELAXED_CSP if relaxed else STRICT_CSP
         return response
 
-    for module in (health, devices, timeseries, alerts, rules, deadletters):
+    for module in (health, devices, timeseries, alerts, rules, deadletters, cluster):
         app.include_router(module.router)
     _add_front_door(app)
     app.include_router(web.router)  # the pages under /ui/ (public; data comes from the API)

@@ -17,6 +17,7 @@ from devices.registry import Registry
 from ingest.alerts.feed import AlertFeed
 from ingest.alerts.store import AlertStore, Announce
 from ingest.api.tokens import TokenStore
+from ingest.cluster.leases import Leases
 from ingest.intake.skew import ClockSkew
 from ingest.metrics import Metrics
 from ingest.settings import Settings
@@ -55,6 +56,7 @@ class ApiContext:
     clock_skew: ClockSkew | None = None  # each device's measured clock skew (ingest/intake/skew.py)
     tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
     streams: dict[str, int] = field(default_factory=dict)  # token id → open alert streams
+    leases: Leases | None = None  # the partition leases (GET /cluster); None: no cluster
 
 
 def context(request: Request) -> ApiContext:

@@ -109,9 +109,13 @@ class Leases:
             serialise_writers(conn, LEASES_LOCK)  # no two workers insert one new lease at once
             yield conn
 
-    def beat(self, worker: str, now_ms: int, progress: Progress | None = None) -> dict[int, int]:
+    def beat(
+        self, worker: str, now_ms: int, progress: Progress | None = None, take: bool = True
+    ) -> dict[int, int]:
         """Renew, hand back and take leases for ``worker``; the partitions it holds now, each
-        with its epoch. ``progress``: how far it has read each partition it holds."""
+        with its epoch. ``progress``: how far it has read each partition it holds. Without
+        ``take``, only its membership and what it holds are renewed (a worker's first beat:
+        workers started together then split the partitions evenly from their second)."""
         with self._write() as conn:
             _seen(conn, worker, now_ms)
             live = conn.execute(
@@ -143,7 +147,7 @@ class Leases:
                 for p in range(self.partitions)
                 if p not in leases or leases[p].expires_ms <= now_ms
             ]
-            for p in free[: max(0, fair - len(mine))]:
+            for p in free[: max(0, fair - len(mine))] if take else ():
                 epoch = leases[p].epoch + 1 if p in leases else 1
                 self._put(
                     conn, Lease(p, worker, epoch, now_ms + self.lease_ms), new=p not in leases

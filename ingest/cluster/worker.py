@@ -65,7 +65,11 @@ class Worker:
         # What the store rounds found lost meanwhile (``Fenced``) is gone from seat.epochs.
         progress = {p: n for p, n in self._sessions.progress().items() if p in seat.epochs}
         try:
-            held = await asyncio.to_thread(self._leases.beat, seat.worker, started, progress)
+            # The first beat only says this worker is here (Leases.beat): started together,
+            # workers then take even shares, rather than the first one everything at once.
+            held = await asyncio.to_thread(
+                self._leases.beat, seat.worker, started, progress, self.beats > 0
+            )
         except Exception as e:
             if seat.epochs and not seat.valid():
                 log.error("leases not renewed (%s) and run out: reading nothing", e)

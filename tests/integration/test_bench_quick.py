@@ -45,9 +45,14 @@ def test_quick_bench_runs_end_to_end_and_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_quick_bench_scale_runs_on_both_brokers_and_loses_nothing(tmp_path: Path) -> None:
-    """`make bench-scale` in miniature: the same backlog through Mosquitto and a NATS cluster."""
+    """`make bench-scale` in miniature: the same backlog through Mosquitto, through a NATS
+    cluster to one worker, and to two partitioned workers."""
     out = tmp_path / "scale.json"
     run_bench("benchmarks.scale", ["--k", "5000", "--out", str(out)])
     runs = json.loads(out.read_text())
-    assert [r["broker"] for r in runs] == ["mosquitto", "nats"]
+    assert [(r["broker"], r["workers"]) for r in runs] == [
+        ("mosquitto", 1),
+        ("nats", 1),
+        ("nats", 2),
+    ]
     assert all(r["lost"] == 0 and r["k"] == 5000 and r["msg_per_s"] > 0 for r in runs)

@@ -13,6 +13,7 @@ worker SIGKILLed (its partitions taken over within 10 s), a worker SIGSTOPped pa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -118,15 +119,9 @@ class Workers:
     def close(self) -> None:
         for service in self.services.values():
             if service.pid is not None:
-                with_suppressed(lambda pid=service.pid: os.kill(pid, signal.SIGCONT))
+                with contextlib.suppress(OSError):  # a paused worker must be able to stop
+                    os.kill(service.pid, signal.SIGCONT)
             service.close()
-
-
-def with_suppressed(action: Callable[[], None]) -> None:
-    try:
-        action()
-    except OSError:
-        pass
 
 
 def shared(owners: dict[int, str]) -> bool:

@@ -99,7 +99,9 @@ async def test_the_next_owner_continues_a_for_window(tmp_path: Path, registry: R
     assert alert.device_id == RIVER and alert.opened_ms == T0 + 2 * MINUTE
 
 
-async def test_a_worker_woken_after_its_lease_is_refused(tmp_path: Path, registry: Registry) -> None:
+async def test_a_worker_woken_after_its_lease_is_refused(
+    tmp_path: Path, registry: Registry
+) -> None:
     """Worker a judges readings, then (paused) loses its partitions to b before it stores
     them: its store round is refused, what it judged is dropped — no alert, no point given on
     (so no acknowledgement), the partition no longer judged — and b's state stands."""
