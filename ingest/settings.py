@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         description="nats: a partition's lease; a worker that stops beating loses its "
         "partitions this long after its last beat (beats every third of it)",
     )
+    postgres_port: int = Field(
+        15432,
+        ge=1,
+        le=65535,
+        description="nats: the port `stack up` starts PostgreSQL on (the workers' shared database)",
+    )
 
     @field_validator("mqtt_also", mode="before")
     @classmethod

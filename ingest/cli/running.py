@@ -27,7 +27,10 @@ log = logging.getLogger("citysense")
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The subcommands of this module."""
-    p = sub.add_parser("stack", help="start/stop the local Mosquitto and InfluxDB")
+    p = sub.add_parser(
+        "stack",
+        help="start/stop the local Mosquitto and InfluxDB (nats: NATS, InfluxDB, PostgreSQL)",
+    )
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stack)
@@ -50,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    """Start, stop or show the local Mosquitto and InfluxDB."""
+    """Start, stop or show the local stack (``ingest.ops.stack``)."""
     from ingest.ops import processes, stack
 
     settings = checked_settings("stack up") if args.action == "up" else load_settings()

@@ -14,6 +14,7 @@ the four servers' command lines, which differ only in arguments.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pwd
@@ -466,6 +467,9 @@ def start_postgres(port: int, instance_dir: Path, database: str = "citysense") -
     argv = [server, "-D", str(data), "-p", str(port), "-c", f"listen_addresses={HOST}"]
     argv += ["-c", f"unix_socket_directories={instance_dir}", "-c", f"hba_file={hba}"]
     proc = spawn("postgres", [*as_user, *argv], port, instance_dir / "postgres.log")
+    # setpriv execs the server: /proc then shows the server's argv, which alive() compares
+    # against once another process reads this record back from stack.json.
+    proc = dataclasses.replace(proc, argv=tuple(argv))
     wait_ready(proc, lambda: postgres_answers(port))
     try:
         with psycopg.connect(

@@ -1,17 +1,25 @@
-"""The local stack: Mosquitto (or a NATS cluster) and InfluxDB 1.x for ``citysense stack``.
+"""The local stack: Mosquitto (or a NATS cluster and PostgreSQL) and InfluxDB 1.x for
+``citysense stack``.
 
 The servers are real background processes (``processes``), detached in their own session, so
 Ctrl-C in the terminal that started them does not stop them. ``up`` records what it started
 in ``DATA_DIR/stack.json``; ``down`` stops only what that file records and what is still the
-same program.
+same program. With ``CITYSENSE_BROKER=nats`` the stack also runs PostgreSQL, the workers'
+shared alert store (``stack_database_url``).
 
 Everything here is synchronous and blocking: async callers use ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-from collections.abc import Callable
+import os
+import pwd
+import signal
+import stat
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from devices.registry import load_registry
@@ -19,6 +27,7 @@ from ingest.ops import nats
 from ingest.ops.brokerconfig import BrokerFiles, write_broker_files
 from ingest.ops.processes import (
     HOST,
+    POSTGRES_USER,
     ManagedProcess,
     PortInUseError,
     StackError,
@@ -27,12 +36,15 @@ from ingest.ops.processes import (
     quote_ident,
     start_influxd,
     start_mosquitto,
+    start_postgres,
 )
 from ingest.ops.workers import load_workers
 from ingest.settings import Settings
 
 # `stack up` starts servers on loopback only, so settings must point there to reach them.
 _LOOPBACK_NAMES = {"127.0.0.1", "localhost"}
+POSTGRES = "postgresql"  # the stack's PostgreSQL, as named in stack.json and `stack status`
+POSTGRES_DATABASE = "citysense"
 
 
 # --- the stack recorded in DATA_DIR/stack.json -------------------------------------------------
@@ -66,6 +78,32 @@ def _record(settings: Settings, procs: list[ManagedProcess]) -> None:
     tmp.replace(path)
 
 
+def _stop(proc: ManagedProcess) -> bool:
+    """``proc.stop()``; PostgreSQL gets SIGINT first. False if it was not running."""
+    if proc.name != POSTGRES:
+        return proc.stop()
+    if not proc.alive():
+        return False
+    # SIGINT is PostgreSQL's fast shutdown: it ends open sessions (a worker's connection pool)
+    # and stops. stop()'s SIGTERM alone is its smart shutdown, which waits for them; sent
+    # after SIGINT it changes nothing, and SIGKILL still bounds a server that hangs.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    proc.stop()
+    return True
+
+
+def _record_survivors(settings: Settings, procs: Iterable[ManagedProcess]) -> None:
+    """After a failed ``up``: record what still runs of ``procs`` (the last of a name wins), so
+    ``down`` can stop it and the next ``up`` reuse it; no file if nothing runs."""
+    alive = list({p.name: p for p in procs if p.alive()}.values())
+    with contextlib.suppress(OSError):  # the failure being raised matters more than this
+        if alive:
+            _record(settings, alive)
+        else:
+            state_file(settings).unlink(missing_ok=True)
+
+
 def _check_loopback(setting: str, host: str) -> None:
     if host not in _LOOPBACK_NAMES:
         raise StackError(
@@ -93,6 +131,69 @@ def broker_files(settings: Settings, out_dir: Path) -> BrokerFiles:
         tls_port=settings.mqtt_tls_port,
         tls_host=settings.mqtt_tls_bind,
     )
+
+
+def _blocked_for(user: str, directory: Path) -> Path | None:
+    """The first directory from ``/`` down to ``directory`` (existing, absolute) that ``user``
+    may not enter (no search permission by its mode bits; ACLs are not read), or None."""
+    account = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(user, account.pw_gid))
+    for d in [*reversed(directory.parents), directory]:
+        st = d.stat()
+        if st.st_uid == account.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return d
+    return None
+
+
+def _check_postgres_reachable(data_dir: Path) -> None:
+    """Fail before anything starts if PostgreSQL could not reach ``data_dir/postgresql``.
+
+    PostgreSQL refuses to run as root, so under root ``start_postgres`` runs it as the system
+    user ``postgres`` and hands it the instance directory; every directory above must let that
+    user through. A data directory under ``/root`` (mode 0700) or pytest's
+    ``/tmp/pytest-of-root`` does not: say so rather than leave initdb to fail.
+    """
+    if os.geteuid() != 0:
+        return  # the server runs as we do, and we made the data directory
+    try:
+        pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        raise StackError(
+            f"PostgreSQL runs as the system user {POSTGRES_USER!r} under root, and there is "
+            "none: `make deps` installs Debian's postgresql, which makes it"
+        ) from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    blocked = _blocked_for(POSTGRES_USER, data_dir)
+    if blocked is not None:
+        mode = stat.S_IMODE(blocked.stat().st_mode)
+        raise StackError(
+            f"cannot start PostgreSQL in {data_dir / POSTGRES}: as root it runs as user "
+            f"{POSTGRES_USER!r}, which may not enter {blocked} (mode {mode:04o}). Choose a "
+            f"CITYSENSE_DATA_DIR it can reach (e.g. under /srv or /var/lib), or let it through "
+            f"with `chmod o+x {blocked}`"
+        )
+
+
+def stack_database_url(settings: Settings) -> str | None:
+    """The SQLAlchemy URL of the stack's PostgreSQL, if ``settings`` are in nats mode and
+    ``stack.json`` records a ``postgresql`` that still runs; else None.
+
+    The port is the recorded one (where the server is), which differs from
+    ``CITYSENSE_POSTGRES_PORT`` only until the next ``up`` moves it. Raises ``StackError``
+    if ``stack.json`` cannot be read.
+    """
+    if settings.broker != "nats":
+        return None
+    for proc in _recorded(settings):
+        if proc.name == POSTGRES and proc.alive():
+            return f"postgresql+psycopg://{POSTGRES_USER}@{proc.address}/{POSTGRES_DATABASE}"
+    return None
 
 
 def _nats_up(settings: Settings, recorded: dict[str, ManagedProcess]) -> list[ManagedProcess]:
@@ -127,22 +228,31 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
     """Start the broker and InfluxDB for ``settings``, reusing those already running; record them.
 
     The broker is Mosquitto, or with ``CITYSENSE_BROKER=nats`` a cluster of NATS nodes
-    (``ingest.ops.nats``). Data lives in ``DATA_DIR/mosquitto`` (or ``nats``) and
-    ``DATA_DIR/influxdb`` and survives ``down``/``up``. If a step fails, what this call started
-    is stopped again.
+    (``ingest.ops.nats``) and then also PostgreSQL on ``CITYSENSE_POSTGRES_PORT``, the
+    workers' shared database (``stack_database_url``). Data lives in ``DATA_DIR/mosquitto``
+    (or ``nats`` and ``postgresql``) and ``DATA_DIR/influxdb`` and survives ``down``/``up``.
+    If a step fails, what this call started is stopped again; what still runs stays recorded.
     """
     _check_loopback("CITYSENSE_MQTT_HOST", settings.mqtt_host)
     _check_loopback("CITYSENSE_INFLUX_URL", settings.influx_host)
     data_dir = settings.data_dir.resolve()
-    recorded = {p.name: p for p in _recorded(settings)}
-    other_broker = "nats-" if settings.broker == "mosquitto" else "mosquitto"
-    for p in list(recorded.values()):
-        if p.name.startswith(other_broker):  # the broker was switched: one MQTT port, one broker
-            p.stop()
-            del recorded[p.name]
-    brokers: list[ManagedProcess] = []
     if settings.broker == "nats":
-        brokers = _nats_up(settings, recorded)
+        _check_postgres_reachable(data_dir)
+    recorded = {p.name: p for p in _recorded(settings)}
+
+    def switched(name: str) -> bool:
+        if settings.broker == "nats":
+            return name == "mosquitto"
+        # Back to mosquitto: the NATS nodes go (one MQTT port, one broker), and so does the
+        # PostgreSQL of the nats stack: only nats-mode workers share it (stack_database_url is
+        # None now), and left running it would drop out of stack.json, where `down` could no
+        # longer find it. Its data stays in DATA_DIR/postgresql for the next nats `up`.
+        return name.startswith("nats-") or name == POSTGRES
+
+    for p in list(recorded.values()):
+        if switched(p.name):
+            _stop(p)
+            del recorded[p.name]
     wanted: list[tuple[str, int, str, Callable[[], ManagedProcess]]] = [
         (
             "influxdb",
@@ -153,6 +263,17 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
             ),
         ),
     ]
+    if settings.broker == "nats":
+        postgres = (
+            POSTGRES,
+            settings.postgres_port,
+            "CITYSENSE_POSTGRES_PORT",
+            lambda: dataclasses.replace(
+                start_postgres(settings.postgres_port, data_dir / POSTGRES, POSTGRES_DATABASE),
+                name=POSTGRES,
+            ),
+        )
+        wanted.append(postgres)
     if settings.broker == "mosquitto":
         mosquitto = (
             "mosquitto",
@@ -166,9 +287,11 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
             ),
         )
         wanted.insert(0, mosquitto)
-    procs: list[ManagedProcess] = list(brokers)
+    procs: list[ManagedProcess] = []
     started: list[ManagedProcess] = []
     try:
+        if settings.broker == "nats":
+            procs += _nats_up(settings, recorded)
         for name, port, setting, start in wanted:
             old = recorded.get(name)
             if old is not None and old.alive():
@@ -176,28 +299,30 @@ def up(settings: Settings, repo_root: Path) -> list[ManagedProcess]:
                     procs.append(old)
                     continue
                 # Same data directory, new port: two servers must not share one database.
-                old.stop()
+                _stop(old)
             try:
                 proc = start()
             except PortInUseError as e:
                 raise PortInUseError(f"{e}; choose another port with {setting}") from e
             started.append(proc)
             procs.append(proc)
-        influxdb = procs[-1]
+        influxdb = next(p for p in procs if p.name == "influxdb")
         if not any(p is influxdb for p in started):
             # A reused server may predate a change of CITYSENSE_INFLUX_DATABASE.
             influx_command(influxdb.url, f"CREATE DATABASE {quote_ident(settings.influx_database)}")
     except BaseException:
         for proc in started:
-            proc.stop()
+            _stop(proc)
+        # NATS nodes started here, servers reused or not reached yet: recorded, reused.
+        _record_survivors(settings, [*recorded.values(), *procs])
         raise
-    _record(settings, procs)  # nats nodes a failed InfluxDB left running: recorded, reused
+    _record(settings, procs)
     return procs
 
 
 def down(settings: Settings) -> list[str]:
     """Stop what ``up`` recorded for ``settings`` and is still running; return their names."""
-    stopped = [p.name for p in _recorded(settings) if p.stop()]
+    stopped = [p.name for p in _recorded(settings) if _stop(p)]
     state_file(settings).unlink(missing_ok=True)
     return stopped
 

@@ -1,11 +1,16 @@
 """The local stack: the fixtures' servers answer, the broker keeps what it promises, `stack up`
-is idempotent, two stacks live side by side, `stack down` stops only its own."""
+is idempotent, two stacks live side by side, `stack down` stops only its own; in nats mode it
+also runs PostgreSQL, whose URL `stack_database_url` gives."""
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import shutil
+import socket
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -16,6 +21,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy
 
 from ingest.ops import processes, stack
 from ingest.ops.processes import ManagedProcess, StackError, free_port, mqtt_answers, port_in_use
@@ -327,23 +333,138 @@ def test_down_leaves_alone_a_recorded_pid_that_is_now_another_program(tmp_path: 
         other.stop()
 
 
-def test_up_in_nats_mode_starts_a_cluster_and_switching_back_stops_it(tmp_path: Path) -> None:
-    """CITYSENSE_BROKER=nats: three clustered nodes, node 1's MQTT on CITYSENSE_MQTT_PORT, a
-    device's own login works; up again reuses them; back to mosquitto stops them (one port)."""
-    settings = _settings(tmp_path).model_copy(update={"broker": "nats", "partitions": 4})
+@pytest.fixture
+def reachable_root() -> Iterator[Path]:
+    """A temporary directory that user ``postgres`` may enter: as root, the stack's PostgreSQL
+    runs as that user, and pytest's ``tmp_path`` lies in root's 0700 ``/tmp/pytest-of-root``."""
+    root = Path(tempfile.mkdtemp(prefix="citysense-stack-"))
+    root.chmod(0o711)  # mkdtemp makes it 0700
     try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fake_postgresql(settings: Settings, proc: ManagedProcess) -> None:
+    """A stack.json recording ``proc`` as the stack's PostgreSQL."""
+    record = {**proc.to_record(), "name": "postgresql"}
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "stack.json").write_text(json.dumps([record]))
+
+
+def test_stack_database_url_is_the_recorded_running_postgresql_in_nats_mode(
+    tmp_path: Path,
+) -> None:
+    nats_mode = _settings(tmp_path).model_copy(update={"broker": "nats"})
+    mosquitto_mode = nats_mode.model_copy(update={"broker": "mosquitto"})
+    assert stack.stack_database_url(nats_mode) is None  # no stack.json
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    port = free_port()
+    fake = processes.spawn("fake", sleeper, port, tmp_path / "fake.log")
+    try:
+        # Until it has exec'd, /proc shows our own command line, not the recorded one.
+        deadline = time.monotonic() + TIMEOUT_S
+        while not ManagedProcess.from_record(fake.to_record()).alive():
+            assert time.monotonic() < deadline, "the fake never showed its command line"
+            time.sleep(0.01)
+        _fake_postgresql(nats_mode, fake)
+        # The recorded port, where the server is, whatever CITYSENSE_POSTGRES_PORT says now.
+        assert nats_mode.postgres_port != port
+        url = stack.stack_database_url(nats_mode)
+        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{port}/citysense"
+        assert stack.stack_database_url(mosquitto_mode) is None
+    finally:
+        fake.stop()
+    assert stack.stack_database_url(nats_mode) is None  # recorded, but no longer running
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only as root does PostgreSQL run as `postgres`")
+def test_up_in_nats_mode_refuses_a_data_dir_user_postgres_cannot_reach(tmp_path: Path) -> None:
+    # tmp_path is in /tmp/pytest-of-root, mode 0700.
+    settings = _settings(tmp_path).model_copy(update={"broker": "nats", "broker_nodes": 1})
+    with pytest.raises(StackError, match=r"user 'postgres', which may not enter /tmp/pytest-of"):
+        stack.up(settings, REPO)
+    assert stack.status(settings) == []  # refused before anything started
+    assert not port_in_use(settings.mqtt_port)
+
+
+@pytest.mark.postgresql
+def test_up_in_nats_mode_starts_a_cluster_and_postgresql_switching_back_stops_them(
+    reachable_root: Path,
+) -> None:
+    """CITYSENSE_BROKER=nats: three clustered nodes, node 1's MQTT on CITYSENSE_MQTT_PORT, a
+    device's own login works, PostgreSQL on CITYSENSE_POSTGRES_PORT answers through
+    stack_database_url; a failed step leaves what runs recorded; up again reuses them; back to
+    mosquitto stops the nodes (one port) and PostgreSQL; down stops PostgreSQL promptly even
+    with a session open."""
+    settings = _settings(reachable_root).model_copy(
+        update={"broker": "nats", "partitions": 4, "postgres_port": free_port()}
+    )
+    try:
+        # PostgreSQL's port is taken: up fails and stops the InfluxDB it started, but the NATS
+        # nodes run on, recorded (`down` can stop them), and the next up reuses them.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", settings.postgres_port))
+            taken.listen()
+            with pytest.raises(StackError, match=r"(?s)already in use.*CITYSENSE_POSTGRES_PORT"):
+                stack.up(settings, REPO)
+        survivors = stack.status(settings)
+        assert [(p.name, alive) for p, alive in survivors] == [
+            ("nats-1", True),
+            ("nats-2", True),
+            ("nats-3", True),
+        ]
+        assert stack.stack_database_url(settings) is None
+
         procs = stack.up(settings, REPO)
-        assert [p.name for p in procs] == ["nats-1", "nats-2", "nats-3", "influxdb"]
+        names = ["nats-1", "nats-2", "nats-3", "influxdb", "postgresql"]
+        assert [p.name for p in procs] == names
+        assert [p.pid for p in procs[:3]] == [p.pid for p, _ in survivors]
         assert procs[0].port == settings.mqtt_port
-        assert len({p.port for p in procs}) == 4
+        assert procs[4].port == settings.postgres_port
+        assert len({p.port for p in procs}) == 5
         for node in procs[:3]:
             with mqtt_client(node.port, login=device_login("gate-sq-0001")) as s:
                 assert not s.session_present
+        # status reads stack.json back, as `citysense stack status` in another process would.
+        assert [(p.name, p.pid, p.port, alive) for p, alive in stack.status(settings)] == [
+            (p.name, p.pid, p.port, True) for p in procs
+        ]
+        url = stack.stack_database_url(settings)
+        assert url == f"postgresql+psycopg://postgres@127.0.0.1:{settings.postgres_port}/citysense"
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                assert conn.execute(sqlalchemy.text("SELECT 1")).scalar() == 1
+                conn.execute(sqlalchemy.text("CREATE TABLE kept (n int)"))
+        finally:
+            engine.dispose()
         assert [p.pid for p in stack.up(settings, REPO)] == [p.pid for p in procs]
+
         mosquitto = settings.model_copy(update={"broker": "mosquitto"})
         again = stack.up(mosquitto, REPO)
         assert [p.name for p in again] == ["mosquitto", "influxdb"]
         assert again[1].pid == procs[3].pid  # InfluxDB kept
-        assert not any(p.alive() for p in procs[:3])
+        assert not any(p.alive() for p in procs[:3] + procs[4:])
+        assert stack.stack_database_url(settings) is None
+        assert not port_in_use(settings.postgres_port)
+
+        # Back to nats: PostgreSQL starts again on its data in DATA_DIR/postgresql.
+        procs = stack.up(settings, REPO)
+        assert [p.name for p in procs] == names
+        engine = sqlalchemy.create_engine(url)
+        held = engine.connect()  # a session open across down: the fast shutdown ends it
+        try:
+            assert held.execute(sqlalchemy.text("SELECT count(*) FROM kept")).scalar() == 0
+            held.commit()
+            started = time.monotonic()
+            assert sorted(stack.down(settings)) == sorted(names)
+            # SIGTERM alone (a smart shutdown) would wait for the session until SIGKILL.
+            assert time.monotonic() - started < processes.STOP_TIMEOUT_S
+        finally:
+            held.invalidate()  # its server is gone: close it without a ROLLBACK
+            engine.dispose()
+        assert not port_in_use(settings.postgres_port)
+        assert stack.stack_database_url(settings) is None
     finally:
         stack.down(settings)

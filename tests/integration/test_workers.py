@@ -33,6 +33,8 @@ from devices.registry import Device
 from ingest.alerts.store import AlertStore
 from ingest.cluster.leases import Lease, Leases
 from ingest.ops.processes import ManagedProcess, free_port, start_influxd, start_postgres
+from simulator import SimulationConfig, dry_run
+from simulator.plan import plan_run
 from tests import brokerauth
 from tests.integration.faults import (
     STEP_MS,
@@ -42,6 +44,7 @@ from tests.integration.faults import (
     reference_alerts,
     telemetry_payload,
 )
+from tests.integration.test_alert_scenarios import CASES
 from tests.integration.test_nats_cluster import (
     HOST,
     PARTITIONS,
@@ -70,7 +73,7 @@ class Workers:
     root: Path
     services: dict[str, Service] = field(default_factory=dict)
 
-    def start(self, name: str, node: int) -> Service:
+    def start(self, name: str, node: int, **extra_env: str) -> Service:
         others = ",".join(f"{HOST}:{self.cluster.mqtt_port(i)}" for i in range(3) if i != node)
         service = Service(
             _Stack(self.cluster.mqtt_port(node), self.influx),  # type: ignore[arg-type]
@@ -83,6 +86,7 @@ class Workers:
             CITYSENSE_WORKER_NAME=name,
             CITYSENSE_LEASE_S=str(LEASE_S),
             CITYSENSE_DATABASE_URL=self.database,
+            **extra_env,
         )
         self.services[name] = service
         service.start()
@@ -310,3 +314,72 @@ def test_the_devices_node_dying_loses_nothing(workers: Workers) -> None:
     acked = {key: ts for key, ts, info in sent if info.is_published()}
     assert len(acked) == len(sent)
     check_everything(workers, base, acked)
+
+
+SCENARIO_RUN_S = 1300.0
+
+
+def test_the_simulators_scenarios_raise_exactly_their_alerts_once(
+    cluster: Cluster,  # noqa: F811
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """Flood, pollution, accident and tailgating played at once on four devices (the
+    simulator's dry run, as tests/integration/test_alert_scenarios.py plays each on Mosquitto),
+    through node 3, to two workers: the store holds exactly the alerts the scenarios are
+    documented to cause, each (rule, device) once, and the scenarios' devices lie in both
+    workers' partitions."""
+    cases = {c.scenario: c for c in CASES if c.scenario != "silent"}
+    config = SimulationConfig(
+        scenarios=tuple(cases),
+        duration=SCENARIO_RUN_S,
+        scenario_at=600,
+        rate=0.2,
+        seed=7,
+    )
+    assignments = plan_run(config, REGISTRY).assignments
+    expected = {(rule, a.device_id) for a in assignments for rule in cases[a.scenario.name].rules}
+    database = new_database(postgres_url, "scenarios")
+    influx = start_influxd(free_port(), tmp_path / "influxdb", "citysense")
+    w = Workers(cluster, database, influx, tmp_path)
+    skew = str(SCENARIO_RUN_S + 120)  # the simulated clock runs up to the run ahead
+    try:
+        for name, node in (("a", 0), ("b", 1)):
+            w.start(name, node, CITYSENSE_FUTURE_SKEW_S=skew, CITYSENSE_AHEAD_TOLERANCE_S=skew)
+        w.wait_owners(shared, 20)
+        owners = w.owners()
+        assert {owners[partition_of(a.device_id, PARTITIONS)] for a in assignments} == {"a", "b"}
+        played = [m for _, m in dry_run(config, REGISTRY, now_ms())]
+        gateway = client(w.cluster.mqtt_port(2), brokerauth.GATEWAY, "gw-scenarios", 100)
+        try:
+            infos = [gateway.publish(m.topic, m.body(), qos=1, retain=m.retain) for m in played]
+            for info in infos:
+                info.wait_for_publish(60)
+            assert all(info.is_published() for info in infos)
+        finally:
+            gateway.loop_stop()
+            gateway.disconnect()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and {(r, d) for r, d, _ in w.alerts()} != expected:
+            time.sleep(0.5)
+        time.sleep(2.0)  # time for an alert nobody expected, or a second one, to arrive
+        alerts = list(w.alerts())
+        assert {(r, d) for r, d, _ in alerts} == expected
+        assert len(alerts) == len(expected), "an alert was raised twice"
+    finally:
+        w.close()
+        influx.stop()
+        drop_database(database)
+        clear_retained(cluster)
+        cluster.revive()
+
+
+def clear_retained(cluster: Cluster) -> None:  # noqa: F811
+    """The scenario run's retained statuses: gone, so later tests start clean."""
+    gateway = client(cluster.mqtt_port(1), brokerauth.GATEWAY, "gw-clear", 100)
+    try:
+        for d in DEVICES:
+            gateway.publish(f"iot/{d.kind.value}/{d.id}/status", b"", qos=1, retain=True)
+    finally:
+        gateway.loop_stop()
+        gateway.disconnect()
