@@ -26,7 +26,7 @@ from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
-from ingest.api.tokens import TokenStore, tokens_path
+from ingest.api.tokentable import open_tokens
 from ingest.cluster.leases import Leases
 from ingest.cluster.seat import Seat
 from ingest.cluster.worker import Worker
@@ -43,7 +43,7 @@ from ingest.mqtt.partitions import STRIDE, PartitionSessions
 from ingest.mqtt.session import MqttConsumer
 from ingest.pipeline import Pipeline
 from ingest.settings import Settings
-from ingest.sinks.deadletters import DeadLetterBuffer, DeadLetterStore, store_path
+from ingest.sinks.deadletters import DeadLetterBuffer, DeadLetterStore, store_location
 from ingest.sinks.delivery import Deliverer
 from ingest.sinks.drain import Drain
 from ingest.sinks.spool import Spool
@@ -151,7 +151,7 @@ def _api_server(
         rules_path=settings.rules,
         alert_store=alert_store,
         dead_letters=dead_letters,
-        tokens=TokenStore.load(tokens_path(settings)),
+        tokens=open_tokens(settings),
         http=http,
         feed=alerting.feed,
         announce=alerting.announce_stored,  # ack/resolve write their messages themselves:
@@ -191,9 +191,7 @@ async def serve(
     if sink is None:
         return state
     private_dir(settings.data_dir)
-    store = DeadLetterStore(
-        private_file(store_path(settings.data_dir)), settings.deadletter_max_rows
-    )
+    store = DeadLetterStore(store_location(settings), settings.deadletter_max_rows)
     batcher = Batcher(settings.batch_size, settings.batch_interval_s)
     cluster = settings.broker == "nats"  # a worker: partitions under leases (ingest/cluster/)
     acks = AckRouter(STRIDE) if cluster else AckTracker()

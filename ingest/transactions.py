@@ -3,10 +3,12 @@ settings and the writers' turns on PostgreSQL."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
 
 WRITE = "citysense_write"  # execution option: this transaction writes (BEGIN IMMEDIATE)
 BUSY_TIMEOUT_MS = 10_000
@@ -54,3 +56,22 @@ def sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         conn.exec_driver_sql("BEGIN")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine on ``url``; on SQLite with the settings above (WAL, synchronous=FULL,
+    BEGIN IMMEDIATE for writers), a file's directory made, an in-memory database shared by
+    every thread. The alert store, leases, dead letters and tokens all open theirs here."""
+    parsed = make_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        elif not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", sqlite_connect)
+        event.listen(engine, "begin", sqlite_begin)
+    return engine

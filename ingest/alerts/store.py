@@ -32,15 +32,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
-    create_engine,
-    event,
     func,
     or_,
     select,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
 
 from devices.kinds import Kind, Level
 from ingest.alerts.database import (
@@ -61,7 +58,7 @@ from ingest.alerts.transaction import (
     put_announcements,
     put_state,
 )
-from ingest.transactions import WRITE, serialise_writers, sqlite_begin, sqlite_connect
+from ingest.transactions import WRITE, open_engine, serialise_writers
 from rules.alerts import (
     AUTO,
     Alert,
@@ -121,19 +118,7 @@ class AlertStore:
     """
 
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        options: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            database = parsed.database or ""
-            if database in ("", ":memory:"):
-                # One shared connection, so every thread sees the same in-memory database.
-                options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-            elif not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine: Engine = create_engine(url, **options)
-        if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", sqlite_connect)
-            event.listen(self._engine, "begin", sqlite_begin)
+        self._engine: Engine = open_engine(url)
         self._writer: Engine = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:  # serialised, so two processes may start together
             serialise_writers(conn)

@@ -5,6 +5,11 @@ random. The tokens file (YAML, mode 0600) keeps only the SHA-256 of each secret,
 the file does not let anyone call the API. ``citysense tokens add`` writes the file and a
 running server picks it up through ``TokenStore.reload_if_changed``. ``verify`` takes the
 token alone, the part after ``Authorization: Bearer``.
+
+With ``CITYSENSE_DATABASE_URL`` (a cluster's workers, issue 16) the tokens are rows of the
+shared database's ``api_tokens`` table instead (``tokentable.TableTokenStore``, same hashes,
+revoked rows kept with their time), so a token added on any host is accepted by every worker
+within about a second (``tokentable.open_tokens`` picks one or the other).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -217,16 +222,50 @@ def _write(path: Path, entries: Iterable[TokenEntry]) -> _Signature:
     return _signature(path.stat())
 
 
+def _new_entry(
+    name: str, role: Role, areas: Iterable[str], taken: Callable[[str], bool]
+) -> tuple[str, TokenEntry]:
+    """A fresh token (its text, shown only once) and its entry, with an id not ``taken``.
+
+    ValueError naming the field if the entry would be invalid; ReservedActor if ``name`` is
+    the rules' own actor: a token's name signs its acks and resolves.
+    """
+    check_person(name)
+    token_id = secrets.token_hex(_ID_HEX_CHARS // 2)
+    while taken(token_id):
+        token_id = secrets.token_hex(_ID_HEX_CHARS // 2)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    try:
+        entry = TokenEntry(
+            id=token_id,
+            name=name,
+            role=role,
+            areas=tuple(areas),
+            hash=_hash(secret),
+            created=datetime.now(UTC).replace(microsecond=0),
+        )
+    except ValidationError as e:
+        raise ValueError(
+            "; ".join(
+                ".".join(str(p) for p in err["loc"]) + f": {err['msg']}"
+                if err["loc"]
+                else err["msg"]
+                for err in e.errors(include_url=False)
+            )
+        ) from None
+    return f"{PREFIX}_{token_id}_{secret}", entry
+
+
 class TokenStore:
     """The tokens of one file, by id; ``verify`` is what the HTTP API calls per request."""
 
     def __init__(
         self,
-        path: Path,
+        path: Path | None,
         entries: dict[str, TokenEntry] | None = None,
         signature: _Signature | None = None,
     ) -> None:
-        self.path = path
+        self.path = path  # None: the tokens are in a database (TableTokenStore)
         self._lock = threading.Lock()
         self._set(entries or {}, signature)
 
@@ -236,6 +275,15 @@ class TokenStore:
         entries, signature = _read(path)
         return cls(path, entries, signature)
 
+    @property
+    def where(self) -> str:
+        """Where the tokens are kept, for messages."""
+        return str(self.path)
+
+    def _file(self) -> Path:
+        assert self.path is not None, "only a TableTokenStore has no file"
+        return self.path
+
     def _set(self, entries: dict[str, TokenEntry], signature: _Signature | None) -> None:
         # ``verify`` reads only ``_by_id``, assigned once: other threads see old or new, whole.
         self._entries = entries
@@ -244,14 +292,14 @@ class TokenStore:
 
     def _current_signature(self) -> _Signature | None:
         try:
-            return _signature(self.path.stat())
+            return _signature(self._file().stat())
         except FileNotFoundError:
             return None
 
     def _refresh_for_write(self) -> None:
         """Re-read a file changed by someone else, so a save does not undo their change."""
         if self._current_signature() != self._signature:
-            self._set(*_read(self.path))  # raises on a bad file: never overwrite it blindly
+            self._set(*_read(self._file()))  # raises on a bad file: never overwrite it blindly
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if it changed since the last read or save; True if it did.
@@ -265,7 +313,7 @@ class TokenStore:
             if signature == self._signature:
                 return False
             try:
-                self._set(*_read(self.path))
+                self._set(*_read(self._file()))
             except TokensFileError as e:
                 log.error("tokens file unusable, every API token is refused until fixed: %s", e)
                 self._set({}, signature)
@@ -277,34 +325,12 @@ class TokenStore:
         ReservedActor if ``name`` is the rules' own actor: a token's name signs its acks and
         resolves. A file edited by hand may still hold one; the store refuses its steps.
         """
-        check_person(name)
         with self._lock:
             self._refresh_for_write()
-            token_id = secrets.token_hex(_ID_HEX_CHARS // 2)
-            while token_id in self._entries:
-                token_id = secrets.token_hex(_ID_HEX_CHARS // 2)
-            secret = secrets.token_urlsafe(_SECRET_BYTES)
-            try:
-                entry = TokenEntry(
-                    id=token_id,
-                    name=name,
-                    role=role,
-                    areas=tuple(areas),
-                    hash=_hash(secret),
-                    created=datetime.now(UTC).replace(microsecond=0),
-                )
-            except ValidationError as e:
-                raise ValueError(
-                    "; ".join(
-                        ".".join(str(p) for p in err["loc"]) + f": {err['msg']}"
-                        if err["loc"]
-                        else err["msg"]
-                        for err in e.errors(include_url=False)
-                    )
-                ) from None
+            token, entry = _new_entry(name, role, areas, lambda i: i in self._entries)
             entries = {**self._entries, entry.id: entry}
-            self._set(entries, _write(self.path, entries.values()))
-            return f"{PREFIX}_{token_id}_{secret}", entry.principal()
+            self._set(entries, _write(self._file(), entries.values()))
+            return token, entry.principal()
 
     def verify(self, token: str) -> Principal | None:
         """The principal of a valid token; None for anything malformed, unknown or revoked."""
@@ -334,5 +360,5 @@ class TokenStore:
             if token_id not in self._entries:
                 return False
             entries = {i: e for i, e in self._entries.items() if i != token_id}
-            self._set(entries, _write(self.path, entries.values()))
+            self._set(entries, _write(self._file(), entries.values()))
             return True

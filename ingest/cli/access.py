@@ -7,14 +7,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from devices.registry import Registry
-from ingest.api.tokens import Role, TokensFileError, TokenStore, tokens_path
+from ingest.api.tokens import Role, TokensFileError, TokenStore
+from ingest.api.tokentable import open_tokens
 from ingest.cli.common import (
     checked_settings,
-    load_settings,
     print_json,
     print_table,
     registry_at,
+    store_settings,
 )
 from ingest.ops.workers import Worker
 from ingest.settings import Settings
@@ -60,20 +63,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    """Add, list or revoke the HTTP API's bearer tokens."""
-    settings = load_settings()
-    path = tokens_path(settings)
+    """Add, list or revoke the HTTP API's bearer tokens (in the shared database if
+    CITYSENSE_DATABASE_URL is set, else in the tokens file)."""
+    settings = store_settings()
     try:
-        store = TokenStore.load(path)
+        store = open_tokens(settings)
         if args.action == "add":
             return _add_token(args, settings, store)
         if args.action == "revoke":
             if not store.revoke(args.id):
-                print(f"citysense tokens: no token {args.id} in {path}", file=sys.stderr)
+                print(f"citysense tokens: no token {args.id} in {store.where}", file=sys.stderr)
                 return 1
             print(f"revoked {args.id}")
             return 0
-    except TokensFileError as e:
+    except (TokensFileError, SQLAlchemyError) as e:
         print(f"citysense tokens: {e}", file=sys.stderr)
         return 1
     principals = store.list()
@@ -91,7 +94,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         ]
         print_table(rows, ("id", "name", "role", "areas"))
         if not principals:
-            print(f"no tokens in {path}", file=sys.stderr)
+            print(f"no tokens in {store.where}", file=sys.stderr)
     return 0
 
 
@@ -123,7 +126,7 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
     scope = ", ".join(sorted(principal.areas)) or "all areas"
     print(
         f"created {principal.token_id} for {principal.name} ({role.value}: {scope}) in "
-        f"{store.path}; the token above is shown only now, the file keeps its hash\n"
+        f"{store.where}; the token above is shown only now, only its hash is kept\n"
         f'use it: curl -H "Authorization: Bearer <token>" '
         f"http://{settings.api_host}:{settings.api_port}/alerts",
         file=sys.stderr,

@@ -10,9 +10,9 @@ from typing import Any
 
 from devices.kinds import Level
 from ingest.cli.common import (
-    load_settings,
     print_json,
     print_table,
+    store_settings,
 )
 from ingest.settings import Settings
 
@@ -40,7 +40,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from ingest.alerts.store import AlertNotFound, AlertStore, store_url
     from rules.alerts import AlertState, InvalidTransition, ReservedActor
 
-    settings = load_settings()
+    settings = store_settings()
     database = settings.database_url.get_secret_value() if settings.database_url else None
     store = AlertStore(store_url(database, settings.data_dir))
     try:

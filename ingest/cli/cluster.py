@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ingest.cli.common import load_settings, print_json, print_table
+from ingest.cli.common import print_json, print_table, store_settings
 from ingest.cluster.status import ClusterStatus, partition_ranges
 
 NO_CLUSTER = "no cluster: CITYSENSE_BROKER is mosquitto (one service, no partitions)"
@@ -31,7 +31,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     from ingest.cluster.leases import Leases
     from ingest.cluster.status import read_cluster_status
 
-    settings = load_settings()
+    settings = store_settings()
     if settings.broker != "nats":
         # Not an error: a single service is a valid setup, there is just nothing to show.
         if args.json:

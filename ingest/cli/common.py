@@ -30,6 +30,15 @@ def load_settings() -> Settings:
         sys.exit("\n".join(["citysense: bad CITYSENSE_* setting:", *lines, str(e)]))
 
 
+def store_settings() -> Settings:
+    """The settings of a command that reads the shared database (alerts, tokens, dead
+    letters, cluster): in nats mode with ``CITYSENSE_DATABASE_URL`` unset, the stack's own
+    PostgreSQL (``ingest/ops/stack.py``)."""
+    from ingest.ops.stack import with_stack_database
+
+    return with_stack_database(load_settings())
+
+
 def checked_settings(command: str) -> Settings:
     """The settings, refused at start if production still has a public secret (issue 13)."""
     from ingest.ops.production import PublicSecretError, check_production

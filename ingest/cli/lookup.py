@@ -14,6 +14,7 @@ from ingest.cli.common import (
     print_json,
     print_table,
     registry_at,
+    store_settings,
 )
 
 
@@ -75,12 +76,13 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
     """List dead letters, newest first, with a count per reason."""
     from ingest.sinks.deadletters import DeadLetterStore, store_path
 
-    settings = load_settings()
+    settings = store_settings()
+    where = settings.database_url.get_secret_value() if settings.database_url else None
     path = store_path(settings.data_dir)
-    if not path.exists():
+    if where is None and not path.exists():  # nothing rejected yet: create no file
         letters, counts = [], {}
     else:
-        store = DeadLetterStore(path)
+        store = DeadLetterStore(where or path)
         letters, counts = store.list(reason=args.reason, limit=args.limit), store.counts()
         store.close()
     if args.json:

@@ -88,10 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the ingest service until SIGINT/SIGTERM."""
     from ingest.mqtt.tls import MqttTlsError, mqtt_tls_context
     from ingest.ops.nats import with_cluster_nodes
-    from ingest.ops.stack import operator_query_hint
+    from ingest.ops.stack import operator_query_hint, with_stack_database
     from ingest.service import StartRefused, serve
 
-    settings = with_cluster_nodes(checked_settings("serve"))
+    settings = with_stack_database(with_cluster_nodes(checked_settings("serve")))
     try:
         mqtt_tls_context(settings)  # reads the TLS files now, off the event loop; cached
     except MqttTlsError as e:

@@ -23,7 +23,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -33,13 +32,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
-    event,
     select,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 
-from ingest.transactions import WRITE, serialise_writers, sqlite_begin, sqlite_connect
+from ingest.transactions import WRITE, open_engine, serialise_writers
 
 metadata = MetaData()
 # The leases' own turn on PostgreSQL: a lease beat never waits behind the alert writers.
@@ -88,13 +85,7 @@ class Leases:
     def __init__(self, url: str, partitions: int, lease_ms: int) -> None:
         self.partitions = partitions
         self.lease_ms = lease_ms
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine: Engine = create_engine(url)
-        if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", sqlite_connect)
-            event.listen(self._engine, "begin", sqlite_begin)
+        self._engine: Engine = open_engine(url)
         self._writer = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:
             serialise_writers(conn, LEASES_LOCK)

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.api.tokens import Role, TokenStore, tokens_path
+from ingest.api.tokens import Role
+from ingest.api.tokentable import open_tokens
 from ingest.ops import processes, stack
 from ingest.settings import Settings
 
@@ -41,7 +42,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
 def _demo_token(settings: Settings) -> str:
     """A fresh operator token for this run (the last run's is revoked: only hashes are kept,
     so an old token cannot be shown again)."""
-    tokens = TokenStore.load(tokens_path(settings))
+    tokens = open_tokens(stack.with_stack_database(settings))  # where `serve` reads them
     for principal in tokens.list():
         if principal.name == DEMO_TOKEN_NAME:
             tokens.revoke(principal.token_id)

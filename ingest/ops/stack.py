@@ -22,6 +22,8 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from devices.registry import load_registry
 from ingest.ops import nats
 from ingest.ops.brokerconfig import BrokerFiles, write_broker_files
@@ -194,6 +196,18 @@ def stack_database_url(settings: Settings) -> str | None:
         if proc.name == POSTGRES and proc.alive():
             return f"postgresql+psycopg://{POSTGRES_USER}@{proc.address}/{POSTGRES_DATABASE}"
     return None
+
+
+def with_stack_database(settings: Settings) -> Settings:
+    """``settings`` with the stack's PostgreSQL as ``CITYSENSE_DATABASE_URL`` when that is
+    unset and ``stack up`` in nats mode runs one: every worker and every CLI command on this
+    host then shares the cluster's one database."""
+    if settings.database_url is not None:
+        return settings
+    url = stack_database_url(settings)
+    if url is None:
+        return settings
+    return settings.model_copy(update={"database_url": SecretStr(url)})
 
 
 def _nats_up(settings: Settings, recorded: dict[str, ManagedProcess]) -> list[ManagedProcess]:

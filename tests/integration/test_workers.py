@@ -72,6 +72,9 @@ class Workers:
     influx: ManagedProcess
     root: Path
     services: dict[str, Service] = field(default_factory=dict)
+    # The workers' one prefix of the partitions' sessions; new in each test, so what an
+    # earlier test's sessions still hold (a killed worker's unacknowledged messages) stays there.
+    client_id: str = field(default_factory=lambda: f"citysense-workers-{uuid.uuid4().hex[:6]}")
 
     def start(self, name: str, node: int, **extra_env: str) -> Service:
         others = ",".join(f"{HOST}:{self.cluster.mqtt_port(i)}" for i in range(3) if i != node)
@@ -82,7 +85,7 @@ class Workers:
             CITYSENSE_BROKER="nats",
             CITYSENSE_PARTITIONS=str(PARTITIONS),
             CITYSENSE_MQTT_ALSO=others,
-            CITYSENSE_MQTT_CLIENT_ID="citysense-workers",  # the partitions' sessions are shared
+            CITYSENSE_MQTT_CLIENT_ID=self.client_id,  # the partitions' sessions are shared
             CITYSENSE_WORKER_NAME=name,
             CITYSENSE_LEASE_S=str(LEASE_S),
             CITYSENSE_DATABASE_URL=self.database,
