@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from devices.kinds import Channel
+from devices.kinds import Channel, Level
 from devices.partitions import partition_of
 from devices.payloads import RiverTelemetry
 from devices.registry import Registry, load_registry
@@ -22,7 +22,7 @@ from ingest.alerts.alerting import Alerting
 from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.cluster.engines import state_key
 from ingest.cluster.leases import Leases
-from ingest.cluster.seat import Seat
+from ingest.cluster.seat import LEADER_PARTITION, Seat
 from ingest.intake.batcher import Batcher
 from rules.loader import parse_rules
 from tests.unit.test_alerting_trust import MINUTE, RIVER, T0, WARNING
@@ -41,12 +41,14 @@ def registry() -> Registry:
 class Worker:
     """One worker's Alerting, seat and batcher on the shared store and leases."""
 
-    def __init__(self, tmp_path: Path, registry: Registry, name: str) -> None:
+    def __init__(
+        self, tmp_path: Path, registry: Registry, name: str, rule: dict[str, Any] = FOR_2M
+    ) -> None:
         self.registry = registry
         self.leases = Leases(sqlite_url(tmp_path), P, LEASE_MS)
         self.seat = Seat(name, P)
         self.batcher = Batcher(1000, 60)
-        rules = parse_rules({"rules": [FOR_2M]}, "<test>", registry)
+        rules = parse_rules({"rules": [rule]}, "<test>", registry)
         store = AlertStore(sqlite_url(tmp_path))
         self.alerting = Alerting(
             rules,
@@ -163,3 +165,26 @@ async def test_a_workers_live_stream_tells_what_another_worker_raised(
         (alert.id, "opened"),
         (alert.id, "acknowledged"),
     ]
+
+
+async def test_only_the_leader_escalates_and_a_deposed_one_is_refused(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """The escalation clock runs once in the cluster: on the holder of partition 0. A worker
+    that lost partition 0 (paused past its lease) and still tries is refused by the fence."""
+    rule = {**FOR_2M, "escalate_after": "1m"}
+    a = Worker(tmp_path, registry, "a", rule)
+    await a.beat(T0)
+    b = Worker(tmp_path, registry, "b", rule)
+    await b.beat(T0 + 1)  # a member, holding nothing yet
+    for i in range(3):
+        a.reading(T0 + i * MINUTE, 212.0, i + 1)
+    await a.alerting._store_round()
+    (alert,) = a.store.open_alerts()
+    later = alert.raised_ms + 2 * MINUTE
+    assert a.alerting._leads() and not b.alerting._leads()
+    # b takes everything once a's leases ran out; a has not heard (it was paused).
+    await b.beat(T0 + LEASE_MS + 1)
+    assert LEADER_PARTITION in b.seat.epochs
+    assert a.alerting._escalate_due(later) == []  # refused: Fenced
+    assert [x.escalation_level for x, _ in b.alerting._escalate_due(later)] == [Level.VILLAGE]
