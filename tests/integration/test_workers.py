@@ -16,21 +16,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
 from devices.partitions import partition_of
 from devices.registry import Device
 from ingest.alerts.store import AlertStore
+from ingest.api.tokens import Role
+from ingest.api.tokentable import TableTokenStore
 from ingest.cluster.leases import Lease, Leases
 from ingest.ops.processes import ManagedProcess, free_port, start_influxd, start_postgres
 from simulator import SimulationConfig, dry_run
@@ -386,3 +392,103 @@ def clear_retained(cluster: Cluster) -> None:  # noqa: F811
     finally:
         gateway.loop_stop()
         gateway.disconnect()
+
+
+def test_a_browser_on_one_worker_hears_the_alert_another_raised(
+    cluster: Cluster,  # noqa: F811
+    postgres_url: str,
+    tmp_path: Path,
+) -> None:
+    """The HTTP API on both workers, one operator token in the shared database: a live stream
+    open on worker b carries the alert worker a raised for a device of a's partitions, and
+    the acknowledgement made through b's API is in a's stream too."""
+    database = new_database(postgres_url, "stream")
+    influx = start_influxd(free_port(), tmp_path / "influxdb", "citysense")
+    w = Workers(cluster, database, influx, tmp_path)
+    tokens = TableTokenStore(database)
+    token, _ = tokens.add("duty officer", Role.OPERATOR)
+    tokens.close()
+    ports: dict[str, int] = {}
+    try:
+        for name, node in (("a", 0), ("b", 1)):
+            service = w.start(name, node, CITYSENSE_API_ENABLED="true", CITYSENSE_API_PORT="0")
+            found = re.search(r"HTTP API at http://[\d.]+:(\d+)", service.log_path.read_text())
+            assert found, "the worker did not say where its API is"
+            ports[name] = int(found[1])
+        w.wait_owners(shared, 20)
+        owners = w.owners()
+        river = next(
+            d
+            for d in DEVICES
+            if d.kind.value == "river" and owners[partition_of(d.id, PARTITIONS)] == "a"
+        )
+        streams = {name: Stream(ports[name], token) for name in ("a", "b")}
+        try:
+            base = now_ms() - 10 * STEP_MS
+            gateway = client(w.cluster.mqtt_port(2), brokerauth.GATEWAY, "gw-stream", 100)
+            try:
+                for seq in range(1, 5):  # above warning for three minutes: `for: 2m` holds
+                    payload = telemetry_payload(river, seq, base + seq * STEP_MS, False)
+                    info = gateway.publish(
+                        f"iot/river/{river.id}/telemetry", json.dumps(payload), qos=1
+                    )
+                    info.wait_for_publish(30)
+            finally:
+                gateway.loop_stop()
+                gateway.disconnect()
+            opened = streams["b"].wait_for(river.id, "opened")
+            ack = httpx.post(
+                f"http://127.0.0.1:{ports['b']}/alerts/{opened['alert']['id']}/ack",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"note": "on my way"},
+                timeout=10,
+            )
+            assert ack.status_code == 200, ack.text
+            streams["a"].wait_for(river.id, "acknowledged")
+        finally:
+            for stream in streams.values():
+                stream.close()
+    finally:
+        w.close()
+        influx.stop()
+        drop_database(database)
+        cluster.revive()
+
+
+class Stream:
+    """``GET /alerts/stream`` read in a thread: every alert event it carries."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._client = httpx.Client(timeout=httpx.Timeout(5, read=None))
+        self._thread = threading.Thread(target=self._read, args=(port, token), daemon=True)
+        self._thread.start()
+
+    def _read(self, port: int, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        url = f"http://127.0.0.1:{port}/alerts/stream"
+        try:
+            with self._client.stream("GET", url, headers=headers) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        with self._lock:
+                            self.events.append(json.loads(line[6:]))
+        except httpx.HTTPError:
+            if not self._stop.is_set():
+                raise  # the stream broke while the test still listened
+
+    def wait_for(self, device_id: str, action: str, timeout_s: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                for e in self.events:
+                    if e["alert"]["device_id"] == device_id and e["event"]["action"] == action:
+                        return e
+            time.sleep(0.1)
+        pytest.fail(f"no {action} of {device_id} on the stream: {self.events}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client.close()
