@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from benchmarks.rig import (
     GATEWAY,
     INGEST,
@@ -40,9 +42,11 @@ from benchmarks.rig import (
 )
 from benchmarks.workload import Workload
 from devices.registry import load_registry
+from ingest.mqtt.partitions import session_id
 from ingest.ops import nats
 from ingest.ops.brokerconfig import Account
 from ingest.ops.processes import ManagedProcess, free_port, start_postgres
+from ingest.settings import Settings
 from tests.postgres import new_database
 from tests.serviceproc import REGISTRY_FILE
 
@@ -200,9 +204,12 @@ def drain(
     finally:
         for service in services:
             service.stop()
+        ingest_settings = Settings(
+            mqtt_client_id=first.client_id, mqtt_password=SecretStr(INGEST.password)
+        )
         if broker == "nats":  # the partitions' sessions, not one of the client id itself
             for p in range(PARTITIONS):
-                forget_session(stack.mqtt_port, f"{first.client_id}-p{p}", INGEST)
+                forget_session(stack.mqtt_port, session_id(ingest_settings, p), INGEST)
         else:
             first.forget_session()
         for service in services:

@@ -209,7 +209,7 @@ async def serve(
     if database is None:
         private_file(settings.data_dir / ALERTS_FILE)
     alert_store = AlertStore(store_url(database, settings.data_dir))
-    seat = Seat(settings.worker_name, settings.partitions) if cluster else None
+    seat = Seat.of(settings.worker_name, settings.partitions) if cluster else None
     leases = (
         Leases(store_url(database, settings.data_dir), settings.partitions, lease_ms(settings))
         if cluster

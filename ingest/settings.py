@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     )
     worker_name: str = Field(
         "worker-1",
-        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        pattern=r"^[A-Za-z0-9_-]{1,48}$",
         description="nats: this `serve` process's name in the cluster, distinct per process "
         "(partition leases are held by name)",
     )

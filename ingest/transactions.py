@@ -36,15 +36,21 @@ WRITERS_LOCK = 0x43_49_54_59  # "CITY"
 # A writer never waits for the turn longer than this (then its transaction fails and is
 # retried, as a busy SQLite file is); and a writer that stops moving inside its transaction
 # (SIGSTOP, a partitioned network) loses it after IDLE_TIMEOUT_S: the server ends its session,
-# which frees the turn, instead of every writer waiting for it without end.
+# which frees the turn, instead of every writer waiting for it without end. Short: a worker
+# paused inside a transaction holds the rows of the partition leases it fences on (and the
+# turn), so every other worker's beat waits for it — past the lease, the whole cluster would
+# stop reading (issue 16 review). A live writer issues its statements back to back.
 LOCK_TIMEOUT_S = 10
-IDLE_TIMEOUT_S = 30
+IDLE_TIMEOUT_S = 4
 
 
-def serialise_writers(conn: Connection, key: int = WRITERS_LOCK) -> None:
-    """Take the writers' turn ``key`` on PostgreSQL (released at commit or rollback)."""
+def serialise_writers(
+    conn: Connection, key: int = WRITERS_LOCK, lock_timeout_s: float = LOCK_TIMEOUT_S
+) -> None:
+    """Take the writers' turn ``key`` on PostgreSQL (released at commit or rollback); wait for
+    it (and any row lock after it) at most ``lock_timeout_s``."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{round(lock_timeout_s * 1000)}ms'")
         conn.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = '{IDLE_TIMEOUT_S}s'")
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 

@@ -73,6 +73,8 @@ STORE_RETRY_S = 1.0  # the alert store failed (disk full, locked): try the same 
 
 # A message's point held back until its transitions are stored: (line, measurement, ack token).
 HeldPoint = tuple[str, str, int | None]
+# What the engine said of a message (its point, its device) or of a tick: waiting to be stored.
+Item = tuple[list[Transition], HeldPoint | None, str | None]
 
 
 def _now_ms() -> int:
@@ -136,7 +138,8 @@ class Alerting:
         # its ticks' transitions, not yet stored with an engine state that has seen them.
         # With the message's device id (None for ticks): a worker drops what it judged of a
         # partition it lost (``drop_partition``).
-        self._to_store: deque[tuple[list[Transition], HeldPoint | None, str | None]] = deque()
+        self._to_store: deque[Item] = deque()
+        self._dropped_meanwhile: set[int] = set()  # partitions dropped while a round ran
         self._held_points = 0  # points among _to_store and in the thread
         self._to_store_ready = asyncio.Event()  # set: run_store has something to do now
         self._urgent = False  # transitions wait in _to_store: no pacing
@@ -226,6 +229,9 @@ class Alerting:
         """
         engines = self._partition_engines()
         key = state_key(partition)
+        # Resolves heard from here on find no engine for the partition until it is installed
+        # (``_hear_resolves``): read again from here once it is, and given to it.
+        heard_from = self._resolves_seen
         try:
             snapshot = await asyncio.to_thread(self._store.load_state, key)
             engine = engines.restore(partition, snapshot)
@@ -246,6 +252,7 @@ class Alerting:
         for told in tellings:
             told.commit()
         engines.install(partition, engine)
+        await self._hear_resolves_since(heard_from, devices)
         log.info("judging partition %d (%d devices)", partition, len(devices))
 
     def drop_partition(self, partition: int) -> int:
@@ -254,8 +261,9 @@ class Alerting:
         and come again to its next owner. Returns how many messages were dropped."""
         engines = self._partition_engines()
         engines.remove(partition)
+        self._dropped_meanwhile.add(partition)
         mine = engines.devices_of(partition)
-        kept: deque[tuple[list[Transition], HeldPoint | None, str | None]] = deque()
+        kept: deque[Item] = deque()
         dropped = 0
         for transitions, point, device_id in self._to_store:
             if device_id in mine:
@@ -274,6 +282,22 @@ class Alerting:
         if not isinstance(self.engine, PartitionEngines):
             raise RuntimeError("partitions are a cluster worker's (CITYSENSE_BROKER=nats)")
         return self.engine
+
+    async def _hear_resolves_since(self, after_seq: int, devices: set[str]) -> None:
+        """Resolves of ``devices`` recorded after ``after_seq``, given to the engine again
+        (each is forgotten at most once: ``Engine.resolve`` leaves a later episode alone)."""
+        while True:
+            last, found = await asyncio.to_thread(self._store.resolved_by_people, after_seq)
+            now = _now_ms()
+            read_now = self.read_clock.now(now)
+            for rule_id, device_id, opened_ms, resolved_ms, alert_id in found:
+                if device_id in devices:
+                    self._told.forget(alert_id)
+                    resolved_ts = self._judged(device_id, resolved_ms, now)
+                    self.engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts)
+            if last == after_seq or not found:
+                return
+            after_seq = last
 
     async def _hear_resolves(self) -> None:
         """Forget the conditions of alerts people resolved since the last look (API, CLI,
@@ -440,7 +464,8 @@ class Alerting:
         items = list(self._to_store)
         self._to_store.clear()
         self._urgent = self._save_wanted = False
-        states, check = self._states()
+        self._dropped_meanwhile = set()
+        states, check = self._states(self._partitions_of(items))
         transitions = [t for ts, _, _ in items for t in ts]
         told = self._deferred_telling()
         try:
@@ -451,17 +476,19 @@ class Alerting:
             # Another worker took these partitions (this one was paused past its lease): its
             # work for them is refused; theirs is the new owner's to redo from the store.
             log.warning("%s: their unstored work is dropped", e)
-            self._to_store.extendleft(reversed(items))
-            for p in sorted(e.lost):
-                self.drop_partition(p)
-                if self._seat is not None:
-                    self._seat.epochs.pop(p, None)
-                    self._seat.lost.set()  # its session is closed by the next beat, now
+            self._put_back(items, set(e.lost))
+            for p, epoch in sorted(e.lost.items()):
+                seat = self._seat
+                # Only the lease that was refused: taken again since, at a new epoch, it is ours.
+                if seat is not None and seat.epochs.get(p) == epoch:
+                    self.drop_partition(p)
+                    seat.epochs.pop(p, None)
+                    seat.lost.set()  # its session is closed by the next beat, now
             self._urgent = True
             return
         except Exception:
             log.exception("could not store %d alert changes; retrying", len(transitions))
-            self._to_store.extendleft(reversed(items))
+            self._put_back(items, set())
             self._urgent = True
             await asyncio.sleep(STORE_RETRY_S)
             return
@@ -478,11 +505,44 @@ class Alerting:
                 self._held_points -= 1
                 self._batcher.add(*point)
 
-    def _states(self) -> tuple[list[NamedState], Check | None]:
+    def _partitions_of(self, items: Sequence[Item]) -> set[int]:
+        """The partitions a round's items were judged for (a worker's; empty alone)."""
+        engine = self.engine
+        if not isinstance(engine, PartitionEngines):
+            return set()
+        devices = {d for _, _, d in items if d is not None}
+        devices.update(t.device_id for ts, _, _ in items for t in ts)
+        return {p for d in devices if (p := engine.of.get(d)) is not None}
+
+    def _put_back(self, items: Sequence[Item], refused: set[int]) -> None:
+        """A failed round's items, waiting again — except a worker's for partitions refused,
+        dropped while the round ran (a later owner, or this worker again at a new epoch,
+        judges them afresh) or no longer judged here: dropped, points unacknowledged."""
+        engine = self.engine
+        if isinstance(engine, PartitionEngines):
+            gone = (
+                refused
+                | self._dropped_meanwhile
+                | (set(range(engine.partitions)) - set(engine.engines))
+            )
+            kept: list[Item] = []
+            for item in items:
+                if self._partitions_of([item]) & gone:
+                    if item[1] is not None:
+                        self._held_points -= 1
+                    self.fenced += 1
+                else:
+                    kept.append(item)
+            items = kept
+        self._to_store.extendleft(reversed(items))
+
+    def _states(self, partitions: set[int]) -> tuple[list[NamedState], Check | None]:
         """The engine's state to store with this round, and the lease fence of a worker.
 
         Taken on the event loop with no ``await`` since the round's items were taken (see
-        ``_store_round``). A worker saves every partition it judges, each under its own key.
+        ``_store_round``). A worker saves every partition it judges, each under its own key,
+        and fences every partition it saves or stores changes for (``partitions``): one it
+        no longer holds has no epoch, so the round is refused rather than written unfenced.
         """
         now = _now_ms()
         engine = self.engine
@@ -495,7 +555,7 @@ class Alerting:
         for p, sub in engine.engines.items():
             sub.caller_state = self._caller_state(engine.devices_of(p))
             states.append(NamedState(state_key(p), sub.snapshot(), now))
-        return states, seat.check(set(engine.engines))
+        return states, seat.check(set(engine.engines) | partitions)
 
     def _apply_all(
         self,

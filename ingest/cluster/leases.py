@@ -97,7 +97,9 @@ class Leases:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._writer.begin() as conn:
-            serialise_writers(conn, LEASES_LOCK)  # no two workers insert one new lease at once
+            # No two workers insert one new lease at once. A beat waits at most a third of the
+            # lease: one that waited longer would renew leases already run out on its way back.
+            serialise_writers(conn, LEASES_LOCK, self.lease_ms / 3000)
             yield conn
 
     def beat(
@@ -219,14 +221,14 @@ def _seen(conn: Connection, worker: str, now_ms: int) -> None:
 class Fenced(Exception):
     """A write for partitions this worker no longer holds at the epoch it had: refused."""
 
-    def __init__(self, lost: set[int]) -> None:
+    def __init__(self, lost: dict[int, int]) -> None:
         super().__init__(f"partitions {sorted(lost)} are held by another worker now")
-        self.lost = lost
+        self.lost = lost  # each refused partition with the epoch the write was for
 
 
 def fence(conn: Connection, worker: str, epochs: dict[int, int]) -> None:
     """Inside a write transaction: raise ``Fenced`` (and so roll it back) unless ``worker``
     still holds every partition of ``epochs`` at its epoch."""
-    lost = {p for p, epoch in epochs.items() if not holds(conn, p, worker, epoch)}
+    lost = {p: epoch for p, epoch in epochs.items() if not holds(conn, p, worker, epoch)}
     if lost:
         raise Fenced(lost)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,18 @@ class Seat:
     valid_until_ms: int = 0
     # Set when a store round found partitions taken over (``Fenced``): beat now.
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def of(cls, name: str, partitions: int) -> Seat:
+        """This process's seat: its worker name and an id of this start, which leases and the
+        fence use, so two processes given one name by mistake (or a restart while the old
+        process is paused) never share an epoch (review of issue 16, F2)."""
+        return cls(f"{name}.{secrets.token_hex(4)}", partitions)
+
+    @property
+    def name(self) -> str:
+        """The worker's name, without the id of this start."""
+        return self.worker.split(".", 1)[0]
 
     def valid(self) -> bool:
         return _now_ms() < self.valid_until_ms

@@ -85,9 +85,16 @@ class Worker:
         self._drop({p for p, epoch in seat.epochs.items() if held.get(p) != epoch})
         seat.valid_until_ms = started + self._leases.lease_ms
         for p, epoch in sorted(held.items()):
-            if p not in seat.epochs:
+            if p in seat.epochs:
+                continue
+            try:
                 await self._alerting.take_partition(p)
-                seat.epochs[p] = epoch
+            except Exception:
+                # Its state or alerts could not be read (the database away): not read here
+                # until a later beat manages it; the lease, still ours, keeps others off it.
+                log.exception("could not take partition %d; trying again next beat", p)
+                continue
+            seat.epochs[p] = epoch
         self._sessions.assign(set(seat.epochs))
         self.beats += 1
         self.first_beat.set()

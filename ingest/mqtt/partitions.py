@@ -1,6 +1,6 @@
 """One persistent MQTT session per partition a worker owns (issue 16, ``CITYSENSE_BROKER=nats``).
 
-A partition's messages wait in its own session (client id ``{CITYSENSE_MQTT_CLIENT_ID}-p{p}``,
+A partition's messages wait in its own session (client id ``session_id``,
 filter ``iot/{p}/+/+/+``) whoever owns it: when its lease moves to another worker, that worker
 opens the same session and reads what is left, and the broker's client-id takeover cuts off a
 former owner still connected (a second fence, beside the lease's epoch). ``assign`` says which
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import time
 from collections.abc import Callable
 
@@ -20,6 +22,18 @@ from ingest.mqtt.session import Handler, MqttConsumer
 from ingest.settings import Settings
 
 STRIDE = 1024  # above the largest CITYSENSE_PARTITIONS (settings): a token's partition is t % it
+
+
+def session_id(settings: Settings, p: int) -> str:
+    """The client id of partition ``p``'s persistent session, the same on every worker.
+
+    NATS's MQTT layer lets any authenticated user take over any session by its client id
+    (docs/architecture.md), and a takeover with a clean session wipes what the session held,
+    acknowledged readings included. So the id carries a key derived from the ingest user's
+    password, which workers share and devices do not know (review of issue 16, F3)."""
+    secret = settings.mqtt_password.get_secret_value().encode()
+    key = hmac.new(secret, b"citysense partition sessions", hashlib.sha256).hexdigest()[:16]
+    return f"{settings.mqtt_client_id}-{key}-p{p}"
 
 
 def partition_filter(p: int) -> str:
@@ -71,7 +85,7 @@ class PartitionSessions:
         return counted
 
     def _consumer(self, p: int) -> MqttConsumer:
-        client_id = f"{self._settings.mqtt_client_id}-p{p}"
+        client_id = session_id(self._settings, p)
         settings = self._settings.model_copy(update={"mqtt_client_id": client_id})
         return MqttConsumer(
             settings,

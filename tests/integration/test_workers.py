@@ -81,6 +81,7 @@ class Workers:
     # The workers' one prefix of the partitions' sessions; new in each test, so what an
     # earlier test's sessions still hold (a killed worker's unacknowledged messages) stays there.
     client_id: str = field(default_factory=lambda: f"citysense-workers-{uuid.uuid4().hex[:6]}")
+    _leases: Leases | None = None
 
     def start(self, name: str, node: int, **extra_env: str) -> Service:
         others = ",".join(f"{HOST}:{self.cluster.mqtt_port(i)}" for i in range(3) if i != node)
@@ -102,16 +103,17 @@ class Workers:
         return service
 
     def leases(self) -> list[Lease]:
-        leases = Leases(self.database, PARTITIONS, round(LEASE_S * 1000))
-        try:
-            return leases.all()
-        finally:
-            leases.close()
+        # One reader, made once: making one creates the tables in the leases' turn, which a
+        # worker paused inside its beat holds for a few seconds.
+        if self._leases is None:
+            self._leases = Leases(self.database, PARTITIONS, round(LEASE_S * 1000))
+        return self._leases.all()
 
     def owners(self) -> dict[int, str]:
         """Who holds each partition now (expired leases left out)."""
         now = now_ms()
-        return {x.partition: x.owner for x in self.leases() if x.expires_ms > now}
+        # An owner is "{worker name}.{id of its start}" (ingest/cluster/seat.py).
+        return {x.partition: x.owner.split(".")[0] for x in self.leases() if x.expires_ms > now}
 
     def wait_owners(self, want: Callable[[dict[int, str]], bool], timeout_s: float) -> float:
         """Seconds until the owners are as ``want`` says (fails after ``timeout_s``)."""
@@ -130,6 +132,8 @@ class Workers:
             store.close()
 
     def close(self) -> None:
+        if self._leases is not None:
+            self._leases.close()
         for service in self.services.values():
             if service.pid is not None:
                 with contextlib.suppress(OSError):  # a paused worker must be able to stop

@@ -46,7 +46,7 @@ class Worker:
     ) -> None:
         self.registry = registry
         self.leases = Leases(sqlite_url(tmp_path), P, LEASE_MS)
-        self.seat = Seat(name, P)
+        self.seat = Seat.of(name, P)
         self.batcher = Batcher(1000, 60)
         rules = parse_rules({"rules": [rule]}, "<test>", registry)
         store = AlertStore(sqlite_url(tmp_path))
