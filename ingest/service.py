@@ -175,7 +175,9 @@ def _outbox(settings: Settings, store: AlertStore, seat: Seat | None) -> MqttOut
     leader sends the shared outbox table (ingest/alerts/outbox.py)."""
     if seat is None:
         return MqttOutbox(settings, f"{settings.mqtt_client_id}-alerts", source=store)
-    client_id = f"{settings.mqtt_client_id}-alerts-{seat.worker}"
+    # Its own connection per process: the seat's id of this start, with no "." (NATS refuses
+    # client ids with one: they become subject tokens).
+    client_id = f"{settings.mqtt_client_id}-alerts-{seat.worker.replace('.', '-')}"
     return MqttOutbox(settings, client_id, source=store, active=seat.leader, idle_s=0.2)
 
 

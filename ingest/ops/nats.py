@@ -200,7 +200,9 @@ def users_conf(
         if a.role == "gateway":
             users.append(_user(a.username, a.password, ["iot.>"], None))
         else:
-            users.append(_user(a.username, a.password, [], ["alerts.>"]))
+            # "alerts" too: NATS grants an MQTT filter ending in "#" only with its parent level
+            # (alerts/# is alerts.> and alerts), and a screen subscribes to alerts/#.
+            users.append(_user(a.username, a.password, [], ["alerts", "alerts.>"]))
     for d in registry.devices.values():
         p = partition_of(d.id, partitions)
         users.append(

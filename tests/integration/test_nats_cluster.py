@@ -74,7 +74,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         ingest_user=brokerauth.INGEST.username,
         ingest_password=brokerauth.INGEST.password,
         partitions=PARTITIONS,
-        accounts=[Account(brokerauth.GATEWAY.username, brokerauth.GATEWAY.password, "gateway")],
+        accounts=[
+            Account(brokerauth.GATEWAY.username, brokerauth.GATEWAY.password, "gateway"),
+            Account(brokerauth.MONITOR.username, brokerauth.MONITOR.password, "monitor"),
+        ],
     )
     nodes = nats.start_cluster(root, plan, PARTITIONS, ACK_WAIT_S, users)
     try:

@@ -427,6 +427,16 @@ def test_a_browser_on_one_worker_hears_the_alert_another_raised(
             if d.kind.value == "river" and owners[partition_of(d.id, PARTITIONS)] == "a"
         )
         streams = {name: Stream(ports[name], token) for name in ("a", "b")}
+        # A command-centre screen on MQTT: the alert is published once, by the leader.
+        screen = client(
+            w.cluster.mqtt_port(1), brokerauth.MONITOR, f"screen-{uuid.uuid4().hex[:6]}"
+        )
+        told: list[dict[str, Any]] = []
+        screen.on_message = lambda _c, _u, m: told.append(json.loads(m.payload))
+        subscribed = threading.Event()
+        screen.on_subscribe = lambda *_a: subscribed.set()
+        screen.subscribe("alerts/#", qos=1)
+        assert subscribed.wait(10)
         try:
             base = now_ms() - 10 * STEP_MS
             gateway = client(w.cluster.mqtt_port(2), brokerauth.GATEWAY, "gw-stream", 100)
@@ -449,7 +459,16 @@ def test_a_browser_on_one_worker_hears_the_alert_another_raised(
             )
             assert ack.status_code == 200, ack.text
             streams["a"].wait_for(river.id, "acknowledged")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(
+                m["event"]["action"] == "acknowledged" for m in told
+            ):
+                time.sleep(0.1)
+            actions = [m["event"]["action"] for m in told if m["alert"]["device_id"] == river.id]
+            assert "opened" in actions and "acknowledged" in actions, told
         finally:
+            screen.loop_stop()
+            screen.disconnect()
             for stream in streams.values():
                 stream.close()
     finally:
