@@ -69,6 +69,7 @@ class Drain:
     msg_per_s: float  # K / (first MQTT connect → K counted): start-up not counted
     service_us_per_msg: float  # all workers' CPU together, per message
     broker_us_per_msg: float
+    influx_us_per_msg: float  # InfluxDB's CPU per message (it shares the cores: the profile)
     lost: int
 
 
@@ -159,6 +160,7 @@ def drain(
     publish_port: int,
     workers: int = 1,
     database_url: str | None = None,
+    influx_pid: int | None = None,
 ) -> Drain:
     """Queue ``k`` messages for fresh sessions, start the service(s), time the drain."""
     label = f"{broker}-{workers}w"
@@ -169,6 +171,7 @@ def drain(
         create_sessions(services, broker)
         queue_messages(publish_port, messages)
         broker_before = sum(cpu_seconds(p) for p in broker_pids)
+        influx_before = cpu_seconds(influx_pid) if influx_pid else 0.0
         for service in services:
             service.start()
         pids = [s.popen.pid for s in services if s.popen is not None]
@@ -190,6 +193,7 @@ def drain(
             time.sleep(0.1)
         seconds = time.monotonic() - first.started_at
         broker_cpu = sum(cpu_seconds(p) for p in broker_pids) - broker_before
+        influx_cpu = cpu_seconds(influx_pid) - influx_before if influx_pid else 0.0
         draining = seconds - min(s.connected_after() for s in services)
         return Drain(
             broker,
@@ -199,6 +203,7 @@ def drain(
             round(k / draining),
             round(service_cpu / k * 1e6, 1),
             round(broker_cpu / k * 1e6, 1),
+            round(influx_cpu / k * 1e6, 1),
             k - stored,
         )
     finally:
@@ -230,13 +235,22 @@ def main() -> None:
         pg_dir = Path(tempfile.mkdtemp(prefix="citysense-scale-pg-"))
         try:
             stack.start()
-            assert stack.mosquitto is not None
+            assert stack.mosquitto is not None and stack.influxdb is not None
+            influx_pid = stack.influxdb.pid
             cluster = NatsStack(root / "nats", stack)
             postgres = start_postgres(free_port(), pg_dir)
             url = f"postgresql+psycopg://postgres@{postgres.address}/citysense"
             nodes = [n.pid for n in cluster.nodes]
             runs = [
-                drain(stack, root, "mosquitto", args.k, [stack.mosquitto.pid], stack.mqtt_port),
+                drain(
+                    stack,
+                    root,
+                    "mosquitto",
+                    args.k,
+                    [stack.mosquitto.pid],
+                    stack.mqtt_port,
+                    influx_pid=influx_pid,
+                ),
                 *(
                     drain(
                         cluster,
@@ -247,6 +261,7 @@ def main() -> None:
                         cluster.publish_port,
                         workers,
                         new_database(url, f"scale{workers}"),
+                        influx_pid,
                     )
                     for workers in (1, 2)
                 ),
@@ -261,12 +276,13 @@ def main() -> None:
             stack.close()
     print(
         f"{'broker':10} {'workers':>7} {'K':>8} {'s':>7} {'msg/s':>8} {'svc µs/msg':>11} "
-        f"{'broker µs/msg':>14} {'lost':>5}"
+        f"{'broker µs/msg':>14} {'influx µs/msg':>14} {'lost':>5}"
     )
     for r in runs:
         print(
             f"{r.broker:10} {r.workers:7} {r.k:8} {r.seconds:7} {r.msg_per_s:8} "
-            f"{r.service_us_per_msg:11} {r.broker_us_per_msg:14} {r.lost:5}"
+            f"{r.service_us_per_msg:11} {r.broker_us_per_msg:14} {r.influx_us_per_msg:14} "
+            f"{r.lost:5}"
         )
     one, two = runs[1], runs[2]
     print(
