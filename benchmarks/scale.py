@@ -28,8 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
 from benchmarks.rig import (
     GATEWAY,
     INGEST,
@@ -209,9 +207,7 @@ def drain(
     finally:
         for service in services:
             service.stop()
-        ingest_settings = Settings(
-            mqtt_client_id=first.client_id, mqtt_password=SecretStr(INGEST.password)
-        )
+        ingest_settings = Settings(mqtt_client_id=first.client_id)  # the services' dev secret
         if broker == "nats":  # the partitions' sessions, not one of the client id itself
             for p in range(PARTITIONS):
                 forget_session(stack.mqtt_port, session_id(ingest_settings, p), INGEST)

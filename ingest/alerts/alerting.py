@@ -230,7 +230,7 @@ class Alerting:
         engines = self._partition_engines()
         key = state_key(partition)
         # Resolves heard from here on find no engine for the partition until it is installed
-        # (``_hear_resolves``): read again from here once it is, and given to it.
+        # (``_hear_resolves``): read again from here, and given to it before it is.
         heard_from = self._resolves_seen
         try:
             snapshot = await asyncio.to_thread(self._store.load_state, key)
@@ -251,8 +251,10 @@ class Alerting:
         tellings = await asyncio.to_thread(self._reconcile, engine, devices, _now_ms())
         for told in tellings:
             told.commit()
+        await self._hear_resolves_since(engine, heard_from, devices)
+        # No ``await`` from the catch-up to here, nor in the caller until it records the
+        # partition's epoch: the engine judges nothing the round's fence could refuse.
         engines.install(partition, engine)
-        await self._hear_resolves_since(heard_from, devices)
         log.info("judging partition %d (%d devices)", partition, len(devices))
 
     def drop_partition(self, partition: int) -> int:
@@ -283,9 +285,10 @@ class Alerting:
             raise RuntimeError("partitions are a cluster worker's (CITYSENSE_BROKER=nats)")
         return self.engine
 
-    async def _hear_resolves_since(self, after_seq: int, devices: set[str]) -> None:
-        """Resolves of ``devices`` recorded after ``after_seq``, given to the engine again
-        (each is forgotten at most once: ``Engine.resolve`` leaves a later episode alone)."""
+    async def _hear_resolves_since(self, engine: Engine, after_seq: int, devices: set[str]) -> None:
+        """Resolves of ``devices`` recorded after ``after_seq``, given to a partition's
+        ``engine`` not yet installed, until it has every one ``_hear_resolves`` has passed
+        (one given twice is harmless: ``Engine.resolve`` leaves a later episode alone)."""
         while True:
             last, found = await asyncio.to_thread(self._store.resolved_by_people, after_seq)
             now = _now_ms()
@@ -294,10 +297,10 @@ class Alerting:
                 if device_id in devices:
                     self._told.forget(alert_id)
                     resolved_ts = self._judged(device_id, resolved_ms, now)
-                    self.engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts)
-            if last == after_seq or not found:
-                return
+                    engine.resolve(rule_id, device_id, read_now, opened_ms, resolved_ts)
             after_seq = last
+            if after_seq >= self._resolves_seen:  # what comes after, _hear_resolves gives it
+                return
 
     async def _hear_resolves(self) -> None:
         """Forget the conditions of alerts people resolved since the last look (API, CLI,
@@ -520,19 +523,21 @@ class Alerting:
         judges them afresh) or no longer judged here: dropped, points unacknowledged."""
         engine = self.engine
         if isinstance(engine, PartitionEngines):
-            gone = (
-                refused
-                | self._dropped_meanwhile
-                | (set(range(engine.partitions)) - set(engine.engines))
-            )
+            held = set(engine.engines)
+            gone = refused | self._dropped_meanwhile | (set(range(engine.partitions)) - held)
+
+            def lost(device_id: str) -> bool:
+                return engine.of.get(device_id) in gone
+
             kept: list[Item] = []
-            for item in items:
-                if self._partitions_of([item]) & gone:
-                    if item[1] is not None:
+            for transitions, point, device_id in items:
+                if device_id is not None and lost(device_id):
+                    if point is not None:
                         self._held_points -= 1
                     self.fenced += 1
-                else:
-                    kept.append(item)
+                    continue
+                # A tick's item spans partitions: only the lost ones' transitions go.
+                kept.append(([t for t in transitions if not lost(t.device_id)], point, device_id))
             items = kept
         self._to_store.extendleft(reversed(items))
 

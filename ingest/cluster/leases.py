@@ -41,6 +41,7 @@ from ingest.transactions import WRITE, open_engine, serialise_writers
 metadata = MetaData()
 # The leases' own turn on PostgreSQL: a lease beat never waits behind the alert writers.
 LEASES_LOCK = 0x4C_45_41_53  # "LEAS"
+FORGET_AFTER_LEASES = 10
 
 partition_leases = Table(
     "partition_leases",
@@ -111,6 +112,13 @@ class Leases:
         workers started together then split the partitions evenly from their second)."""
         with self._write() as conn:
             _seen(conn, worker, now_ms)
+            # A worker that died (each start is a member of its own) is shown as gone by
+            # ``cluster status`` for ten lease periods, then forgotten.
+            conn.execute(
+                cluster_members.delete().where(
+                    cluster_members.c.seen_ms < now_ms - FORGET_AFTER_LEASES * self.lease_ms
+                )
+            )
             live = conn.execute(
                 select(cluster_members.c.worker).where(
                     cluster_members.c.seen_ms > now_ms - self.lease_ms

@@ -29,9 +29,11 @@ def session_id(settings: Settings, p: int) -> str:
 
     NATS's MQTT layer lets any authenticated user take over any session by its client id
     (docs/architecture.md), and a takeover with a clean session wipes what the session held,
-    acknowledged readings included. So the id carries a key derived from the ingest user's
-    password, which workers share and devices do not know (review of issue 16, F3)."""
-    secret = settings.mqtt_password.get_secret_value().encode()
+    acknowledged readings included. So the id carries a key derived from the device secret,
+    which workers share and devices do not know (each has only its own derived password),
+    and which is not rotated as the ingest password is: a new id would strand what the old
+    session holds (review of issue 16, F3 and its re-review)."""
+    secret = settings.dev_secret.get_secret_value().encode()
     key = hmac.new(secret, b"citysense partition sessions", hashlib.sha256).hexdigest()[:16]
     return f"{settings.mqtt_client_id}-{key}-p{p}"
 

@@ -58,16 +58,21 @@ from ingest.ops.workers import Worker
 from ingest.settings import Settings
 
 MAX_ACK_PENDING = 20_000  # per session; the cap is 65,535 summed over its subscriptions
-# What all partition sessions together may hold unacknowledged: each gets its share (at least
-# 1,024). One worker holding every partition then holds at most this, below the consumer's
-# pause (ingest/mqtt/session.py, 50,000): a paused socket stalls NATS's delivery for seconds
+# What all partition sessions together may hold unacknowledged, each its share (at least 32,
+# so up to the largest CITYSENSE_PARTITIONS, 1,024, the sum stays near 40,000). One worker
+# holding every partition then holds at most this, below the consumer's pause
+# (ingest/mqtt/session.py, 50,000): a paused socket stalls NATS's delivery for seconds
 # (measured: 16 windows of 20,000, one worker, 100,000 queued: 7,500 messages 10 s late).
+# Many workers each holding few partitions hold less than a batch (5,000) each, and their
+# batches go out on the batch timer: more workers than P / 8 cost throughput.
 ALL_SESSIONS_PENDING = 40_000
 
 
 def max_ack_pending(partitions: int) -> int:
     """One partition session's window."""
-    return max(1024, min(MAX_ACK_PENDING, ALL_SESSIONS_PENDING // partitions))
+    return max(32, min(MAX_ACK_PENDING, ALL_SESSIONS_PENDING // partitions))
+
+
 # NATS checks the hash on every CONNECT: at its tool's default cost (11, ~0.1 s) a city's
 # devices reconnecting after a node died would take minutes of CPU. Every password here is a
 # derived 256-bit secret (devices/credentials.py), which no cost factor is needed to protect.

@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from devices.kinds import Channel
 from devices.partitions import partition_of
+from devices.payloads import RiverTelemetry
 from devices.registry import Registry
 from ingest.alerts import alerting as alerting_mod
 from ingest.mqtt.partitions import session_id
 from ingest.settings import Settings
-from tests.unit.test_alerting_trust import MINUTE, RIVER, T0
+from tests.unit.test_alerting_trust import MINUTE, RIVER, SILENT, T0
 from tests.unit.test_partition_engines import LEASE_MS, P, Worker, registry  # noqa: F401
 
 
@@ -165,15 +167,96 @@ async def test_f5_an_old_rounds_refusal_leaves_partitions_taken_again(
     assert a.batcher.in_flight == 1
 
 
-def test_f3_a_partitions_session_id_cannot_be_guessed_without_the_ingest_password() -> None:
+def test_f3_a_partitions_session_id_cannot_be_guessed_without_the_device_secret() -> None:
     """F3: NATS lets any authenticated user take over a session by client id (a clean one
-    wipes it). The partition sessions' ids carry a key only the ingest password gives:
-    stable across workers, different for another password, not the password itself."""
-    one = Settings(mqtt_client_id="citysense-ingest-1", mqtt_password=SecretStr("s3cret-A"))
-    other = one.model_copy(update={"mqtt_password": SecretStr("s3cret-B")})
+    wipes it). The partition sessions' ids carry a key only the device secret gives: stable
+    across workers and across a rotation of the ingest password (a new id would strand what
+    the old session holds), different for another secret, not the secret itself."""
+    one = Settings(mqtt_client_id="citysense-ingest-1", dev_secret=SecretStr("s3cret-A"))
+    other = one.model_copy(update={"dev_secret": SecretStr("s3cret-B")})
+    rotated = one.model_copy(update={"mqtt_password": SecretStr("a new ingest password")})
+    assert session_id(one, 3) == session_id(rotated, 3)
     assert session_id(one, 3) == session_id(one.model_copy(), 3)  # every worker: the same
     assert session_id(one, 3) != session_id(other, 3)
     assert session_id(one, 3) != "citysense-ingest-1-p3" and "s3cret" not in session_id(one, 3)
     assert session_id(one, 3).startswith("citysense-ingest-1-") and session_id(one, 3).endswith(
         "-p3"
     )
+
+
+# -- the re-review of the fixes ---------------------------------------------------------------
+
+
+async def test_n1_nothing_is_judged_for_a_partition_before_its_epoch_is_known(
+    tmp_path: Path,
+    registry: Registry,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N1: F4's catch-up ran after the engine was installed, so readings and ticks judged in
+    that window were refused by the fence (no epoch yet) while the engine kept their state:
+    an alert lost for as long as its condition lasted. Now the engine is installed after the
+    catch-up, with no ``await`` before the epoch is recorded."""
+    p = partition_of(RIVER, P)
+    a = Worker(tmp_path, registry, "a")
+    await a.beat(T0)
+    epoch = a.seat.epochs.pop(p)
+    a.alerting.drop_partition(p)
+    real = a.store.resolved_by_people
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow(after: int, *args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(5)
+        return real(after, *args, **kwargs)
+
+    monkeypatch.setattr(a.store, "resolved_by_people", slow)
+    take = asyncio.create_task(a.alerting.take_partition(p))
+    await asyncio.to_thread(inside.wait, 5)  # catching up: not judged yet
+    a.reading(T0, 212.0, 1)
+    assert a.alerting.pending_points == 0 and a.alerting.fenced == 1  # not taken: comes again
+    go_on.set()
+    await take
+    a.seat.epochs[p] = epoch  # as the beat does, with no await after the take
+    monkeypatch.undo()
+    for i in range(3):
+        a.reading(T0 + i * MINUTE, 212.0, i + 1)  # the broker sends the first one again
+    await a.alerting._store_round()
+    (alert,) = a.store.open_alerts()
+    assert alert.opened_ms == T0 + 2 * MINUTE
+
+
+async def test_n2_a_ticks_transitions_of_a_held_partition_survive_a_dropped_one(
+    tmp_path: Path,
+    registry: Registry,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N2: a tick's item spans partitions; a failed round put back none of it when one of its
+    partitions was dropped meanwhile, losing a held partition's silence alert."""
+    monkeypatch.setattr(alerting_mod, "STORE_RETRY_S", 0)
+    r0, r1 = "river-zj-0001", "river-zj-0002"
+    p0, p1 = partition_of(r0, P), partition_of(r1, P)
+    assert p0 != p1
+    a = Worker(tmp_path, registry, "a", SILENT)
+    await a.beat(T0)
+    for device_id in (r0, r1):
+        device = registry.devices[device_id]
+        for i in range(4):
+            ts = T0 + i * MINUTE
+            msg = RiverTelemetry(ts=ts, seq=i + 1, water_level_m=100.0)
+            observed = a.alerting.observe(device, Channel.TELEMETRY, msg, ts, ts)
+            a.alerting.take(observed, None, device_id)
+    await a.alerting._store_round()
+    due = a.alerting.engine.tick(T0 + 60 * MINUTE)
+    assert {t.device_id for t in due} >= {r0, r1}
+    a.alerting.take(due)  # one item, both partitions
+    inside, go_on = hold_the_round(a, monkeypatch, fail=True)
+    round_ = asyncio.create_task(a.alerting._store_round())
+    await asyncio.to_thread(inside.wait, 5)
+    a.seat.epochs.pop(p0)
+    a.alerting.drop_partition(p0)
+    go_on.set()
+    await round_
+    monkeypatch.undo()
+    await a.alerting._store_round()
+    assert r1 in [x.device_id for x in a.store.open_alerts()]
+    assert r0 not in [x.device_id for x in a.store.open_alerts()]
