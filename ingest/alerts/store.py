@@ -58,7 +58,7 @@ from ingest.alerts.transaction import (
     put_announcements,
     put_state,
 )
-from ingest.transactions import WRITE, open_engine, serialise_writers
+from ingest.transactions import WRITE, allow_idle, open_engine, serialise_writers
 from rules.alerts import (
     AUTO,
     Alert,
@@ -355,6 +355,7 @@ class AlertStore:
     ) -> builtins.list[tuple[Alert, AlertEvent, bool] | None]:
         """``apply_many``'s one transaction: the check, the items, the states, their messages."""
         with self._transaction() as tx:
+            allow_idle(tx.conn, len(items))
             if check is not None:
                 check(tx.conn)
             tx.read_not_resolved((i.transition.rule_id, i.transition.device_id) for i in items)

@@ -588,3 +588,26 @@ def test_a_writer_paused_in_its_transaction_does_not_stop_the_others(
         store.close()
         leases.close()
         drop_database(url)
+
+
+def test_a_large_store_round_may_work_longer_between_its_statements(postgres_url: str) -> None:
+    """Issue 16 re-review (N5): the writers' idle-in-transaction limit (4 s) would kill a
+    round of tens of thousands of changes while it composes their messages; such a
+    transaction gets ``IDLE_PER_ITEM_S`` more per item, a small one keeps the limit."""
+    from sqlalchemy import create_engine
+
+    from ingest.transactions import IDLE_PER_ITEM_S, IDLE_TIMEOUT_S, allow_idle, serialise_writers
+
+    url = new_database(postgres_url)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            serialise_writers(conn)
+            small = conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+            allow_idle(conn, 60_000)
+            large = conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+        assert small == f"{IDLE_TIMEOUT_S}s"
+        assert large == f"{round(IDLE_TIMEOUT_S + 60_000 * IDLE_PER_ITEM_S)}s"
+    finally:
+        engine.dispose()
+        drop_database(url)
