@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from devices.kinds import Channel
@@ -183,7 +183,7 @@ class Alerting:
         return engine
 
     def _reconcile(
-        self, engine: Engine | PartitionEngines, devices: set[str] | None, now_ms: int
+        self, engine: Engine | PartitionEngines, devices: Collection[str] | None, now_ms: int
     ) -> list[DeferredTelling]:
         """Make the engine and the alert store agree at start (a worker: ``engine`` of the
         partition it takes, whose ``devices`` these are); what is to be told once committed.
@@ -285,7 +285,9 @@ class Alerting:
             raise RuntimeError("partitions are a cluster worker's (CITYSENSE_BROKER=nats)")
         return self.engine
 
-    async def _hear_resolves_since(self, engine: Engine, after_seq: int, devices: set[str]) -> None:
+    async def _hear_resolves_since(
+        self, engine: Engine, after_seq: int, devices: Collection[str]
+    ) -> None:
         """Resolves of ``devices`` recorded after ``after_seq``, given to a partition's
         ``engine`` not yet installed, until it has every one ``_hear_resolves`` has passed
         (one given twice is harmless: ``Engine.resolve`` leaves a later episode alone)."""
@@ -328,21 +330,33 @@ class Alerting:
                 exc_info=(type(error), error, error.__traceback__),
             )
 
-    def _caller_state(self, devices: set[str] | None = None) -> dict[str, Any]:
+    def _caller_state(self) -> dict[str, Any]:
         """What ingest keeps in the engine's snapshot: its read clock, untimed stamps and clock
-        skews (a partition's: of its ``devices`` only)."""
+        skews."""
         skew = self._skew.data() if self._skew is not None else self._saved_skew
-        skew = skew if isinstance(skew, dict) else {}
-        stamps = self.stamps.data()
-        if devices is not None:
-            skew = {d: v for d, v in skew.items() if d in devices}
-            # A topic's device id is its second-last level (devices/topics.py).
-            stamps = {t: v for t, v in stamps.items() if t.rsplit("/", 2)[-2] in devices}
         return {
             "read_clock": clock_data(self.read_clock.state()),
-            "stamps": stamps,
-            "clock_skew": skew,
+            "stamps": self.stamps.data(),
+            "clock_skew": skew if isinstance(skew, dict) else {},
         }
+
+    def _caller_states(self, engines: PartitionEngines) -> dict[int, dict[str, Any]]:
+        """``_caller_state`` split by partition (each saves its own devices' part), in one
+        pass over the stamps and skews rather than one per partition."""
+        whole = self._caller_state()
+        parts: dict[int, dict[str, Any]] = {
+            p: {"read_clock": whole["read_clock"], "stamps": {}, "clock_skew": {}}
+            for p in engines.engines
+        }
+        for device_id, value in whole["clock_skew"].items():
+            if (part := parts.get(engines.of.get(device_id, -1))) is not None:
+                part["clock_skew"][device_id] = value
+        for topic, value in whole["stamps"].items():
+            # A topic's device id is its second-last level (devices/topics.py).
+            device_id = topic.rsplit("/", 2)[-2]
+            if (part := parts.get(engines.of.get(device_id, -1))) is not None:
+                part["stamps"][topic] = value
+        return parts
 
     def follow_reading(self, live: Callable[[], bool], waiting: Callable[[], int]) -> None:
         """How the read clock tells we are reading (connected, not paused) and what waits."""
@@ -557,8 +571,9 @@ class Alerting:
             engine.caller_state = self._caller_state()
             return [NamedState(SNAPSHOT_KEY, engine.snapshot(), now)], None
         states = []
+        callers = self._caller_states(engine)
         for p, sub in engine.engines.items():
-            sub.caller_state = self._caller_state(engine.devices_of(p))
+            sub.caller_state = callers[p]
             states.append(NamedState(state_key(p), sub.snapshot(), now))
         return states, seat.check(set(engine.engines) | partitions)
 

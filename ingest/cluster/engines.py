@@ -36,14 +36,18 @@ class PartitionEngines:
         self.registry = registry
         self.partitions = partitions
         self.of = {d: partition_of(d, partitions) for d in registry.devices}
+        members: dict[int, set[str]] = {}
+        for d, p in self.of.items():
+            members.setdefault(p, set()).add(d)
+        self._members = {p: frozenset(ds) for p, ds in members.items()}  # fixed by the registry
         self.engines: dict[int, Engine] = {}
         self._on_failure: FailureHook | None = None
         self._failures_before: dict[str, int] = {}  # of engines dropped since
         self.caller_state: dict[str, Any] | None = None  # unused: each partition saves its own
 
-    def devices_of(self, partition: int) -> set[str]:
+    def devices_of(self, partition: int) -> frozenset[str]:
         """The ids of the devices the broker puts in ``partition``."""
-        return {d for d, p in self.of.items() if p == partition}
+        return self._members.get(partition, frozenset())
 
     def restore(self, partition: int, snapshot: Any) -> Engine:
         """The engine of ``partition`` from its saved state (fresh for None); raises on a

@@ -24,6 +24,7 @@ from ingest.cluster.engines import state_key
 from ingest.cluster.leases import Leases
 from ingest.cluster.seat import LEADER_PARTITION, Seat
 from ingest.intake.batcher import Batcher
+from ingest.intake.skew import ClockSkew
 from rules.loader import parse_rules
 from tests.unit.test_alerting_trust import MINUTE, RIVER, T0, WARNING
 from tests.unit.test_pipeline import REPO, Outbox
@@ -188,3 +189,23 @@ async def test_only_the_leader_escalates_and_a_deposed_one_is_refused(
     assert LEADER_PARTITION in b.seat.epochs
     assert a.alerting._escalate_due(later) == []  # refused: Fenced
     assert [x.escalation_level for x, _ in b.alerting._escalate_due(later)] == [Level.VILLAGE]
+
+
+async def test_each_partition_saves_only_its_own_devices_clock_skews(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """The read clock is the worker's; skews and untimed stamps are the devices': each
+    partition's saved state holds those of its own devices, for whichever worker takes it."""
+    a = Worker(tmp_path, registry, "a")
+    skew = ClockSkew()
+    a.alerting.follow_clocks(skew)
+    await a.beat(T0)
+    for device_id in registry.devices:
+        skew.saw(device_id, T0 + 1_000, T0)  # every device 1 s fast
+    a.reading(T0, 212.0, 1)
+    await a.alerting._store_round()
+    for p in range(P):
+        saved = a.store.load_state(state_key(p))
+        assert saved is not None
+        mine = {d for d in registry.devices if partition_of(d, P) == p}
+        assert set(saved["caller"]["clock_skew"]) == mine
