@@ -16,6 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from devices.kinds import Kind, Level
 from devices.problems import FileProblems, Problem, entry_name, problems_from
+from devices.responsibility import (
+    Department,
+    River,
+    Road,
+    Segment,
+    SegmentId,
+    check_departments,
+    check_ways,
+)
 from devices.topics import ID_PATTERN
 
 AreaId = Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
@@ -64,6 +73,7 @@ class RiverDevice(_DeviceBase):
 
     kind: Literal[Kind.RIVER]
     river: str = Field(min_length=1, max_length=64)
+    segment: SegmentId | None = None  # its river segment (rivers:), whose chief answers for it
     normal_level_m: float = Field(ge=-100, le=9000)
     warning_level_m: float = Field(ge=-100, le=9000)
     guarantee_level_m: float = Field(ge=-100, le=9000)
@@ -80,10 +90,12 @@ class RoadDevice(_DeviceBase):
 
     kind: Literal[Kind.ROAD]
     road: str = Field(min_length=1, max_length=64)
+    segment: SegmentId | None = None  # its road segment (roads:), whose chief answers for it
     speed_limit_kmh: float = Field(gt=0, le=200)
     lanes: int = Field(2, ge=1, le=16)
 
 
+AnyDevice = GateDevice | RiverDevice | RoadDevice
 Device = Annotated[GateDevice | RiverDevice | RoadDevice, Field(discriminator="kind")]
 _DEVICE = TypeAdapter[GateDevice | RiverDevice | RoadDevice](Device)
 
@@ -110,14 +122,25 @@ class AreaPath:
 
 
 class Registry:
-    """Areas and devices by id, with each device's area path resolved once at load."""
+    """Areas and devices by id, with each device's area path resolved once at load; the rivers,
+    roads and departments that answer for them (devices/responsibility.py)."""
 
     def __init__(
-        self, areas: Iterable[Area], devices: Iterable[GateDevice | RiverDevice | RoadDevice]
+        self,
+        areas: Iterable[Area],
+        devices: Iterable[GateDevice | RiverDevice | RoadDevice],
+        rivers: Iterable[River] = (),
+        roads: Iterable[Road] = (),
+        departments: Iterable[Department] = (),
     ):
         self.areas: dict[str, Area] = {a.id: a for a in areas}
         self.devices: dict[str, GateDevice | RiverDevice | RoadDevice] = {d.id: d for d in devices}
         self._paths = {d.id: self.path_of(d.grid) for d in self.devices.values()}
+        self.rivers: dict[str, River] = {r.id: r for r in rivers}
+        self.roads: dict[str, Road] = {r.id: r for r in roads}
+        self.departments: dict[str, Department] = {d.id: d for d in departments}
+        ways: list[River | Road] = [*self.rivers.values(), *self.roads.values()]
+        self.segments: dict[str, Segment] = {s.id: s for way in ways for s in way.segments}
 
     def path_of(self, area_id: str) -> AreaPath:
         """The area and its ancestors, nearest first."""
@@ -139,12 +162,23 @@ class Registry:
             if any(a.id == area_id for a in self._paths[device.id].areas):
                 yield device
 
+    def segment_of(self, device_id: str) -> Segment | None:
+        """The river or road segment a station or camera belongs to, if the registry says."""
+        name = getattr(self.devices[device_id], "segment", None)
+        return None if name is None else self.segments.get(name)
+
     def children(self, area_id: str) -> list[Area]:
         """Areas directly below ``area_id``."""
         return [a for a in self.areas.values() if a.parent == area_id]
 
 
 _KIND_TAGS = frozenset(k.value for k in Kind)
+# The sections that say who answers for what beside the grid; each optional.
+_DUTIES: dict[str, type[River] | type[Road] | type[Department]] = {
+    "rivers": River,
+    "roads": Road,
+    "departments": Department,
+}
 
 
 def _parse_entries(
@@ -193,8 +227,56 @@ def _check_areas(file: str, areas: list[tuple[int, Area]], problems: list[Proble
             )
 
 
+def _check_segment(
+    file: str,
+    entry: str,
+    device: Any,
+    ways: dict[str, River | Road],
+    areas: dict[str, Area],
+    problems: list[Problem],
+) -> None:
+    """A device's segment is on its own river (road), and the device lies in the segment's area."""
+    if getattr(device, "segment", None) is None:
+        return
+    what = "river" if device.kind is Kind.RIVER else "road"
+    way = next((w for w in ways.values() if any(s.id == device.segment for s in w.segments)), None)
+    if way is None:
+        problems.append(Problem(file, entry, "segment", f"no {what} segment {device.segment!r}"))
+        return
+    if way.name != getattr(device, what):
+        problems.append(
+            Problem(
+                file,
+                entry,
+                "segment",
+                f"{device.segment} is on {way.name}, the device's "
+                f"{what} is {getattr(device, what)}",
+            )
+        )
+    segment = next(s for s in way.segments if s.id == device.segment)
+    chain, current = [], device.grid
+    while current is not None and current in areas and current not in chain:
+        chain.append(current)
+        current = areas[current].parent
+    if segment.area not in chain:
+        problems.append(
+            Problem(
+                file,
+                entry,
+                "segment",
+                f"{device.segment} is answered for in "
+                f"{segment.area}; the device's grid {device.grid} is not inside it",
+            )
+        )
+
+
 def _check_devices(
-    file: str, devices: list[tuple[int, Any]], areas: dict[str, Area], problems: list[Problem]
+    file: str,
+    devices: list[tuple[int, Any]],
+    areas: dict[str, Area],
+    problems: list[Problem],
+    rivers: dict[str, River | Road] | None = None,
+    roads: dict[str, River | Road] | None = None,
 ) -> None:
     seen: set[str] = set()
     for i, device in devices:
@@ -207,6 +289,8 @@ def _check_devices(
             problems.append(Problem(file, entry, "grid", f"no area {device.grid!r}"))
         elif grid.level is not Level.GRID:
             problems.append(Problem(file, entry, "grid", f"{device.grid} is a {grid.level}"))
+        ways = rivers if device.kind is Kind.RIVER else roads
+        _check_segment(file, entry, device, ways or {}, areas, problems)
 
 
 def parse_registry(data: Any, file: str = "<registry>") -> Registry:
@@ -214,17 +298,36 @@ def parse_registry(data: Any, file: str = "<registry>") -> Registry:
     problems: list[Problem] = []
     if not isinstance(data, dict):
         raise RegistryError([Problem(file, "(top)", "(file)", "must be a mapping")])
-    for key in set(data) - {"areas", "devices"}:
+    for key in set(data) - {"areas", "devices", *_DUTIES}:
         problems.append(Problem(file, "(top)", str(key), "unknown section"))
     areas = _parse_entries(file, "areas", data.get("areas"), Area.model_validate, problems)
     devices = _parse_entries(
         file, "devices", data.get("devices"), _DEVICE.validate_python, problems
     )
+    duties = {
+        section: _parse_entries(
+            file, section, data.get(section, []), model.model_validate, problems
+        )
+        for section, model in _DUTIES.items()
+    }
+    by_id = {a.id: a for _, a in areas}
     _check_areas(file, areas, problems)
-    _check_devices(file, devices, {a.id: a for _, a in areas}, problems)
+    segments: dict[str, str] = {}
+    check_ways(file, "rivers", duties["rivers"], by_id, problems, segments)
+    check_ways(file, "roads", duties["roads"], by_id, problems, segments)
+    check_departments(file, duties["departments"], by_id, problems)
+    rivers = {w.id: w for _, w in duties["rivers"]}
+    roads = {w.id: w for _, w in duties["roads"]}
+    _check_devices(file, devices, by_id, problems, rivers, roads)
     if problems:
         raise RegistryError(problems)
-    return Registry([a for _, a in areas], [d for _, d in devices])
+    return Registry(
+        [a for _, a in areas],
+        [d for _, d in devices],
+        rivers.values(),
+        roads.values(),
+        [d for _, d in duties["departments"]],
+    )
 
 
 def load_registry(path: Path) -> Registry:
@@ -247,4 +350,13 @@ def dump_registry(registry: Registry) -> dict[str, Any]:
         "devices": [
             d.model_dump(mode="json", exclude_none=True) for d in registry.devices.values()
         ],
+        **{
+            section: [w.model_dump(mode="json", exclude_none=True) for w in ways.values()]
+            for section, ways in (
+                ("rivers", registry.rivers),
+                ("roads", registry.roads),
+                ("departments", registry.departments),
+            )
+            if ways
+        },
     }

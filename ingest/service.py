@@ -27,6 +27,7 @@ from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
 from ingest.api import ApiContext, create_app
 from ingest.api.server import ApiServer
 from ingest.api.tokentable import open_tokens
+from ingest.cases.parts import CaseParts, open_cases
 from ingest.cluster.leases import Leases
 from ingest.cluster.seat import Seat
 from ingest.cluster.worker import Worker
@@ -41,6 +42,7 @@ from ingest.metrics import Metrics, Sources
 from ingest.mqtt.acks import AckRouter, AckTracker
 from ingest.mqtt.partitions import STRIDE, PartitionSessions
 from ingest.mqtt.session import MqttConsumer
+from ingest.people import PeopleFile
 from ingest.pipeline import Pipeline
 from ingest.settings import Settings
 from ingest.sinks.deadletters import DeadLetterBuffer, DeadLetterStore, store_location
@@ -126,6 +128,7 @@ def _api_server(
     drain: Drain,
     clock_skew: ClockSkew,
     leases: Leases | None,
+    cases: CaseParts | None = None,
 ) -> ApiServer | None:
     """The HTTP API over this service's parts (None when disabled)."""
     if not settings.api_enabled:
@@ -144,6 +147,14 @@ def _api_server(
         await asyncio.to_thread(alert_store.count_by_state)
         return None
 
+    people = PeopleFile(settings.workers, registry)
+    if people.problem:
+        log.error("no person's token will be accepted: %s", people.problem)
+
+    def warnings() -> dict[str, str]:
+        found = {"rules_state": p} if (p := alerting.state_problem) else {}
+        return found | ({"people": people.problem} if people.problem else {})
+
     ctx = ApiContext(
         settings=settings,
         registry=registry,
@@ -160,8 +171,10 @@ def _api_server(
         metrics=metrics,
         clock_skew=clock_skew,
         spool_size=lambda: spool.lines,
-        warnings=lambda: {"rules_state": p} if (p := alerting.state_problem) else {},
+        warnings=warnings,
         leases=leases,
+        people=people,
+        **(cases.context() if cases else {}),
     )
     return ApiServer(create_app(ctx), settings.api_host, settings.api_port)
 
@@ -218,6 +231,10 @@ async def serve(
         else None
     )
     outbox = _outbox(settings, alert_store, seat)
+    cases = open_cases(
+        settings, registry, store_url(database, settings.data_dir), seat, outbox.wake
+    )
+    alert_store.on_opened = cases.on_opened(rules)
     alerting = Alerting(
         rules,
         registry,
@@ -292,6 +309,7 @@ async def serve(
             drain,
             clock_skew,
             leases,
+            cases,
         )
         state.api_url = api.url if api else None
         if api is not None:
@@ -310,6 +328,7 @@ async def serve(
             storing = tg.create_task(alerting.run_store(), name="alert-store")
             telling = tg.create_task(alerting.run(), name="alert-tell")
             clock = tg.create_task(alerting.run_clock(), name="alert-clock")
+            case_clock = tg.create_task(cases.clock.run(), name="case-clock")
             timer = tg.create_task(batcher.run_timer(), name="batch-timer")
             flusher = tg.create_task(dead_letters.run(), name="dead-letter-flush")
             reporter = tg.create_task(
@@ -331,6 +350,7 @@ async def serve(
             consumer.stop_reading()
             # Alert changes of the last messages: stored, told, their points into the last batch.
             clock.cancel()
+            case_clock.cancel()
             await alerting.settle(ALERT_SETTLE_S)
             storing.cancel()
             telling.cancel()
@@ -369,6 +389,7 @@ async def serve(
         await asyncio.to_thread(spool.close)
         alerting.save()
         alert_store.close()
+        cases.close()
         if leases is not None:
             leases.close()
     log.info("stopped: %s", status_line(ledger, pipeline.in_flight))

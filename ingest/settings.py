@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     # Files
     registry: Path = Field(Path("config/registry.yaml"), description="areas and devices")
     rules: Path = Field(Path("config/rules.yaml"), description="alert rules")
+    cases: Path = Field(
+        Path("config/cases.yaml"), description="case (work order) deadlines per step and severity"
+    )
     data_dir: Path = Field(
         Path(".data"), description="stack data, dead letters, spool, alert store"
     )
@@ -194,6 +197,12 @@ class Settings(BaseSettings):
     api_enabled: bool = Field(True, description="serve the HTTP API beside the consumer")
     api_streams_per_token: int = Field(
         4, ge=1, description="open /alerts/stream connections one token may hold at once"
+    )
+    case_photo_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest photo a case takes (POST /cases/{id}/photos); larger: 413",
     )
     api_tokens_file: Path | None = Field(
         None,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import secrets
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from devices.kinds import Kind, Level
 from devices.registry import AreaPath
@@ -106,13 +107,34 @@ class Alert(BaseModel):
     escalation_level: Level = Level.GRID
     escalated_ms: int | None = None
     note: str | None = None
+    # Who it has been told to, as audience keys (rules/audiences.py): the rule's audiences when
+    # it opened, then each level escalation reached. Each is told on ``alerts/{key}``.
+    audiences: tuple[str, ...] = ()
+    area_chain: bool = True  # it was told to the area chain, so it escalates up that chain
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audiences_of_old_alerts(cls, data: Any) -> Any:
+        """An alert stored before audiences existed was told to its grid up to its level."""
+        if (
+            isinstance(data, dict)
+            and "audiences" not in data
+            and isinstance(data.get("areas"), dict)
+        ):
+            order = [lv.value for lv in reversed(Level)]  # grid first
+            top = str(data.get("escalation_level", Level.GRID.value))
+            reached = order[: order.index(top) + 1] if top in order else order[:1]
+            areas = {str(k): v for k, v in data["areas"].items()}
+            data = {
+                **data,
+                "audiences": tuple(f"{lv}/{areas[lv]}" for lv in reached if lv in areas),
+            }
+        return data
 
     @property
-    def audience(self) -> list[tuple[Level, str]]:
-        """The (level, area id) that have been told about it: the grid up to its escalation."""
-        order = [Level.GRID, Level.VILLAGE, Level.TOWNSHIP, Level.COUNTY, Level.CITY]
-        reached = order[: order.index(self.escalation_level) + 1]
-        return [(level, self.areas[level]) for level in reached if level in self.areas]
+    def topics(self) -> list[str]:
+        """The MQTT topics that tell of it: ``alerts/{key}`` for every audience it has reached."""
+        return [f"alerts/{key}" for key in self.audiences]
 
 
 class AlertEvent(BaseModel):
@@ -137,6 +159,10 @@ def new_alert_id() -> str:
     return "A-" + secrets.token_hex(6)
 
 
+def _first_audience(areas: dict[Level, str]) -> tuple[str, ...]:
+    return (f"grid/{areas[Level.GRID]}",) if Level.GRID in areas else ()
+
+
 def open_alert(
     *,
     rule_id: str,
@@ -149,8 +175,14 @@ def open_alert(
     detail: str,
     flapping: bool = False,
     raised_ms: int | None = None,
+    audiences: tuple[str, ...] | None = None,
+    start_level: Level = Level.GRID,
+    area_chain: bool = True,
 ) -> tuple[Alert, AlertEvent]:
-    """A new open alert and its first history row (``raised_ms``: wall clock, default at_ms)."""
+    """A new open alert and its first history row (``raised_ms``: wall clock, default at_ms).
+
+    ``audiences`` (rules/audiences.py): who is told first; default the device's grid cell.
+    ``start_level``: where its area chain starts, and so where escalation climbs from."""
     alert = Alert(
         id=new_alert_id(),
         rule_id=rule_id,
@@ -164,6 +196,9 @@ def open_alert(
         detail=detail,
         flapping=flapping,
         raised_ms=at_ms if raised_ms is None else raised_ms,
+        audiences=_first_audience(areas) if audiences is None else audiences,
+        escalation_level=start_level,
+        area_chain=area_chain,
     )
     return alert, AlertEvent(
         alert_id=alert.id, at_ms=at_ms, action=AlertAction.OPENED, detail=detail
@@ -257,14 +292,18 @@ def escalate(alert: Alert, at_ms: int) -> tuple[Alert, AlertEvent]:
     """Tell the next level up: grid → village → township → county → city."""
     if alert.state is not AlertState.OPEN:
         raise InvalidTransition(f"alert {alert.id} is {alert.state}; only open alerts escalate")
+    if not alert.area_chain:
+        raise InvalidTransition(f"alert {alert.id} was not told to the area chain; it stays")
     above = alert.escalation_level.parent_level
     if above is None or above not in alert.areas:
         raise InvalidTransition(
             f"alert {alert.id} is already at the top ({alert.escalation_level})"
         )
+    key = f"{above.value}/{alert.areas[above]}"
     updated = alert.model_copy(
         update={
             "escalation_level": above,
+            "audiences": (*alert.audiences, key) if key not in alert.audiences else alert.audiences,
             "escalated_ms": at_ms,
             "updated_ms": max(alert.updated_ms, at_ms),
         }
@@ -279,7 +318,7 @@ def escalate(alert: Alert, at_ms: int) -> tuple[Alert, AlertEvent]:
 
 def due_for_escalation(alert: Alert, escalate_after_ms: int | None, now_ms: int) -> bool:
     """Open, unacknowledged, below the city, and ``escalate_after`` since it last moved up."""
-    if escalate_after_ms is None or alert.state is not AlertState.OPEN:
+    if escalate_after_ms is None or alert.state is not AlertState.OPEN or not alert.area_chain:
         return False
     above = alert.escalation_level.parent_level
     if above is None or above not in alert.areas:

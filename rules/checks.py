@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from devices.kinds import Channel
+from devices.kinds import Channel, Level
 from devices.registry import Registry
+from rules.audiences import AUDIENCE_KIND as _AUDIENCE_KIND
 from rules.model import (
     AnyRule,
     Comparison,
+    DepartmentAudience,
     EventCountRule,
     EventRule,
     RateOfChangeRule,
@@ -199,9 +201,44 @@ def _silence(rule: SilenceRule) -> list[FieldProblem]:
     return out
 
 
+def _audiences(rule: AnyRule, registry: Registry | None) -> list[FieldProblem]:
+    out: list[FieldProblem] = []
+    seen: list[object] = []
+    for i, audience in enumerate(rule.notify):
+        where = f"notify.{i}"
+        if audience in seen:
+            out.append((where, "listed twice"))
+        seen.append(audience)
+        if isinstance(audience, DepartmentAudience):
+            # A registry that declares no departments (one written before they existed, a test
+            # city) is not checked: there the audience never applies and the grid hears it.
+            if (
+                registry
+                and registry.departments
+                and audience.department not in registry.departments
+            ):
+                known = _listing(registry.departments)
+                out.append((where, f"no department {audience.department!r} (known: {known})"))
+        elif (kind := _AUDIENCE_KIND.get(audience)) is not None and kind not in rule.kinds:
+            out.append(
+                (
+                    where,
+                    f"a {audience} answers for {kind} devices; the rule watches "
+                    f"{_listing(k.value for k in rule.kinds)}",
+                )
+            )
+    if "grid" not in rule.notify:
+        # Escalation climbs the area chain: without it nobody would be told of the climb.
+        if rule.escalate_after is not None:
+            out.append(("escalate_after", "climbs the area chain: add grid to notify"))
+        if rule.start_level is not Level.GRID:
+            out.append(("start_level", "is where the area chain starts: add grid to notify"))
+    return out
+
+
 def check_rule(rule: AnyRule, registry: Registry | None = None) -> list[FieldProblem]:
     """Everything wrong with one rule beyond its own fields' types."""
-    out = _common(rule, registry)
+    out = _common(rule, registry) + _audiences(rule, registry)
     if isinstance(rule, ThresholdRule):
         out += _threshold(rule, registry)
     elif isinstance(rule, RateOfChangeRule):

@@ -23,7 +23,8 @@ from pydantic import (
     TypeAdapter,
 )
 
-from devices.kinds import Channel, Kind
+from devices.kinds import Channel, Kind, Level
+from devices.responsibility import DepartmentId
 from devices.topics import ID_PATTERN
 from rules.durations import Duration
 from rules.waterquality import WaterClass
@@ -61,6 +62,7 @@ WaterClassField = Annotated[
 
 # Enums come from YAML as strings: strict about everything else, lax enough to accept those.
 KindName = Annotated[Kind, Strict(False)]
+LevelName = Annotated[Level, Strict(False)]
 SeverityName = Annotated["Severity", Strict(False)]
 
 
@@ -110,6 +112,22 @@ class Flap(_Strict):
     window: Duration
 
 
+class DepartmentAudience(_Strict):
+    """``department: flood_hq``: the department's unit for the device's area."""
+
+    department: DepartmentId
+
+
+# Who hears a rule's alerts (docs/rules.md "Who hears an alert"): ``grid`` is the area chain
+# (from ``start_level``, climbing on ``escalate_after``); the chiefs are those of the device's
+# river or road segment; a department, its unit for the device's area.
+Audience = Literal["grid", "river_chief", "river_police", "road_chief"] | DepartmentAudience
+
+
+def _grid_only() -> list[Audience]:
+    return ["grid"]  # today's behaviour: the device's grid cell first, then up the area chain
+
+
 class RuleBase(_Strict):
     id: RuleId
     name: str = Field(min_length=1, max_length=128)  # English
@@ -119,6 +137,9 @@ class RuleBase(_Strict):
     devices: list[DeviceId] | None = Field(None, min_length=1)  # only these devices
     escalate_after: Duration | None = None  # unacknowledged this long → next level up
     flap: Flap | None = None
+    notify: list[Audience] = Field(default_factory=_grid_only, min_length=1, max_length=16)
+    start_level: LevelName = Level.GRID  # where the area chain (``grid``) starts
+    case: Literal["auto", "manual"] = "manual"  # auto: every alert it opens becomes a case
 
     def applies_to(self, kind: Kind, device_id: str) -> bool:
         """Whether the rule watches this device."""

@@ -24,7 +24,7 @@ from devices.credentials import (
 )
 from devices.registry import Registry, load_registry
 from ingest.ops.brokerconfig import Account, BrokerFiles, write_broker_files
-from ingest.ops.workers import load_workers
+from ingest.people import load_workers
 from simulator import synthetic_registry
 
 REPO = Path(__file__).resolve().parents[1]

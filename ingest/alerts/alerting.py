@@ -31,8 +31,7 @@ from typing import Any
 
 from devices.kinds import Channel
 from devices.payloads import DeviceMessage
-from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
-from devices.topics import alert_topic
+from devices.registry import AnyDevice, GateDevice, Registry, RiverDevice, RoadDevice
 from ingest.alerts.feed import AlertFeed, Change
 from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.readclock import ReadClock, clock_data, read_clock_state
@@ -55,7 +54,9 @@ from rules.alerts import (
     area_ids,
     due_for_escalation,
 )
+from rules.audiences import Reach, reach
 from rules.messages import describe
+from rules.model import AnyRule
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Alerting:
         self._rules = rules
         self.rules = rules
         self._registry = registry
+        self._reaches: dict[tuple[str, str], Reach] = {}
         self._store = store
         self._outbox = outbox
         self._batcher = batcher  # alert points go the way of every point (spool included)
@@ -605,7 +607,10 @@ class Alerting:
             if rule is None or device is None:
                 continue
             areas = area_ids(self._registry.device_path(device.id))
-            items.append(StoreTransition(t, rule.severity, device.kind, areas, now_ms, judge))
+            reach = self._reach(rule, device) if t.action != "clear" else None
+            items.append(
+                StoreTransition(t, rule.severity, device.kind, areas, now_ms, judge, reach)
+            )
         done = self._store.apply_many(items, state=states, announce=told, check=check)
         changes = [(alert, event) for alert, event, _ in filter(None, done)]
         final = {alert.id: alert for alert, _ in changes}
@@ -655,6 +660,15 @@ class Alerting:
         ``announcements`` (the API's ack and resolve)."""
         await self.announce(alert, event, queued=True)
 
+    def _reach(self, rule: AnyRule, device: AnyDevice) -> Reach:
+        """Who a new alert of ``rule`` on ``device`` is told to; the same for the service's
+        life (rules and registry are read once), so worked out once per pair."""
+        key = (rule.id, device.id)
+        found = self._reaches.get(key)
+        if found is None:
+            found = self._reaches[key] = reach(rule, device, self._registry)
+        return found
+
     def _describe(self, alert: Alert, event: AlertEvent) -> tuple[str, str]:
         rule = self._rules.get(alert.rule_id)
         name, name_zh = (rule.name, rule.name_zh) if rule else (alert.rule_id, alert.rule_id)
@@ -693,7 +707,7 @@ class Alerting:
                 },
                 ensure_ascii=False,
             ).encode()
-            rows += [(alert_topic(level, area), payload) for level, area in alert.audience]
+            rows += [(topic, payload) for topic in alert.topics]
         return rows
 
     @staticmethod

@@ -79,6 +79,10 @@ __all__ = ["AlertNotFound", "AlertStore", "NamedState", "StoreTransition", "sqli
 Announce = Callable[[Sequence[tuple[Alert, AlertEvent]]], Sequence[tuple[str, bytes]]]
 # Runs first in a write transaction and raises to refuse it (a worker's lost lease).
 Check = Callable[[Connection], None]
+# Work that must commit with the alerts a batch opens, in their transaction (a case filed for
+# each alert of a ``case: auto`` rule, ingest/cases/filing.py): given to the store by the
+# service, so this room needs nothing of the cases'.
+Opened = Callable[[Connection, Sequence[tuple[Alert, AlertEvent]]], None]
 
 _T = TypeVar("_T")
 
@@ -118,6 +122,7 @@ class AlertStore:
     """
 
     def __init__(self, url: str) -> None:
+        self.on_opened: Opened | None = None  # see ``Opened``
         self._engine: Engine = open_engine(url)
         self._writer: Engine = self._engine.execution_options(**{WRITE: True})
         with self._writer.begin() as conn:  # serialised, so two processes may start together
@@ -362,6 +367,9 @@ class AlertStore:
             done = [tx.apply_item(item) for item in items]
             for state in states:
                 put_state(tx.conn, state.key, state.value, state.at_ms)
+            opened = [(alert, event) for alert, event, new in filter(None, done) if new]
+            if opened and self.on_opened is not None:
+                self.on_opened(tx.conn, opened)
             if announce is not None:
                 changes = [(alert, event) for alert, event, _ in filter(None, done)]
                 put_announcements(tx.conn, announce(changes))

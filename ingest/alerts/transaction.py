@@ -35,6 +35,7 @@ from rules.alerts import (
     repeat,
     resolve,
 )
+from rules.audiences import Reach
 from rules.model import Severity
 from rules.transition import Reason, Transition
 
@@ -68,6 +69,8 @@ class StoreTransition:
     # A person's resolve (wall ms) in the device's time as the engine judges it, or None if
     # that cannot be known (``Alerting._judged``); see ``WriteTransaction.apply``.
     judge: Callable[[str, int], int | None] | None = None
+    # Who a new alert is told to (rules/audiences.py); None: the device's grid cell.
+    reach: Reach | None = None
 
 
 def wall_ms() -> int:
@@ -127,6 +130,7 @@ class WriteTransaction:
             kind=item.kind,
             areas=item.areas,
             now_ms=item.now_ms,
+            reach=item.reach,
         )
 
     def apply(
@@ -137,6 +141,7 @@ class WriteTransaction:
         kind: Kind,
         areas: dict[Level, str],
         now_ms: int | None,
+        reach: Reach | None = None,
     ) -> tuple[Alert, AlertEvent, bool] | None:
         if t.action == "clear":
             done = self.resolve_auto(t.rule_id, t.device_id, t.ts_ms, t.detail)
@@ -152,6 +157,7 @@ class WriteTransaction:
             detail=t.detail,
             flapping=t.reason is Reason.FLAPPING,
             now_ms=now_ms,
+            reach=reach,
         )
 
     def open_or_repeat(
@@ -167,6 +173,7 @@ class WriteTransaction:
         detail: str,
         flapping: bool,
         now_ms: int | None,
+        reach: Reach | None = None,
     ) -> tuple[Alert, AlertEvent, bool]:
         existing = self.not_resolved(rule_id, device_id)
         if existing is None:
@@ -181,6 +188,9 @@ class WriteTransaction:
                 detail=detail,
                 flapping=flapping,
                 raised_ms=wall_ms() if now_ms is None else now_ms,
+                audiences=None if reach is None else reach.keys,
+                start_level=Level.GRID if reach is None else reach.start_level,
+                area_chain=True if reach is None else reach.chain,
             )
             self.insert(alert, change)
             return alert, change, True

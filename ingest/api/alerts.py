@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -30,9 +30,11 @@ from rules.alerts import (
     ReservedActor,
     Severity,
 )
+from rules.audiences import area_of
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
 KEEPALIVE_S = 15.0  # a comment line so proxies and phones keep an idle stream open
+MAX_DEPTH = 100_000  # the most alerts of one area read to find those told to a post
 RECHECK_S = 2.0  # how often an open stream checks its token is still valid
 AREA_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -66,7 +68,7 @@ def _ms(moment: datetime | None) -> int | None:
 
 
 def _visible(principal: Principal, alert: Alert) -> bool:
-    return principal.sees(alert.areas.values())
+    return principal.sees_alert(alert.areas.values(), alert.audiences)
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class _Filter:
     until_ms: int | None
     limit: int
 
-    def query(self, ctx: ApiContext, area_id: str | None) -> list[Alert]:
+    def query(self, ctx: ApiContext, area_id: str | None, limit: int | None = None) -> list[Alert]:
         return ctx.alert_store.list(
             state=self.states,
             severity=self.severities,
@@ -87,19 +89,38 @@ class _Filter:
             rule_id=self.rule,
             since_ms=self.since_ms,
             until_ms=self.until_ms,
-            limit=self.limit,
+            limit=self.limit if limit is None else limit,
         )
+
+    def visible_in(
+        self, ctx: ApiContext, area_id: str, keep: Callable[[Alert], bool]
+    ) -> list[Alert]:
+        """The newest ``limit`` alerts of ``area_id`` that ``keep`` accepts. An area's alerts
+        told to one post may be few among many (a county's gates beside its one flood): read
+        deeper until enough are found or the area has no more."""
+        depth = self.limit
+        while True:
+            rows = self.query(ctx, area_id, depth)
+            kept = [a for a in rows if keep(a)]
+            if len(kept) >= self.limit or len(rows) < depth or depth >= MAX_DEPTH:
+                return kept[: self.limit]
+            depth *= 4
 
 
 def _list(ctx: ApiContext, principal: Principal, f: _Filter) -> list[Alert]:
     if principal.role is Role.OPERATOR:
         return f.query(ctx, f.area)
-    # A grid worker: what lies in its own areas (and in ``area``, if asked), newest first.
+    # Anyone else: what lies in its own areas, or was told to its posts (each post answers for
+    # an area: read that area's alerts, keep those told to the post); and in ``area`` if asked.
     found: dict[str, Alert] = {}
-    for own in sorted(principal.areas):
-        for alert in f.query(ctx, own):
-            if f.area is None or f.area in alert.areas.values():
-                found[alert.id] = alert
+    posts = {area_of(key, ctx.registry) for key in principal.audiences}
+    wheres = (set(principal.areas) if principal.area_wide else set()) | posts - {None}
+
+    def keep(alert: Alert) -> bool:
+        return _visible(principal, alert) and (f.area is None or f.area in alert.areas.values())
+
+    for own in sorted(a for a in wheres if a is not None):
+        found.update((a.id, a) for a in f.visible_in(ctx, own, keep))
     ordered = sorted(found.values(), key=lambda a: (a.opened_ms, a.id), reverse=True)
     return ordered[: f.limit]
 
@@ -137,7 +158,10 @@ async def _stream(ctx: ApiContext, principal: Principal, request: Request) -> As
         while not await request.is_disconnected():
             # A token revoked while its stream is open: the stream ends within seconds.
             ctx.tokens.reload_if_changed()
-            if not ctx.tokens.is_active(token_id):
+            gone = principal.person is not None and (
+                ctx.people is None or ctx.people.get(principal.person) is None
+            )  # a person struck from the people file
+            if gone or not ctx.tokens.is_active(token_id):
                 yield b"event: revoked\ndata: {}\n\n"
                 return
             try:

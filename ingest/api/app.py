@@ -11,7 +11,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest import web
-from ingest.api import alerts, cluster, deadletters, devices, health, rules, timeseries
+from ingest.api import (
+    alerts,
+    casephotos,
+    cases,
+    cluster,
+    deadletters,
+    devices,
+    duties,
+    health,
+    rules,
+    timeseries,
+)
 from ingest.api.context import ApiContext
 from ingest.api.errors import error_response, install_error_handlers
 from ingest.api.ratelimit import TokenBucket
@@ -36,24 +47,28 @@ class CountedBody:
     own ``max_body_size`` answers in plain text, not in this API's error shape.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, cap: Callable[[str], int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.cap = cap or (lambda _path: max_bytes)  # per path: a case photo may be larger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         seen = 0
+        limit = self.cap(scope.get("path", ""))
 
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # Raised inside the route's body read, so the error handlers answer it.
-                    raise HTTPException(413, f"bodies are limited to {self.max_bytes} bytes")
+                    raise HTTPException(413, f"bodies are limited to {limit} bytes")
             return message
 
         await self.app(scope, counted, send)
@@ -88,6 +103,10 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
         description=DESCRIPTION,
         openapi_tags=[
             {"name": "alerts", "description": "alerts, their history, acknowledge, resolve, live"},
+            {
+                "name": "cases",
+                "description": "cases (work orders): report, dispatch, handle, close",
+            },
             {"name": "devices", "description": "the registry's devices and their newest values"},
             {"name": "time series", "description": "InfluxDB data, raw or aggregated"},
             {"name": "rules", "description": "the rules running, and validation of a rule file"},
@@ -101,15 +120,21 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
     install_error_handlers(app)
     # Added first, so it sits inside the middleware below: next to the route, whose body read
     # then raises the 413 directly (through BaseHTTPMiddleware it would arrive wrapped, as 400).
-    app.add_middleware(CountedBody, max_bytes=MAX_BODY_BYTES)
+    photo_cap = ctx.settings.case_photo_max_bytes + casephotos.MULTIPART_SLACK
+
+    def cap(path: str) -> int:
+        return photo_cap if casephotos.PHOTO_UPLOAD.fullmatch(path) else MAX_BODY_BYTES
+
+    app.add_middleware(CountedBody, max_bytes=MAX_BODY_BYTES, cap=cap)
 
     @app.middleware("http")
     async def _limit_body(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-            return error_response(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+        limit = cap(request.url.path)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return error_response(413, "too_large", f"bodies are limited to {limit} bytes")
         return await call_next(request)
 
     @app.middleware("http")
@@ -123,7 +148,18 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
         response.headers["Content-Security-Policy"] = RELAXED_CSP if relaxed else STRICT_CSP
         return response
 
-    for module in (health, devices, timeseries, alerts, rules, deadletters, cluster):
+    for module in (
+        health,
+        devices,
+        duties,
+        timeseries,
+        alerts,
+        cases,
+        casephotos,
+        rules,
+        deadletters,
+        cluster,
+    ):
         app.include_router(module.router)
     _add_front_door(app)
     app.include_router(web.router)  # the pages under /ui/ (public; data comes from the API)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -17,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ApiError
 from ingest.api.tokens import Principal, Role
+from ingest.people import Post
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `citysense tokens add`")
 RELOAD_EVERY_S = 1.0  # a token added or revoked by the CLI takes effect within a second
@@ -47,8 +49,24 @@ def caller(
         principal = ctx.tokens.verify(credentials.credentials)
     if principal is None:
         raise _unauthorized("unknown or revoked token")
+    if principal.role is Role.PERSON:
+        principal = _as_person(ctx, principal)
     request.state.principal = principal
     return principal
+
+
+def _as_person(ctx: ApiContext, token: Principal) -> Principal:
+    """A person's token seen through the people file as it is now: their posts and areas."""
+    person = ctx.people.get(token.name) if ctx.people is not None else None
+    if person is None:
+        raise _unauthorized(f"the token stands for {token.name}, who is not in the people file")
+    return replace(
+        token,
+        areas=frozenset(person.view_areas(ctx.registry)),
+        audiences=frozenset(person.audiences(ctx.registry)),
+        person=person.username,
+        area_wide=person.role is Post.GRID_WORKER,
+    )
 
 
 def operator(principal: Annotated[Principal, Depends(caller)]) -> Principal:

@@ -17,9 +17,13 @@ from devices.registry import Registry
 from ingest.alerts.feed import AlertFeed
 from ingest.alerts.store import AlertStore, Announce
 from ingest.api.tokens import TokenStore
+from ingest.cases.config import CaseConfig
+from ingest.cases.photos import PhotoStore
+from ingest.cases.store import CaseStore
 from ingest.cluster.leases import Leases
 from ingest.intake.skew import ClockSkew
 from ingest.metrics import Metrics
+from ingest.people import People, PeopleFile
 from ingest.settings import Settings
 from ingest.sinks.deadletters import DeadLetterStore
 from rules.alerts import Alert, AlertEvent
@@ -57,6 +61,13 @@ class ApiContext:
     tokens_checked: float = 0.0  # monotonic time the tokens file was last checked
     streams: dict[str, int] = field(default_factory=dict)  # token id → open alert streams
     leases: Leases | None = None  # the partition leases (GET /cluster); None: no cluster
+    # Cases (ingest/api/cases.py); None: no cases here (the routes answer 503).
+    cases: CaseStore | None = None
+    case_config: CaseConfig | None = None
+    photos: PhotoStore | None = None
+    # The people file (ingest/people.py): who a ``person`` token is, who a case can go to.
+    people: People | PeopleFile | None = None
+    wake_outbox: Callable[[], None] = lambda: None  # a case step wrote announcements: send now
 
 
 def context(request: Request) -> ApiContext:

@@ -152,6 +152,8 @@ async def get_device(
         state=[AlertState.OPEN, AlertState.ACKNOWLEDGED],
         limit=1000,
     )
+    # A chief or a department sees the device, but only the alerts told to its posts.
+    alerts = [a for a in alerts if principal.sees_alert(a.areas.values(), a.audiences)]
     summary = _summary(ctx, device)
     skew_ms = ctx.clock_skew.skew_ms(device.id) if ctx.clock_skew else None
     return DeviceDetail(

@@ -63,6 +63,9 @@ class Role(StrEnum):
 
     OPERATOR = "operator"  # everything
     GRID_WORKER = "grid_worker"  # only the devices and alerts of its areas
+    # A person of the people file (ingest/people.py), named by the token's name: sees what
+    # their posts see, as the file says now (a post moved in the file moves their view).
+    PERSON = "person"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,14 @@ class Principal:
     token_id: str
     name: str
     role: Role
-    areas: frozenset[str]  # empty for operators
+    areas: frozenset[str]  # empty for operators; a person's: where they may look at devices
+    # Audience keys told to them (rules/audiences.py): a person's posts and ``person/{name}``.
+    audiences: frozenset[str] = frozenset()
+    person: str | None = None  # the people file's username a PERSON token stands for
+    # Whether everything inside ``areas`` is theirs — alerts, cases (a grid worker, as before);
+    # a chief or a department sees only the alerts told to its posts and its own cases, though
+    # it may look at the devices of its areas.
+    area_wide: bool = True
 
     def sees(self, area_ids: Iterable[str]) -> bool:
         """Whether something whose area path (grid up to city) is ``area_ids`` is visible."""
@@ -80,6 +90,14 @@ class Principal:
             return True
         # The path holds every level, so a binding to a village covers all grids beneath it.
         return not self.areas.isdisjoint(area_ids)
+
+    def sees_alert(self, area_ids: Iterable[str], audiences: Iterable[str]) -> bool:
+        """Whether an alert placed at ``area_ids`` and told to ``audiences`` is theirs."""
+        if self.role is Role.OPERATOR:
+            return True
+        if self.area_wide and self.sees(area_ids):
+            return True
+        return not self.audiences.isdisjoint(audiences)
 
 
 class TokensFileError(ValueError):
@@ -117,6 +135,8 @@ class TokenEntry(BaseModel):
             raise ValueError("a grid_worker token needs at least one area")
         if self.role is Role.OPERATOR and self.areas:
             raise ValueError("an operator token sees everything and takes no areas")
+        if self.role is Role.PERSON and self.areas:
+            raise ValueError("a person's token sees what the people file gives them: no areas")
         if len(set(self.areas)) != len(self.areas):
             raise ValueError("areas are listed more than once")
         return self

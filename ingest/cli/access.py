@@ -19,7 +19,7 @@ from ingest.cli.common import (
     registry_at,
     store_settings,
 )
-from ingest.ops.workers import Worker
+from ingest.people import Person
 from ingest.settings import Settings
 
 
@@ -53,6 +53,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="area id(s) a grid_worker sees, at any level (repeatable)",
     )
     q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
+    q.add_argument(
+        "--workers",
+        type=Path,
+        help="people file a person's --name is checked in (default $CITYSENSE_WORKERS)",
+    )
     q.set_defaults(func=cmd_tokens)
     q = dsub.add_parser("list", help="list tokens (never their secrets or hashes)")
     q.add_argument("--json", action="store_true")
@@ -98,14 +103,37 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_a_person(args: argparse.Namespace, settings: Settings) -> str | None:
+    """Why ``--name`` cannot be a person's token (None if it can): it must be in the people
+    file, whose posts say what the token sees."""
+    from ingest.people import WorkersError, load_workers
+
+    file = args.workers or settings.workers
+    try:
+        people = load_workers(file, registry_at(args.registry or settings.registry))
+    except WorkersError as e:
+        return str(e)
+    if all(p.username != args.name for p in people):
+        return f"no person {args.name!r} in {file} (a person's token is named by username)"
+    return None
+
+
 def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) -> int:
     role = Role(args.role)
     areas: list[str] = list(dict.fromkeys(args.area or []))
     if role is Role.GRID_WORKER and not areas:
         print("citysense tokens add: a grid_worker needs --area (one or more)", file=sys.stderr)
         return 2
-    if role is Role.OPERATOR and areas:
-        print("citysense tokens add: an operator sees everything; drop --area", file=sys.stderr)
+    if role is not Role.GRID_WORKER and areas:
+        print(
+            f"citysense tokens add: an {role} takes no --area"
+            if role is Role.OPERATOR
+            else f"citysense tokens add: a {role} takes no --area",
+            file=sys.stderr,
+        )
+        return 2
+    if role is Role.PERSON and (problem := _not_a_person(args, settings)):
+        print(f"citysense tokens add: {problem}", file=sys.stderr)
         return 2
     if areas:
         registry_file = args.registry or settings.registry
@@ -123,7 +151,9 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
         print(f"citysense tokens add: {e}", file=sys.stderr)
         return 2
     print(token)
-    scope = ", ".join(sorted(principal.areas)) or "all areas"
+    scope = ", ".join(sorted(principal.areas)) or (
+        "their posts in the people file" if role is Role.PERSON else "all areas"
+    )
     print(
         f"created {principal.token_id} for {principal.name} ({role.value}: {scope}) in "
         f"{store.where}; the token above is shown only now, only its hash is kept\n"
@@ -144,7 +174,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     from ingest.ops.brokerconfig import BrokerConfigError, write_broker_files
     from ingest.ops.processes import MissingBinaryError
     from ingest.ops.tls import TlsError
-    from ingest.ops.workers import WorkersError, load_workers
+    from ingest.people import WorkersError, load_workers
 
     settings = checked_settings("broker-config")
     registry = registry_at(args.registry or settings.registry)
@@ -193,7 +223,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def _nats_users(
-    out: Path, registry: Registry, workers: Sequence[Worker], settings: Settings
+    out: Path, registry: Registry, workers: Sequence[Person], settings: Settings
 ) -> int:
     """``broker-config`` for a NATS cluster: the nodes' ``users.conf`` (ingest/ops/nats.py)."""
     from ingest.ops import nats

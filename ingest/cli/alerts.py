@@ -100,8 +100,6 @@ def _announce_by_cli(settings: Settings, alert: Any, event: Any) -> None:
     """Tell the alert's audience over MQTT, as the service does for its own changes."""
     import paho.mqtt.publish as mqtt_publish
 
-    from devices.topics import alert_topic
-
     payload = json.dumps(
         {"alert": alert.model_dump(mode="json"), "event": event.model_dump(mode="json")},
         ensure_ascii=False,
@@ -114,10 +112,7 @@ def _announce_by_cli(settings: Settings, alert: Any, event: Any) -> None:
     )
     try:
         mqtt_publish.multiple(
-            [
-                {"topic": alert_topic(level, area), "payload": payload, "qos": 1}
-                for level, area in alert.audience
-            ],
+            [{"topic": topic, "payload": payload, "qos": 1} for topic in alert.topics],
             hostname=settings.mqtt_host,
             port=settings.mqtt_port,
             auth=auth,  # type: ignore[arg-type]

@@ -7,7 +7,8 @@
   service; mode 0600, never a plaintext password.
 - ``acl``: one block per user. A device may write only ``iot/{its kind}/{its id}/#`` and read
   nothing (there are no command topics yet); the ingest service reads ``iot/#`` and writes
-  ``alerts/#``; a grid worker reads ``alerts/{level}/{area}`` of its own areas only.
+  ``alerts/#`` and ``cases/#``; a person (ingest/people.py) reads ``alerts/{key}`` and
+  ``cases/{key}`` of their own posts only (a grid worker ``alerts/{level}/{area}`` of its areas).
 - ``listeners.conf``: ``allow_anonymous false``, the two files above, a plain listener and a
   TLS listener. It must come *after* the policy (``mosquitto.conf``) in the broker's config:
   these settings are global and Mosquitto keeps the last value it reads.
@@ -58,7 +59,7 @@ from devices.credentials import (
 from devices.registry import Registry
 from ingest.ops.processes import HOST, find_binary
 from ingest.ops.tls import TlsFiles, ensure_local_tls
-from ingest.ops.workers import USERNAME_PATTERN, Worker
+from ingest.people import USERNAME_PATTERN, Person
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
@@ -99,12 +100,13 @@ def device_acl(kind: str, device_id: str) -> list[str]:
 
 def ingest_acl() -> list[str]:
     """The ingest service's ACL lines (``iot/#`` covers its ``$share/...`` form, see above)."""
-    return ["topic read iot/#", "topic write alerts/#"]
+    return ["topic read iot/#", "topic write alerts/#", "topic write cases/#"]
 
 
-def worker_acl(worker: Worker, registry: Registry) -> list[str]:
-    """A grid worker's ACL lines: read the alerts of its own areas, write nothing."""
-    return [f"topic read {t}" for t in worker.alert_topics(registry)]
+def worker_acl(worker: Person, registry: Registry) -> list[str]:
+    """A person's ACL lines: read the alerts and cases of their own posts, write nothing."""
+    topics = [*worker.alert_topics(registry), *worker.case_topics(registry)]
+    return [f"topic read {t}" for t in topics]
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Account:
 
     ``gateway``: a data concentrator publishing for many devices (a county's RTU hub, a test
     harness): writes ``iot/#``, reads nothing; the ingest service still checks each device
-    against the registry. ``monitor``: a command-centre screen: reads ``alerts/#``.
+    against the registry. ``monitor``: a command-centre screen: reads ``alerts/#`` and ``cases/#``.
     """
 
     username: str
@@ -123,12 +125,14 @@ class Account:
 
 def account_acl(account: Account) -> list[str]:
     """A service account's ACL lines."""
-    return ["topic write iot/#"] if account.role == "gateway" else ["topic read alerts/#"]
+    if account.role == "gateway":
+        return ["topic write iot/#"]
+    return ["topic read alerts/#", "topic read cases/#"]
 
 
 def acl_text(
     registry: Registry,
-    workers: Sequence[Worker],
+    workers: Sequence[Person],
     ingest_user: str,
     accounts: Sequence[Account] = (),
 ) -> str:
@@ -279,7 +283,7 @@ def hash_password_file(entries: Sequence[tuple[str, str]], dest: Path) -> None:
 def write_broker_files(
     out_dir: Path,
     registry: Registry,
-    workers: Sequence[Worker],
+    workers: Sequence[Person],
     *,
     dev_secret: bytes | str,
     ingest_password: str,

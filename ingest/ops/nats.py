@@ -17,7 +17,8 @@ nothing (measured: docs/architecture.md, "A clustered broker"). Each node gets:
 Permissions are checked on the mapped subject: a device may publish only
 ``iot.{its partition}.{kind}.{id}.>`` (a 5-token topic of its own is not mapped, so allowing
 any partition would let it write into another), and read nothing; the service reads ``iot.>``
-and writes ``alerts.>``; a grid worker reads its areas' ``alerts.{level}.{area}``.
+and writes ``alerts.>`` and ``cases.>``; a person reads ``alerts.{key}`` and ``cases.{key}`` of
+their own posts (ingest/people.py).
 
 Known gaps of NATS's MQTT layer (measured, docs/architecture.md): any authenticated user may
 take over any session by its client id (Mosquitto's dynamic-security binding has no
@@ -54,7 +55,7 @@ from ingest.ops.processes import (
     spawn,
     wait_ready,
 )
-from ingest.ops.workers import Worker
+from ingest.people import Person
 from ingest.settings import Settings
 
 MAX_ACK_PENDING = 20_000  # per session; the cap is 65,535 summed over its subscriptions
@@ -181,12 +182,14 @@ def _user(
 
 
 def _subject(mqtt_topic: str) -> str:
-    return mqtt_topic.replace("/", ".")
+    # As NATS maps an MQTT topic: levels joined by '.', a '.' inside a level written '//'
+    # (usernames like li.na in cases/person/li.na).
+    return ".".join(level.replace(".", "//") for level in mqtt_topic.split("/"))
 
 
 def users_conf(
     registry: Registry,
-    workers: Sequence[Worker],
+    workers: Sequence[Person],
     *,
     dev_secret: bytes | str,
     ingest_user: str,
@@ -201,13 +204,13 @@ def users_conf(
         raise BrokerConfigError(
             f"device ids with '.' cannot be partitioned on NATS: {', '.join(dotted[:10])}"
         )
-    users = [_user(ingest_user, ingest_password, ["alerts.>"], ["iot.>"])]
+    users = [_user(ingest_user, ingest_password, ["alerts.>", "cases.>"], ["iot.>"])]
     users += [
         _user(
             w.username,
             worker_password(dev_secret, w.username),
             [],
-            [_subject(t) for t in w.alert_topics(registry)],
+            [_subject(t) for t in (*w.alert_topics(registry), *w.case_topics(registry))],
         )
         for w in workers
     ]
@@ -217,7 +220,9 @@ def users_conf(
         else:
             # "alerts" too: NATS grants an MQTT filter ending in "#" only with its parent level
             # (alerts/# is alerts.> and alerts), and a screen subscribes to alerts/#.
-            users.append(_user(a.username, a.password, [], ["alerts", "alerts.>"]))
+            users.append(
+                _user(a.username, a.password, [], ["alerts", "alerts.>", "cases", "cases.>"])
+            )
     for d in registry.devices.values():
         p = partition_of(d.id, partitions)
         users.append(

@@ -40,7 +40,7 @@ from ingest.ops.processes import (
     start_mosquitto,
     start_postgres,
 )
-from ingest.ops.workers import load_workers
+from ingest.people import load_workers
 from ingest.settings import Settings
 
 # `stack up` starts servers on loopback only, so settings must point there to reach them.

@@ -1,4 +1,5 @@
-"""The web pages (overview, device, grid worker) served by ``citysense serve`` under ``/ui/``.
+"""The web pages (overview, device, case board, grid worker) served by ``citysense serve``
+under ``/ui/``.
 
 Static HTML and plain JavaScript modules, no build step. The pages hold no data: they are
 public, and everything they show comes from the token-protected API, called by the browser
@@ -17,7 +18,7 @@ __all__ = ["PAGE_CACHE", "STATIC_CACHE", "router"]
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
-PAGES = ("index.html", "device.html", "worker.html")
+PAGES = ("index.html", "device.html", "worker.html", "cases.html")
 STATIC_CACHE = "public, max-age=86400"  # scripts, styles and vendored libraries
 PAGE_CACHE = "no-cache"  # the pages themselves: always revalidated
 

@@ -44,7 +44,7 @@ from ingest.ops.processes import (
     wait_ready,
 )
 from ingest.ops.tls import ensure_local_tls
-from ingest.ops.workers import Worker, load_workers
+from ingest.people import Person, load_workers
 from ingest.settings import Settings
 from tests.serviceproc import service_env, spawn_service
 from tests.services import influx_query, new_database
@@ -68,7 +68,7 @@ class Broker:
     proc: ManagedProcess
     files: BrokerFiles
     registry: Registry
-    workers: dict[str, Worker]
+    workers: dict[str, Person]
 
     @property
     def port(self) -> int:

@@ -45,7 +45,7 @@ def opened() -> Alert:
 
 def test_open_repeat_acknowledge_resolve() -> None:
     alert = opened()
-    assert alert.state is AlertState.OPEN and alert.audience == [(Level.GRID, "g")]
+    assert alert.state is AlertState.OPEN and alert.topics == ["alerts/grid/g"]
     for i in range(3):
         alert, event = repeat(alert, T0 + 1000 * (i + 1), 211.8 + i / 10, "still high")
         assert event.action is AlertAction.REPEATED
@@ -91,7 +91,7 @@ def test_escalation_walks_up_to_the_city_and_stops() -> None:
         seen.append(alert.escalation_level)
         assert event.action is AlertAction.ESCALATED
     assert seen == [Level.VILLAGE, Level.TOWNSHIP, Level.COUNTY, Level.CITY]
-    assert [area for _, area in alert.audience] == ["g", "v", "t", "co", "c"]
+    assert alert.audiences == ("grid/g", "village/v", "township/t", "county/co", "city/c")
     with pytest.raises(InvalidTransition, match="top"):
         escalate(alert, T0 + 3_000_000)
 

@@ -285,13 +285,7 @@ def test_escalation_walks_up_to_the_city_and_stops(store: AlertStore) -> None:
         "to county co1",
         "to city c",
     ]
-    assert up.audience == [
-        (Level.GRID, "g1"),
-        (Level.VILLAGE, "v1"),
-        (Level.TOWNSHIP, "t1"),
-        (Level.COUNTY, "co1"),
-        (Level.CITY, "c"),
-    ]
+    assert up.audiences == ("grid/g1", "village/v1", "township/t1", "county/co1", "city/c")
     with pytest.raises(InvalidTransition, match="top"):
         store.escalate(alert.id, T0 + 60 * MIN)
     assert store.get(alert.id) == up and not due_for_escalation(up, MIN, T0 + 10**9)

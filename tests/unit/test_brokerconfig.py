@@ -33,7 +33,7 @@ from ingest.ops.brokerconfig import (
 )
 from ingest.ops.processes import free_port
 from ingest.ops.tls import RENEW_BEFORE, SERVER_DAYS, ensure_local_tls
-from ingest.ops.workers import Worker, WorkersError, load_workers, parse_workers
+from ingest.people import Person, Post, WorkersError, load_workers, parse_workers
 from ingest.settings import Settings
 from tests.unit.smallcity import SMALL_AREAS, SMALL_DEVICES
 
@@ -83,8 +83,9 @@ def test_an_empty_secret_is_refused() -> None:
 def test_example_workers_load_at_several_levels() -> None:
     registry = load_registry(REPO / "config" / "registry.yaml")
     workers = load_workers(REPO / "config" / "workers.yaml", registry)
-    assert len(workers) >= 6
-    assert all(1 <= len(w.areas) <= 2 for w in workers)
+    grid_workers = [w for w in workers if w.role is Post.GRID_WORKER]
+    assert len(grid_workers) >= 6
+    assert all(1 <= len(w.areas) <= 2 for w in grid_workers)
     levels = {lv for w in workers for lv in w.levels(registry)}
     assert {Level.GRID, Level.VILLAGE, Level.TOWNSHIP} <= levels
     li_na = next(w for w in workers if w.username == "li.na")
@@ -114,7 +115,7 @@ def test_an_unknown_area_is_named() -> None:
     ("entry", "expected"),
     [
         ({**OK, "extra": 1}, "workers[1] (username=li.na): extra: Extra inputs are not permitted"),
-        ({**OK, "areas": []}, "workers[1] (username=li.na): areas: Tuple should have at least 1"),
+        ({**OK, "areas": []}, "workers[1] (username=li.na): (entry): Value error, a grid_worker"),
         ({**OK, "username": "Li Na"}, "workers[1] (username=Li Na): username: String should"),
         ({**OK, "username": "a:b"}, "workers[1] (username=a:b): username: String should"),
         ({**OK, "username": "g1"}, "workers[1] (username=g1): username: is also a device id"),
@@ -143,7 +144,7 @@ def test_duplicate_usernames_and_bad_sections_are_named() -> None:
 # --- the generated files -------------------------------------------------------------------
 
 
-def small_workers(registry: Registry) -> tuple[Worker, ...]:
+def small_workers(registry: Registry) -> tuple[Person, ...]:
     data = {
         "workers": [
             {"username": "li.na", "name": "李娜", "areas": ["g", "g2"]},
@@ -187,9 +188,19 @@ def test_acl_has_one_block_per_user_as_the_issue_says(generated: BrokerFiles) ->
     blocks = acl_blocks(generated.acl.read_text())
     assert blocks == {
         "": [],  # a rule here would apply to anonymous clients
-        "citysense-ingest": ["topic read iot/#", "topic write alerts/#"],
-        "li.na": ["topic read alerts/grid/g", "topic read alerts/grid/g2"],
-        "zhao.lei": ["topic read alerts/village/v"],
+        "citysense-ingest": ["topic read iot/#", "topic write alerts/#", "topic write cases/#"],
+        "li.na": [
+            "topic read alerts/grid/g",
+            "topic read alerts/grid/g2",
+            "topic read cases/grid/g",
+            "topic read cases/grid/g2",
+            "topic read cases/person/li.na",
+        ],
+        "zhao.lei": [
+            "topic read alerts/village/v",
+            "topic read cases/village/v",
+            "topic read cases/person/zhao.lei",
+        ],
         "r1": ["topic write iot/river/r1/#"],
         "g1": ["topic write iot/gate/g1/#"],
         "d1": ["topic write iot/road/d1/#"],

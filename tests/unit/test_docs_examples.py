@@ -24,7 +24,7 @@ from devices.payloads import SCHEMAS, schema_for
 from devices.registry import Registry, load_registry, parse_registry
 from devices.topics import parse_device_topic
 from ingest.intake.decode import Decoded, Decoder, Rejection
-from ingest.ops.workers import parse_workers
+from ingest.people import parse_workers
 from rules.loader import parse_rules
 from rules.model import FORMS
 

@@ -14,7 +14,7 @@ from devices.registry import Registry, load_registry
 from ingest.ops import nats
 from ingest.ops.brokerconfig import BrokerConfigError
 from ingest.ops.processes import StackError
-from ingest.ops.workers import load_workers
+from ingest.people import load_workers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,15 +53,20 @@ def test_each_device_may_publish_only_into_its_own_partition(registry: Registry)
 def test_the_service_and_grid_workers(registry: Registry) -> None:
     found = users(registry)
     assert found["citysense-ingest"]["permissions"] == {
-        "publish": {"allow": ["alerts.>"]},
+        "publish": {"allow": ["alerts.>", "cases.>"]},
         "subscribe": {"allow": ["iot.>"]},
     }
     workers = load_workers(REPO / "config" / "workers.yaml", registry)
     w = workers[0]
     got = found[w.username]
+    # As NATS maps MQTT topics: '/' → '.', and a '.' inside a level (li.na) → '//'.
     assert got["permissions"]["subscribe"]["allow"] == [
-        t.replace("/", ".") for t in w.alert_topics(registry)
+        ".".join(level.replace(".", "//") for level in t.split("/"))
+        for t in (*w.alert_topics(registry), *w.case_topics(registry))
     ]
+    assert (
+        f"cases.person.{w.username.replace('.', '//')}" in got["permissions"]["subscribe"]["allow"]
+    )
     assert got["permissions"]["publish"]["allow"] == []
     pw = worker_password(LOCAL_EXAMPLE_DEV_SECRET, w.username).encode()
     assert bcrypt.checkpw(pw, got["password"].encode())

@@ -230,7 +230,7 @@ BAD_FILES = {
     "unknown role": (
         "- {id: abcdef012345, name: li, role: device, "
         "hash: " + "b" * 64 + ", created: '2025-01-01T00:00:00Z'}\n",
-        "[1] (id=abcdef012345): role: Input should be 'operator' or 'grid_worker'",
+        "[1] (id=abcdef012345): role: Input should be 'operator', 'grid_worker' or 'person'",
     ),
     "plaintext instead of hash": (
         "- {id: abcdef012345, name: li, role: operator, "
@@ -406,7 +406,7 @@ def test_cli_area_binding_spans_levels_and_repeats(
         (["--role", "grid_worker", "--area", "nowhere"], "no area nowhere in"),
         (["--role", "grid_worker", "--area", GRID, "nowhere"], "no area nowhere in"),
         (["--role", "grid_worker"], "grid_worker needs --area"),
-        (["--role", "operator", "--area", GRID], "operator sees everything"),
+        (["--role", "operator", "--area", GRID], "operator takes no --area"),
         (["--role", "operator", "--name", "a\tb"], "must be printable"),
     ],
 )

@@ -135,7 +135,7 @@ async function renderHistory() {
   // The list has no device filter: ask for the device's grid, keep this device's alerts.
   const all = await api(`/alerts?area=${encodeURIComponent(detail.device.grid)}&limit=1000`);
   const mine = all.filter((a) => a.device_id === detail.device.id);
-  const head = h("tr", {}, ...["开始 Opened", "规则 Rule", "级别 Severity", "状态 State", "值 Value", "确认 Acknowledged", "解决 Resolved"].map((t) => h("th", {}, t)));
+  const head = h("tr", {}, ...["开始 Opened", "规则 Rule", "级别 Severity", "状态 State", "值 Value", "确认 Acknowledged", "解决 Resolved", "发送对象 Sent to"].map((t) => h("th", {}, t)));
   const rows = mine.map((a) =>
     h(
       "tr",
@@ -147,10 +147,36 @@ async function renderHistory() {
       h("td", {}, fmtValue(a.value)),
       h("td", {}, a.acknowledged_by ? `${a.acknowledged_by} ${fmtTime(a.acknowledged_ms)}` : "—"),
       h("td", {}, a.resolved_by ? `${a.resolved_by} ${fmtTime(a.resolved_ms)}` : "—"),
+      h("td", { class: "audiences" }, a.audiences ? audienceText(a.audiences) : "…"),
     ),
   );
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "没有告警 No alerts")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "没有告警 No alerts")));
   document.getElementById("history").replaceChildren(head, ...rows);
+  // The list may not carry the audiences; GET /alerts/{id} does: fill in the newest rows.
+  mine
+    .filter((x) => !x.audiences)
+    .forEach((a, i) => {
+      const cell = document.querySelector(`#history tr[data-alert="${CSS.escape(a.id)}"] td.audiences`);
+      if (i >= AUDIENCE_LOOKUPS) cell.textContent = "—";
+      else
+        api(`/alerts/${encodeURIComponent(a.id)}`)
+          .then((d) => (cell.textContent = audienceText(d.alert.audiences)))
+          .catch(() => (cell.textContent = "—"));
+    });
+}
+
+const AUDIENCE_LOOKUPS = 30;
+const AUDIENCE_KIND = { grid: "网格 grid", village: "村 village", township: "乡镇 township", county: "区县 county", city: "市 city", river_chief: "河长 river chief", road_chief: "路长 road chief", department: "部门 department", person: "人 person" };
+
+/** "grid/430502001001-01" → "网格 grid 430502001001-01", joined; "—" when none or unknown. */
+function audienceText(keys) {
+  if (!keys || !keys.length) return "—";
+  return keys
+    .map((k) => {
+      const [kind, ...rest] = String(k).split("/");
+      return `${AUDIENCE_KIND[kind] ?? kind} ${rest.join("/")}`;
+    })
+    .join(" · ");
 }
 
 async function start() {

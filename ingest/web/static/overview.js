@@ -1,6 +1,6 @@
-// Overview: device counts, a plain SVG map of the devices, unresolved alerts per county, and
-// the live alert list from the SSE stream.
-import { api, fmtTime, followAlerts, h, placeOf, SEVERITY, SEVERITY_ORDER, signIn, STATE } from "./app.js";
+// Overview: device counts, a plain SVG map of the devices, unresolved alerts per county, the
+// live alert list from the SSE stream, and the cases per department (refreshed every 30 s).
+import { api, fmtDuration, fmtTime, followAlerts, h, placeOf, SEVERITY, SEVERITY_ORDER, signIn, STATE } from "./app.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLOUR = { ok: "#2f9e44", warning: "#d4a106", major: "#e8590c", critical: "#b3261e", info: "#5c7cfa", offline: "#868e96" };
@@ -101,6 +101,39 @@ function liveItem(alert, text, fresh) {
   );
 }
 
+async function renderCaseStats() {
+  const table = document.getElementById("case-stats");
+  let groups;
+  try {
+    groups = (await api("/cases/stats?by=department")).groups;
+  } catch (e) {
+    table.replaceChildren(h("tr", {}, h("td", { class: "muted" }, `无法读取案件统计 Cannot load case statistics: ${e.reason ?? e.message}`)));
+    return;
+  }
+  const head = h(
+    "tr",
+    {},
+    h("th", {}, "部门 Department"),
+    ...["未结 Open", "全部 Total", "按时率 On time", "处置中位时长 Median time to handle", "退回 Sent back"].map((t) => h("th", { class: "num" }, t)),
+  );
+  const rows = groups.map((g) => {
+    const open = g.total - (g.by_state?.closed ?? 0);
+    const rate = g.on_time_rate == null ? "—" : `${Math.round(g.on_time_rate * 1000) / 10}%`;
+    return h(
+      "tr",
+      { dataset: { group: g.key } },
+      h("td", {}, g.name || g.key, g.name && g.name !== g.key && g.key !== "-" ? h("span", { class: "muted" }, ` ${g.key}`) : null),
+      h("td", { class: "num", dataset: { field: "open" } }, open),
+      h("td", { class: "num", dataset: { field: "total" } }, g.total),
+      h("td", { class: "num", dataset: { field: "on_time" } }, rate),
+      h("td", { class: "num", dataset: { field: "median" } }, fmtDuration(g.median_handle_s)),
+      h("td", { class: "num", dataset: { field: "sent_back" } }, g.sent_back),
+    );
+  });
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "还没有案件 No cases yet")));
+  table.replaceChildren(head, ...rows);
+}
+
 function render() {
   renderCounts();
   renderMap();
@@ -113,6 +146,8 @@ async function start() {
   const open = await api("/alerts?state=open&state=acknowledged&limit=1000");
   for (const a of open) active.set(a.id, a);
   render();
+  renderCaseStats();
+  setInterval(renderCaseStats, 30_000);
   const live = document.getElementById("live");
   live.replaceChildren(...open.slice(0, 20).map((a) => liveItem(a, a.detail || a.rule_id, false)));
   let pending = null;

@@ -1,6 +1,8 @@
 // Grid worker view: the worker's own open and acknowledged alerts, newest first, with place,
 // value and time; acknowledge or resolve with a note. Refreshed live from the alert stream.
+// The worker's cases and the report form below them are worker-cases.js.
 import { api, fmtTime, fmtValue, followAlerts, h, placeOf, SEVERITY, signIn, STATE } from "./app.js";
+import { startCases } from "./worker-cases.js";
 
 const byId = new Map(); // device id → DeviceSummary (the worker's own devices)
 const status = document.getElementById("status");
@@ -54,6 +56,7 @@ async function load() {
 
 async function start() {
   for (const d of await api("/devices")) byId.set(d.device.id, d);
+  startCases([...byId.values()]).catch((e) => console.error(e)); // the worker's cases, below the alerts
   await load();
   let pending = null;
   followAlerts(() => {

@@ -1,0 +1,1 @@
+"""Cases (案件, work orders): their store, photos, config and the overdue clock."""
