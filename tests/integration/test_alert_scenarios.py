@@ -33,11 +33,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.kinds import Channel
+from devices.kinds import Channel, Level
 from devices.registry import Registry
 from ingest.alerts.store import AlertStore, sqlite_url
+from ingest.people import load_workers
 from ingest.settings import InfluxDialect
 from rules import load_rules
+from rules.audiences import reach
 from rules.model import SilenceRule
 from simulator import SCENARIOS, SimulationConfig, dry_run
 from simulator.behaviour import Condition
@@ -100,9 +102,10 @@ CASES = [
 
 
 class Worker:
-    """A grid worker's phone: a plain paho client, persistent session, QoS 1 on one topic."""
+    """The phones of whoever answers for a device: a plain paho client, persistent session,
+    QoS 1 on the topics given; records each message with the topic it came on."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, *topics: str) -> None:
         self.received: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(
@@ -115,11 +118,11 @@ class Worker:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.connect("127.0.0.1", port)
-        result, _mid = self.client.subscribe(topic, qos=1)
+        result, _mid = self.client.subscribe([(t, 1) for t in topics])
         assert result == mqtt.MQTT_ERR_SUCCESS
         self.client.loop_start()
         # Granted before the service starts, so nothing it publishes can be missed.
-        assert self._subscribed.wait(10), f"no SUBACK for {topic}"
+        assert self._subscribed.wait(10), f"no SUBACK for {topics}"
 
     def _on_subscribe(self, _c: object, _u: object, _mid: int, codes: Any, _p: object) -> None:
         if all(not code.is_failure for code in codes):
@@ -127,7 +130,7 @@ class Worker:
 
     def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.received.append(json.loads(message.payload))
+            self.received.append({**json.loads(message.payload), "topic": message.topic})
 
     def opened(self) -> set[Pair]:
         """(rule, device) of every ``opened`` message received so far."""
@@ -252,7 +255,11 @@ async def test_scenario_raises_exactly_its_alerts(
     other_grid = next(
         d.grid for d in registry.devices.values() if d.kind is target.kind and d.grid != target.grid
     )
-    worker = Worker(mosquitto.port, f"alerts/grid/{target.grid}")
+    # Who answers for the target: every audience its rules name for it (rules/audiences.py).
+    rules = load_rules(RULES_FILE, registry)
+    told_to = {r: reach(rules.by_id[r], target, registry).keys for r in case.rules}
+    topics = sorted({f"alerts/{k}" for keys in told_to.values() for k in keys})
+    worker = Worker(mosquitto.port, *topics)
     stranger = Worker(mosquitto.port, f"alerts/grid/{other_grid}")
     try:
         async with running_service(settings, registry) as state:
@@ -286,11 +293,84 @@ async def test_scenario_raises_exactly_its_alerts(
 
     # (a) exactly the expected alerts, all on the target device
     assert stored_pairs(tmp_path) == expected
-    # (b) the target's grid worker was told of each opening, a worker elsewhere of nothing
+    # (b) everyone who answers for the target was told of each opening on their own topic,
+    # once per alert (not once per reading), and a worker elsewhere of nothing
     assert worker.opened() == expected
     opened = [m for m in worker.messages() if m["event"]["action"] == "opened"]
-    assert len(opened) == len(expected)  # one alert per (rule, device), not one per reading
+    by_rule: dict[str, list[str]] = {}
+    for m in opened:
+        by_rule.setdefault(m["alert"]["rule_id"], []).append(m["topic"])
+    assert {r: sorted(t) for r, t in by_rule.items()} == {
+        r: sorted(f"alerts/{k}" for k in keys) for r, keys in told_to.items()
+    }
     assert {m["alert"]["areas"]["grid"] for m in opened} == {target.grid}
     if silent:
         assert [m["alert"]["value"] for m in opened] == ["silent"]
     assert stranger.messages() == []
+    # (c) what each person of the example city was told (test-artifacts/roles-*.json)
+    if case.scenario in ROLE_CHECKS:
+        heard = heard_by_person(tmp_path, registry, case.scenario)
+        ROLE_CHECKS[case.scenario](heard, target, registry)
+
+
+def heard_by_person(tmp_path: Path, registry: Registry, scenario: str) -> dict[str, set[str]]:
+    """The rules each person of config/workers.yaml was told of (their posts among the stored
+    alerts' audiences, which are the topics told: see (b) above); written for the record."""
+    people = load_workers(REPO / "config" / "workers.yaml", registry)
+    store = AlertStore(sqlite_url(tmp_path))
+    try:
+        alerts = store.list(limit=10_000)
+    finally:
+        store.close()
+    heard = {
+        p.username: {a.rule_id for a in alerts if set(p.posts(registry)) & set(a.audiences)}
+        for p in people
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"roles-{scenario}.json").write_text(
+        json.dumps({u: sorted(r) for u, r in heard.items() if r}, ensure_ascii=False, indent=1)
+    )
+    return heard
+
+
+def _holders(registry: Registry, key: str) -> list[str]:
+    people = load_workers(REPO / "config" / "workers.yaml", registry)
+    return [p.username for p in people if key in p.posts(registry)]
+
+
+def _flood_roles(heard: dict[str, set[str]], target: Any, registry: Registry) -> None:
+    county = registry.device_path(target.id).id_at(Level.COUNTY)
+    (chief,) = _holders(registry, f"river_chief/{target.segment}")
+    (police,) = _holders(registry, f"river_police/{target.segment}")
+    (flood_hq,) = _holders(registry, f"department/flood_hq/{county}")
+    (duty,) = _holders(registry, f"county/{county}")
+    assert heard[chief] == {"river_over_warning", "river_over_guarantee", "river_rising_fast"}
+    assert heard[police] == {"river_over_guarantee"}
+    assert heard[flood_hq] == {"river_over_guarantee"}
+    for grid_worker in _holders(registry, f"grid/{target.grid}"):
+        assert heard[grid_worker] == {"river_over_warning", "river_rising_fast"}  # not 超保证
+    # The county duty officer (the area chain starts at the county) is told 超保证 at once.
+    assert heard[duty] == {"river_over_guarantee"}
+    others = {u for u, r in heard.items() if r} - {chief, police, flood_hq, duty}
+    assert all("river_over_guarantee" not in heard[u] for u in others)
+
+
+def _accident_roles(heard: dict[str, set[str]], target: Any, registry: Registry) -> None:
+    county = registry.device_path(target.id).id_at(Level.COUNTY)
+    (chief,) = _holders(registry, f"road_chief/{target.segment}")
+    traffic = _holders(registry, f"department/traffic_police/{county}")
+    emergency = _holders(registry, f"department/emergency/{county}")
+    congestion = {"road_congestion_reported", "road_congestion_sustained"}
+    assert heard[chief] == {"road_accident"} | congestion
+    assert all(heard[u] == {"road_accident"} | congestion for u in traffic)
+    assert all(heard[u] == {"road_accident"} for u in emergency)
+    departments = {u for u, r in heard.items() if r and u.split(".")[0] in DEPARTMENT_PREFIXES}
+    assert departments == set(traffic) | set(emergency)  # no other department
+
+
+DEPARTMENT_PREFIXES = {"flood", "water", "eco", "traffic", "emergency", "urban"}
+ARTIFACTS = REPO / "test-artifacts"
+ROLE_CHECKS: dict[str, Callable[[dict[str, set[str]], Any, Registry], None]] = {
+    "flood": _flood_roles,
+    "accident": _accident_roles,
+}

@@ -74,7 +74,7 @@ def test_over_guarantee_reaches_the_chiefs_and_the_county_flood_hq_and_nobody_at
         "river_chief/zj-sq": ["tang.weimin"],
         "river_police/zj-sq": ["police.lu.feng"],
         "department/flood_hq/430502": ["flood.sq"],
-        "county/430502": [],  # the county's duty officer: no one posted in the example file
+        "county/430502": ["duty.sq"],  # the county's duty officer (双清区值班室)
     }
     assert not any(k.startswith(("grid/", "village/", "township/")) for k in found.keys)
 
