@@ -86,6 +86,7 @@ class CaseAction(StrEnum):
     SENT_BACK = "sent_back"
     CLOSED = "closed"
     SUPERVISED = "supervised"  # 督办: a step went past its deadline
+    PHOTO_ADDED = "photo_added"  # evidence uploaded to the case (who and when)
 
 
 class CaseSource(StrEnum):
@@ -178,6 +179,9 @@ class Case(_Strict):
     state: CaseState = CaseState.FILED
     reporter: str  # the reporting token's name, or ``auto`` for a rule's own filing
     reporter_person: str | None = None  # the people-file username of the reporter, if one
+    # The reporting token's id when the reporter is no person (an operator's token): names are
+    # not unique, so only the id says who reported it. None for a rule's own filing (``auto``).
+    reporter_token: str | None = None
     assignee: str | None = None  # ``person/{username}`` or ``department/{dept}/{area}``
     assignee_level: Level | None = None  # the level the assignee works at
     handler: str | None = None  # who accepted: a people-file username (else the token's name)
@@ -285,6 +289,7 @@ def file_case(
     deadlines: CaseDeadlines,
     description: str = "",
     reporter_person: str | None = None,
+    reporter_token: str | None = None,
     alert_id: str | None = None,
     rule_id: str | None = None,
     device_id: str | None = None,
@@ -307,6 +312,7 @@ def file_case(
         lon=lon,
         reporter=reporter,
         reporter_person=reporter_person,
+        reporter_token=reporter_token,
         created_ms=at_ms,
         updated_ms=at_ms,
         deadline_ms=at_ms + deadlines.of(severity, CaseStep.DISPATCH),
@@ -466,3 +472,25 @@ def supervise(case: Case, at_ms: int, deadlines: CaseDeadlines) -> tuple[Case, C
     where = case.areas.get(level, "")
     detail = f"{case.step.value} overdue; supervised by {level.value} {where}".rstrip()
     return updated, _event(case, CaseAction.SUPERVISED, None, at_ms, detail)
+
+
+MAX_PHOTOS = 20  # per case: evidence, not an album; every announcement carries the list
+
+
+def add_photo(case: Case, photo_id: str, actor: str, at_ms: int) -> tuple[Case, CaseEvent]:
+    """Evidence uploaded to the case, recorded with who and when. InvalidTransition once the
+    case is closed, or when it already holds ``MAX_PHOTOS``."""
+    if case.state is CaseState.CLOSED:
+        raise InvalidTransition(f"case {case.id} is closed; it takes no more photos")
+    if photo_id not in case.photos and len(case.photos) >= MAX_PHOTOS:
+        raise InvalidTransition(f"case {case.id} already holds {MAX_PHOTOS} photos")
+    updated = case.model_copy(
+        update={
+            "photos": tuple(dict.fromkeys((*case.photos, photo_id))),
+            "updated_ms": max(case.updated_ms, at_ms),
+        }
+    )
+    event = CaseEvent(
+        case_id=case.id, at_ms=at_ms, action=CaseAction.PHOTO_ADDED, actor=actor, photos=(photo_id,)
+    )
+    return updated, event

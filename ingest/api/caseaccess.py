@@ -42,18 +42,21 @@ def is_operator(p: Principal) -> bool:
 
 
 def me(p: Principal) -> str:
-    """The name a case keeps for the caller as reporter or handler: the person, else the token."""
+    """The name a case keeps for the caller as handler: the person, else the token's name."""
     return p.person or p.name
 
 
 def reported(p: Principal, case: Case) -> bool:
+    """The person who reported it, or the very token (by id: names are not unique); nobody
+    for a rule's own filing."""
     if case.reporter_person is not None:
         return p.person == case.reporter_person
-    return p.person is None and p.name == case.reporter
+    return case.reporter_token is not None and p.token_id == case.reporter_token
 
 
 def handles(p: Principal, case: Case) -> bool:
-    return case.handler is not None and case.handler == me(p)
+    """The person who accepted it (only persons can: they alone hold assignee keys)."""
+    return p.person is not None and case.handler == p.person
 
 
 def assigned(p: Principal, case: Case) -> bool:
@@ -75,7 +78,7 @@ def viewer(p: Principal) -> Viewer:
         areas=p.areas if p.area_wide else frozenset(),
         keys=p.audiences,
         person=p.person,
-        name=None if p.person else p.name,
+        token=None if p.person else p.token_id,
     )
 
 
@@ -87,6 +90,15 @@ def operators_only(p: Principal, _case: Case) -> None:
 def assignee_only(p: Principal, case: Case) -> None:
     if not assigned(p, case):
         raise ApiError(403, "not_assignee", "only the case's assignee may do this")
+
+
+def handler_only(p: Principal, case: Case) -> None:
+    """Once accepted, the one who accepted goes on site and handles it: whoever verifies then
+    knows who did the work (a colleague of the unit cannot handle and then verify)."""
+    if case.handler is None:  # not accepted yet: the assignee, and the step is out of order
+        assignee_only(p, case)
+    elif not handles(p, case):
+        raise ApiError(403, "not_handler", "only the one who accepted the case may do this")
 
 
 def checker_only(p: Principal, case: Case) -> None:

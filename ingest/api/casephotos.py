@@ -20,9 +20,13 @@ from ingest.api.auth import Caller
 from ingest.api.caseaccess import (
     ACT_ERRORS,
     READ_ERRORS,
+    assigned,
     case_store,
+    handles,
+    is_operator,
     now_ms,
     photo_store,
+    reported,
     visible_case,
 )
 from ingest.api.casebodies import PhotoSaved
@@ -31,7 +35,7 @@ from ingest.api.errors import ApiError, ErrorBody, not_found
 from ingest.api.ratelimit import WriteCaller
 from ingest.cases.photos import PhotoTooLarge, UnsupportedType
 from ingest.cases.store import CaseNotFound
-from rules.cases import CaseState
+from rules.cases import CaseState, InvalidTransition
 
 router = APIRouter(prefix="/cases", tags=["cases"])
 PHOTO_UPLOAD = re.compile(r"^/cases/[^/]+/photos$")
@@ -69,10 +73,19 @@ async def upload_photo(
     ctx: Annotated[ApiContext, Depends(context)],
     request: Request,
 ) -> JSONResponse:
-    """Anyone who sees the case, until it is closed. The id is the SHA-256 of the content."""
+    """Whoever has a part in the case — an operator, its reporter, its assignee, its handler —
+    until it is closed, at most 20 photos; each upload is a history row (who, when). The id is
+    the SHA-256 of the content."""
     store, _ = case_store(ctx)
     photos = photo_store(ctx)
     found = await visible_case(ctx, principal, case_id)
+    if not (
+        is_operator(principal)
+        or reported(principal, found)
+        or assigned(principal, found)
+        or handles(principal, found)
+    ):
+        raise ApiError(403, "not_involved", "only those with a part in the case add photos")
     if found.state is CaseState.CLOSED:
         raise ApiError(409, "invalid_transition", f"case {case_id} is closed")
     # The body was capped on arrival (app.py: the photo cap plus the multipart framing);
@@ -91,9 +104,11 @@ async def upload_photo(
     finally:
         await form.close()
     try:
-        await asyncio.to_thread(store.attach_photo, case_id, photo, now_ms())
+        await asyncio.to_thread(store.attach_photo, case_id, photo, principal.name, now_ms())
     except CaseNotFound:
         raise not_found("case", case_id) from None
+    except InvalidTransition as e:  # closed during the upload, or full
+        raise ApiError(409, "invalid_transition", str(e)) from None
     return JSONResponse(PhotoSaved(photo=photo).model_dump(), status_code=201)
 
 

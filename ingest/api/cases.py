@@ -21,6 +21,7 @@ from ingest.api.caseaccess import (
     assignee_only,
     case_store,
     checker_only,
+    handler_only,
     is_operator,
     me,
     ms,
@@ -97,9 +98,7 @@ async def list_cases(
         assignee=assignee,
         overdue=overdue,
         visible_to=None if is_operator(principal) else viewer(principal),
-        mine=Viewer(keys=principal.audiences, person=principal.person, name=principal.name)
-        if mine
-        else None,
+        mine=Viewer(keys=principal.audiences, person=principal.person) if mine else None,
         limit=limit,
     )
     now = now_ms()
@@ -120,8 +119,12 @@ async def case_stats(
     the cases the caller may see."""
     store, _ = case_store(ctx)
     only = None if is_operator(principal) else viewer(principal)
-    found = await asyncio.to_thread(store.created_between, ms(since), ms(until), only)
-    return CaseStats(groups=group(found, by, level, ctx.registry))
+
+    def grouped() -> CaseStats:  # reading and grouping every case is off the event loop
+        found = store.created_between(ms(since), ms(until), only)
+        return CaseStats(groups=group(found, by, level, ctx.registry))
+
+    return await asyncio.to_thread(grouped)
 
 
 @router.post(
@@ -153,6 +156,7 @@ async def create_case(
             ctx.registry,
             reporter=principal.name,
             reporter_person=principal.person,
+            reporter_token=None if principal.person else principal.token_id,
             at_ms=now,
             deadlines=config.deadlines,
         )
@@ -172,6 +176,7 @@ async def create_case(
             areas=areas,
             reporter=principal.name,
             reporter_person=principal.person,
+            reporter_token=None if principal.person else principal.token_id,
             at_ms=now,
             deadlines=config.deadlines,
             lat=body.lat,
@@ -258,13 +263,13 @@ async def arrive_case(
     principal: WriteCaller,
     ctx: Annotated[ApiContext, Depends(context)],
 ) -> CaseChanged:
-    """The assignee."""
+    """The one who accepted it."""
     _, config = case_store(ctx)
     return await act(
         ctx,
         principal,
         case_id,
-        assignee_only,
+        handler_only,
         lambda case: arrive(
             case,
             actor=principal.name,
@@ -287,7 +292,8 @@ async def handle_case(
     principal: WriteCaller,
     ctx: Annotated[ApiContext, Depends(context)],
 ) -> CaseChanged:
-    """The assignee. ``photos``: ids uploaded to this case (``POST /cases/{id}/photos``)."""
+    """The one who accepted it. ``photos``: ids uploaded to this case first
+    (``POST /cases/{id}/photos``)."""
     _, config = case_store(ctx)
 
     def step(case: Case) -> tuple[Case, CaseEvent]:
@@ -303,7 +309,7 @@ async def handle_case(
             deadlines=config.deadlines,
         )
 
-    return await act(ctx, principal, case_id, assignee_only, step)
+    return await act(ctx, principal, case_id, handler_only, step)
 
 
 @router.post("/{case_id}/verify", summary="confirmed (核查)", responses=ACT_ERRORS)

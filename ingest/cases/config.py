@@ -52,6 +52,8 @@ def load_case_config(path: Path) -> CaseConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise CaseConfigError([Problem(str(path), "(file)", "(yaml)", str(e))]) from None
+    except UnicodeDecodeError as e:  # saved in GBK, say
+        raise CaseConfigError([Problem(str(path), "(file)", "(read)", f"not UTF-8: {e}")]) from None
     except OSError as e:
         raise CaseConfigError(
             [Problem(str(path), "(file)", "(read)", e.strerror or str(e))]

@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, MetaData, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
 
 from rules.cases import Case, CaseEvent
 
@@ -36,6 +46,8 @@ cases = Table(
     Column("handler", String(64)),
     Column("reporter", String(64), nullable=False),
     Column("reporter_person", String(64)),
+    Column("reporter_token", String(16)),  # the reporting token's id when no person reported
+    Column("late", Boolean, nullable=False, default=False),  # rules/cases.py Case.late
     Column("created_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
     Column("deadline_ms", BigInteger),
@@ -76,6 +88,8 @@ def row_of(case: Case) -> dict[str, Any]:
         "handler": case.handler,
         "reporter": case.reporter,
         "reporter_person": case.reporter_person,
+        "reporter_token": case.reporter_token,
+        "late": case.late,
         "created_ms": case.created_ms,
         "updated_ms": case.updated_ms,
         "deadline_ms": case.deadline_ms,

@@ -30,6 +30,7 @@ def case_from_alert(
     at_ms: int,
     deadlines: CaseDeadlines,
     reporter_person: str | None = None,
+    reporter_token: str | None = None,
 ) -> tuple[Case, CaseEvent]:
     """A new case for ``alert``: its rule, severity, device, areas and the device's place."""
     rule = rules.get(alert.rule_id)
@@ -44,6 +45,7 @@ def case_from_alert(
         areas=dict(alert.areas),
         reporter=reporter,
         reporter_person=reporter_person,
+        reporter_token=reporter_token,
         at_ms=at_ms,
         deadlines=deadlines,
         alert_id=alert.id,

@@ -75,6 +75,13 @@ class PhotoStore:
                 raise UnsupportedType("only JPEG, PNG and WebP photos")
             photo_id = digest.hexdigest()
             os.replace(tmp, self.directory / photo_id)
+            # The rename itself made durable before the case names the photo (a power cut
+            # must not leave a case pointing at a file that is gone).
+            directory = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
             return photo_id
         except BaseException:
             with contextlib.suppress(OSError):

@@ -14,9 +14,10 @@ transaction (``put_announcements``), as the alerts' are: nothing committed goes 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, false, or_, select
 from sqlalchemy.engine import Connection, Engine
@@ -26,7 +27,15 @@ from ingest.alerts.database import announcements
 from ingest.alerts.transaction import put_announcements
 from ingest.cases.database import AREA_COLUMNS, case_events, cases, event_row, metadata, row_of
 from ingest.transactions import WRITE, open_engine, serialise_writers
-from rules.cases import Case, CaseDeadlines, CaseEvent, CaseState, overdue, supervise
+from rules.cases import (
+    Case,
+    CaseDeadlines,
+    CaseEvent,
+    CaseState,
+    add_photo,
+    overdue,
+    supervise,
+)
 
 # Given the changes a transaction made, the (topic, payload) messages to send for them.
 Announce = Callable[[Sequence[tuple[Case, CaseEvent]]], Sequence[tuple[str, bytes]]]
@@ -52,13 +61,14 @@ class CaseExists(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Viewer:
-    """Whose cases: areas seen (grid up to city), assignee keys listened to, and the caller's
-    own names (a people-file username; the token's name) for reports and handling."""
+    """Whose cases: areas seen (grid up to city), assignee keys listened to, and who the caller
+    is — a people-file username (reports and handling), or else the token's id (its reports:
+    token names are not unique, so a name proves nothing)."""
 
     areas: frozenset[str] = frozenset()
     keys: frozenset[str] = frozenset()
     person: str | None = None
-    name: str | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +84,6 @@ class CaseQuery:
     limit: int = 100
 
 
-def _who(viewer: Viewer) -> list[str]:
-    return [n for n in (viewer.person, viewer.name) if n is not None]
-
-
 def _visible(viewer: Viewer) -> ColumnElement[bool]:
     ors: builtins.list[ColumnElement[bool]] = []
     if viewer.areas:
@@ -85,9 +91,9 @@ def _visible(viewer: Viewer) -> ColumnElement[bool]:
     if viewer.keys:
         ors.append(cases.c.assignee.in_(sorted(viewer.keys)))
     if viewer.person is not None:
-        ors.append(cases.c.reporter_person == viewer.person)
-    if viewer.name is not None:
-        ors.append(and_(cases.c.reporter == viewer.name, cases.c.reporter_person.is_(None)))
+        ors += [cases.c.reporter_person == viewer.person, cases.c.handler == viewer.person]
+    if viewer.token is not None:
+        ors.append(cases.c.reporter_token == viewer.token)
     return or_(*ors) if ors else false()
 
 
@@ -95,8 +101,8 @@ def _mine(viewer: Viewer) -> ColumnElement[bool]:
     ors: builtins.list[ColumnElement[bool]] = []
     if viewer.keys:
         ors.append(cases.c.assignee.in_(sorted(viewer.keys)))
-    if who := _who(viewer):
-        ors.append(cases.c.handler.in_(who))
+    if viewer.person is not None:
+        ors.append(cases.c.handler == viewer.person)
     return or_(*ors) if ors else false()
 
 
@@ -117,12 +123,22 @@ def case_of_alert(conn: Connection, alert_id: str) -> str | None:
     return None if found is None else str(found)
 
 
+def read_case(body: dict[str, Any]) -> Case:
+    """A stored case, read for what this version knows: a row written by a newer one (a rolling
+    upgrade) must not make every list and the overdue sweep fail."""
+    return Case.model_validate(_known(body, Case.model_fields))
+
+
+def _known(body: dict[str, Any], fields: Container[str]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k in fields}
+
+
 def _locked(conn: Connection, case_id: str) -> Case:
     query = select(cases.c.body).where(cases.c.id == case_id).with_for_update()
     body = conn.execute(query).scalar_one_or_none()
     if body is None:
         raise CaseNotFound(f"no case {case_id!r}")
-    return Case.model_validate(body)
+    return read_case(body)
 
 
 def _write(conn: Connection, changed: Case, event: CaseEvent | None) -> None:
@@ -188,19 +204,16 @@ class CaseStore:
                 put_announcements(conn, announce([(changed, event)]))
             return changed, event
 
-    def attach_photo(self, case_id: str, photo_id: str, at_ms: int) -> Case:
-        """Add a stored photo to the case's photos (once). CaseNotFound."""
+    def attach_photo(self, case_id: str, photo_id: str, actor: str, at_ms: int) -> Case:
+        """Add a stored photo to the case's photos (once), with a history row saying who.
+        CaseNotFound; InvalidTransition once it is closed (checked under the lock: a close
+        during the upload wins) or full."""
         with self._transaction() as conn:
             found = _locked(conn, case_id)
             if photo_id in found.photos:
                 return found
-            changed = found.model_copy(
-                update={
-                    "photos": (*found.photos, photo_id),
-                    "updated_ms": max(found.updated_ms, at_ms),
-                }
-            )
-            _write(conn, changed, None)
+            changed, event = add_photo(found, photo_id, actor, at_ms)
+            _write(conn, changed, event)
             return changed
 
     def supervise_overdue(
@@ -245,7 +258,7 @@ class CaseStore:
             body = conn.execute(
                 select(cases.c.body).where(cases.c.id == case_id)
             ).scalar_one_or_none()
-        return None if body is None else Case.model_validate(body)
+        return None if body is None else read_case(body)
 
     def history(self, case_id: str) -> builtins.list[CaseEvent]:
         """What happened to a case, oldest first (in the order it was recorded)."""
@@ -255,7 +268,7 @@ class CaseStore:
                 .where(case_events.c.case_id == case_id)
                 .order_by(case_events.c.seq)
             ).scalars()
-            return [CaseEvent.model_validate(b) for b in rows]
+            return [CaseEvent.model_validate(_known(b, CaseEvent.model_fields)) for b in rows]
 
     def of_alert(self, alert_id: str) -> str | None:
         """The id of the case filed from ``alert_id``, if any."""
@@ -272,7 +285,11 @@ class CaseStore:
             where.append(or_(*(cases.c[c] == query.area for c in AREA_COLUMNS)))
         if query.assignee is not None:
             where.append(cases.c.assignee == query.assignee)
-        late = and_(cases.c.deadline_ms.is_not(None), cases.c.deadline_ms < now_ms)
+        # Past its deadline, or past it once and the step not yet done (supervised).
+        late = or_(
+            cases.c.late.is_(True),
+            and_(cases.c.deadline_ms.is_not(None), cases.c.deadline_ms < now_ms),
+        )
         if query.overdue:
             where.append(and_(late, cases.c.state != CaseState.CLOSED.value))
         if query.visible_to is not None:
@@ -292,7 +309,7 @@ class CaseStore:
             .limit(max(0, query.limit))
         )
         with self._engine.connect() as conn:
-            return [Case.model_validate(b) for b in conn.execute(statement).scalars()]
+            return [read_case(b) for b in conn.execute(statement).scalars()]
 
     def created_between(
         self, since_ms: int | None, until_ms: int | None, visible_to: Viewer | None = None
@@ -307,4 +324,4 @@ class CaseStore:
             where.append(_visible(visible_to))
         statement = select(cases.c.body).where(*where).order_by(cases.c.created_ms)
         with self._engine.connect() as conn:
-            return [Case.model_validate(b) for b in conn.execute(statement).scalars()]
+            return [read_case(b) for b in conn.execute(statement).scalars()]

@@ -86,6 +86,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the ingest service until SIGINT/SIGTERM."""
+    from ingest.cases.config import CaseConfigError, load_case_config
     from ingest.mqtt.tls import MqttTlsError, mqtt_tls_context
     from ingest.ops.nats import with_cluster_nodes
     from ingest.ops.stack import operator_query_hint, with_stack_database
@@ -95,6 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         mqtt_tls_context(settings)  # reads the TLS files now, off the event loop; cached
     except MqttTlsError as e:
+        sys.exit(f"citysense serve: {e}")
+    try:  # a bad cases file is named now, not as a traceback after the database is up
+        load_case_config(settings.cases)
+    except CaseConfigError as e:
         sys.exit(f"citysense serve: {e}")
     setup_logging(settings.log_level)
     registry = registry_at(settings.registry)

@@ -137,7 +137,10 @@ async def test_cases_round_the_loop_supervised_when_late_and_counted(
                     await asyncio.sleep(0.1)
                 assert body["supervised"] is True and body["supervision_level"] == "village"
                 assert body["state"] == "dispatched" and body["step"] == "accept"
-                assert (await fetch("duty", "/cases", overdue="true")).json()["cases"] == []
+                # Supervised gave the step a new deadline, yet the case stays overdue (超期)
+                # until the step is done: the board shows it first.
+                late_ones = (await fetch("duty", "/cases", overdue="true")).json()["cases"]
+                assert [c["id"] for c in late_ones] == [lid] and late_ones[0]["overdue"]
                 mine = (await fetch("wang.fang", "/cases", mine="true")).json()["cases"]
                 assert [c["id"] for c in mine] == [lid]
 

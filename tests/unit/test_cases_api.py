@@ -158,6 +158,7 @@ async def test_a_case_goes_round_the_loop_with_the_right_people(api: Api) -> Non
         ("dispatched", "duty officer"),
         ("accepted", "wang.qiang"),
         ("arrived", "wang.qiang"),
+        ("photo_added", "wang.qiang"),
         ("handled", "wang.qiang"),
         ("verified", "li.na"),
         ("closed", "duty officer"),
