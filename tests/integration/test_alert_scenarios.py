@@ -107,6 +107,7 @@ class Worker:
 
     def __init__(self, port: int, *topics: str) -> None:
         self.received: list[dict[str, Any]] = []
+        self.topics: list[str] = []  # the topic each of ``received`` came on
         self._lock = threading.Lock()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -130,7 +131,8 @@ class Worker:
 
     def _on_message(self, _c: object, _u: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.received.append({**json.loads(message.payload), "topic": message.topic})
+            self.received.append(json.loads(message.payload))
+            self.topics.append(message.topic)
 
     def opened(self) -> set[Pair]:
         """(rule, device) of every ``opened`` message received so far."""
@@ -296,10 +298,12 @@ async def test_scenario_raises_exactly_its_alerts(
     # (b) everyone who answers for the target was told of each opening on their own topic,
     # once per alert (not once per reading), and a worker elsewhere of nothing
     assert worker.opened() == expected
-    opened = [m for m in worker.messages() if m["event"]["action"] == "opened"]
+    arrivals = list(zip(worker.topics, worker.messages(), strict=True))
+    opened = [m for _, m in arrivals if m["event"]["action"] == "opened"]
     by_rule: dict[str, list[str]] = {}
-    for m in opened:
-        by_rule.setdefault(m["alert"]["rule_id"], []).append(m["topic"])
+    for topic, m in arrivals:
+        if m["event"]["action"] == "opened":
+            by_rule.setdefault(m["alert"]["rule_id"], []).append(topic)
     assert {r: sorted(t) for r, t in by_rule.items()} == {
         r: sorted(f"alerts/{k}" for k in keys) for r, keys in told_to.items()
     }
