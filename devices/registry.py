@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from devices.kinds import Kind, Level
 from devices.problems import FileProblems, Problem, entry_name, problems_from
@@ -68,8 +76,33 @@ class GateDevice(_DeviceBase):
     gate_type: Literal["pedestrian", "vehicle"] = "pedestrian"
 
 
+# Water classes of GB 3838-2002, as rules.waterquality.WaterClass.parse reads them (I, Ⅱ, 3,
+# "IV类", "class V"), kept here as the plain name: devices must not import rules (rules import
+# devices), and tests/unit/test_quality_assessment.py checks both read every spelling alike.
+_ROMAN = {"Ⅰ": "I", "Ⅱ": "II", "Ⅲ": "III", "Ⅳ": "IV", "Ⅴ": "V"}
+_CLASS_NAMES = {
+    **{name: name for name in _ROMAN.values()},
+    **_ROMAN,
+    **{str(i): name for i, name in enumerate(_ROMAN.values(), start=1)},
+}
+
+
+def water_class_name(value: Any) -> str:
+    """``"II"``, ``"Ⅱ"``, ``"2"``, ``"II类"`` or ``"class II"`` → ``"II"``; a target is I-V."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str):
+        key = text.strip().upper().removesuffix("类").removeprefix("CLASS").strip()
+        if key in _CLASS_NAMES:
+            return _CLASS_NAMES[key]
+    raise ValueError(f"{value!r} is not a water class of GB 3838-2002 (I, II, III, IV or V)")
+
+
+WaterClassName = Annotated[Literal["I", "II", "III", "IV", "V"], BeforeValidator(water_class_name)]
+
+
 class RiverDevice(_DeviceBase):
-    """A river monitoring station with its flood levels (elevations, metres)."""
+    """A river monitoring station with its flood levels (elevations, metres) and the water
+    class its section must meet (水功能区目标, GB 3838-2002), if it has one."""
 
     kind: Literal[Kind.RIVER]
     river: str = Field(min_length=1, max_length=64)
@@ -77,6 +110,7 @@ class RiverDevice(_DeviceBase):
     normal_level_m: float = Field(ge=-100, le=9000)
     warning_level_m: float = Field(ge=-100, le=9000)
     guarantee_level_m: float = Field(ge=-100, le=9000)
+    target_class: WaterClassName | None = None  # water_quality rules with worse_than: target
 
     @model_validator(mode="after")
     def _levels_ordered(self) -> RiverDevice:

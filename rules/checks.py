@@ -181,7 +181,7 @@ def _events(rule: EventRule | EventCountRule) -> list[FieldProblem]:
     return out
 
 
-def _quality(rule: WaterQualityRule) -> list[FieldProblem]:
+def _quality(rule: WaterQualityRule, registry: Registry | None) -> list[FieldProblem]:
     out = []
     if rule.worse_than is WaterClass.WORSE_THAN_V:
         out.append(("worse_than", "nothing is worse than 劣Ⅴ; use V to alert on 劣Ⅴ"))
@@ -189,6 +189,24 @@ def _quality(rule: WaterQualityRule) -> list[FieldProblem]:
         missing = [f for f in QUALITY_FIELDS if f not in numeric_fields(kind, Channel.TELEMETRY)]
         if missing:
             out.append(("kinds", f"a {kind} telemetry has no {', '.join(missing)}"))
+    for field in QUALITY_FIELDS:
+        if rule.valid_for.window(field) <= 0:
+            out.append((f"valid_for.{field}", "must be longer than 0s"))
+    if rule.default_target is not None:
+        if rule.worse_than != "target":
+            out.append(("default_target", "applies only with worse_than: target"))
+        elif rule.default_target is WaterClass.WORSE_THAN_V:
+            out.append(("default_target", "a target is a class to meet: I, II, III, IV or V"))
+    elif rule.worse_than == "target" and registry is not None and not out:
+        # A station without a target would never be judged: say so rather than stay silent.
+        for device_id in _watched(rule, registry):
+            if getattr(registry.devices[device_id], "target_class", None) is None:
+                out.append(
+                    (
+                        "worse_than",
+                        f"device {device_id} has no target_class (or give default_target)",
+                    )
+                )
     return out
 
 
@@ -252,7 +270,7 @@ def check_rule(rule: AnyRule, registry: Registry | None = None) -> list[FieldPro
         if rule.window <= 0:
             out.append(("window", "must be longer than 0s"))
     elif isinstance(rule, WaterQualityRule):
-        out += _quality(rule)
+        out += _quality(rule, registry)
     else:
         out += _silence(rule)
     return out

@@ -225,11 +225,55 @@ class EventCountRule(RuleBase):
     window: Duration
 
 
+def _class_or_target(value: Any) -> WaterClass | Literal["target"]:
+    return "target" if value == "target" else _water_class(value)
+
+
+def _class_or_target_text(value: WaterClass | Literal["target"]) -> str:
+    return value if isinstance(value, str) else value.label
+
+
+# ``worse_than``: a class, or ``target`` for each station's own target class (水功能区目标).
+ClassOrTarget = Annotated[
+    WaterClass | Literal["target"],
+    BeforeValidator(_class_or_target),
+    PlainSerializer(_class_or_target_text, return_type=str, when_used="json"),
+]
+
+_HOUR_MS = 3_600_000
+
+
+class ValidFor(_Strict):
+    """How long each parameter's newest value stands for the water (docs/rules.md).
+
+    About 2-3 times the instrument's cycle, so one missed or late cycle does not leave the
+    station unjudged: the pH and DO probes report every few minutes (2 h rides out a cleaning
+    or calibration), the NH3-N, CODMn and TP analysers run on 2-hour cycles here (6 h).
+    Field names are the payload's (rules.waterquality.FIELDS).
+    """
+
+    ph: Duration = 2 * _HOUR_MS
+    do_mgl: Duration = 2 * _HOUR_MS
+    codmn_mgl: Duration = 6 * _HOUR_MS
+    nh3n_mgl: Duration = 6 * _HOUR_MS
+    tp_mgl: Duration = 6 * _HOUR_MS
+
+    def window(self, field: str) -> int:
+        """Milliseconds a value of ``field`` stays valid."""
+        ms: int = getattr(self, field)
+        return ms
+
+
 class WaterQualityRule(RuleBase):
-    """GB 3838-2002 class of each sample worse than ``worse_than``."""
+    """The station's GB 3838-2002 class, assessed over each parameter's newest valid value,
+    worse than ``worse_than`` (a class, or ``target``: the station's ``target_class``)."""
 
     type: Literal["water_quality"]
-    worse_than: WaterClassField
+    worse_than: ClassOrTarget
+    # With ``target``: the class for a station that has no target_class (a registry written
+    # before targets, a synthetic city). Without it such a station is an error at load.
+    default_target: WaterClassField | None = None
+    valid_for: ValidFor = Field(default_factory=ValidFor)
 
 
 class SilenceRule(RuleBase):

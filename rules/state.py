@@ -88,11 +88,20 @@ class EventCountState:
 
 @dataclass(slots=True)
 class QualityState:
-    """Water quality: the newest sample's time and the worst class of the open episode."""
+    """Water quality: the newest sample's time, the worst class of the open episode, and each
+    parameter's newest value and when it was measured (rules.quality: the station is judged on
+    every parameter still valid, not on the one message). A snapshot from before these were
+    kept loads with none: the first samples after it fill them in.
+    """
 
     life: Lifecycle = field(default_factory=Lifecycle)
     last_ts: int | None = None
     worst: int | None = None
+    values: dict[str, float] = field(default_factory=dict)  # field → newest value
+    measured: dict[str, int] = field(default_factory=dict)  # field → its device time
+    # Parameters not yet seen while a condition of unknown cause is open (restored from an old
+    # snapshot, or adopted from the alert store): it does not clear before each has a value.
+    pending: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -169,7 +178,14 @@ def _event_count(st: EventCountState) -> dict[str, Any]:
 
 
 def _quality(st: QualityState) -> dict[str, Any]:
-    return {"life": _life(st.life), "last_ts": st.last_ts, "worst": st.worst}
+    return {
+        "life": _life(st.life),
+        "last_ts": st.last_ts,
+        "worst": st.worst,
+        "values": st.values.copy(),
+        "measured": st.measured.copy(),
+        "pending": st.pending.copy(),
+    }
 
 
 def _silence(st: SilenceState) -> dict[str, Any]:

@@ -82,6 +82,11 @@ class Limits:
     limits: tuple[float, float, float, float, float] = (0, 0, 0, 0, 0)
     within: tuple[float, float] = (0, 0)  # for Bound.WITHIN, the same for every class
 
+    def reading(self, value: float) -> str:
+        """``"NH3-N 2.3 mg/L"``, ``"pH 5.5"``."""
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{self.name} {value:g}{unit}"
+
     def class_of(self, value: float) -> WaterClass:
         """The best class whose limit ``value`` meets (limits included)."""
         # Module constants, not Bound.X / WaterClass.X: each enum member lookup costs ~0.1 µs,
@@ -126,11 +131,7 @@ class Classification:
 
     def describe(self, values: Mapping[str, float]) -> str:
         """``"worse than class V: NH3-N 4.2 mg/L, TP 0.8 mg/L"``."""
-        parts = []
-        for field in self.decided_by:
-            row = _BY_FIELD[field]
-            unit = f" {row.unit}" if row.unit else ""
-            parts.append(f"{row.name} {values[field]:g}{unit}")
+        parts = [_BY_FIELD[field].reading(values[field]) for field in self.decided_by]
         return f"{self.water_class.label_en}: {', '.join(parts)}"
 
 

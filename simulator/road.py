@@ -17,6 +17,8 @@ CAPACITY_PER_LANE_H = 1600.0  # vehicles per lane-hour a two-lane county road ca
 JAM_ONSET_S = 90.0  # how long after an accident the traffic behind it has fully stalled
 QUEUE_GROWTH_M_S = 6.0  # how fast the tail of the queue moves back during a jam
 MAX_QUEUE_M = 3000.0
+WRONG_WAY_SLOWEST = 0.3  # share of the speed limit a wrong-way driver keeps to
+WRONG_WAY_FASTEST = 0.7
 
 
 def vehicles_per_lane_hour(hour: float) -> float:
@@ -76,7 +78,8 @@ class RoadBehaviour:
         return self._telemetry(stamp, active.get(Condition.JAM))
 
     def on_script(self, event: str, stamp: Stamp, active: Conditions) -> DeviceMessage:
-        """A scenario's event: an ``accident``, then ``congestion`` while the jam lasts."""
+        """A scenario's event: an ``accident``, ``congestion`` while the jam lasts, or a
+        ``wrong_way`` driver."""
         if event not in get_args(RoadEventType):
             raise ValueError(f"a road camera cannot publish a {event!r} event")
         kind = cast(RoadEventType, event)
@@ -90,6 +93,8 @@ class RoadBehaviour:
                 plate=fake_plate(self.rng),
                 confidence=round(self.rng.uniform(0.85, 0.97), 2),
             )
+        if kind == "wrong_way":
+            return self._wrong_way(stamp, lane)
         speed = None if self.speed_kmh is None else round(self.speed_kmh, 1)
         return RoadEvent(
             ts=stamp.ts,
@@ -98,6 +103,20 @@ class RoadBehaviour:
             lane=lane,
             speed_kmh=speed,
             confidence=round(self.rng.uniform(0.85, 0.98), 2),
+        )
+
+    def _wrong_way(self, stamp: Stamp, lane: int) -> RoadEvent:
+        """A car driving against the traffic, with its plate for the traffic police."""
+        # Wrong-way drivers creep along, looking for a place to turn round.
+        speed = self.device.speed_limit_kmh * self.rng.uniform(WRONG_WAY_SLOWEST, WRONG_WAY_FASTEST)
+        return RoadEvent(
+            ts=stamp.ts,
+            seq=stamp.seq,
+            event="wrong_way",
+            lane=lane,
+            speed_kmh=round(speed, 1),
+            plate=fake_plate(self.rng),
+            confidence=round(self.rng.uniform(0.85, 0.97), 2),
         )
 
     def _telemetry(self, stamp: Stamp, jam_s: float | None) -> RoadTelemetry:

@@ -74,6 +74,14 @@ SCENARIOS: Mapping[str, Scenario] = {
             cues=(Cue(0, "accident"), Cue(45, "congestion", every_s=30)),
         ),
         Scenario(
+            name="wrong_way",
+            kind=Kind.ROAD,
+            summary="a driver drives against the traffic, a second one 25 s later",
+            # Two sightings, not one, so the end-to-end test sees that a burst still opens a
+            # single alert; traffic is left as it is, so no congestion or speeding rule trips.
+            cues=(Cue(0, "wrong_way"), Cue(25, "wrong_way")),
+        ),
+        Scenario(
             name="tailgating",
             kind=Kind.GATE,
             summary="four people tailgate within 40 s, then the door is forced open",

@@ -83,8 +83,8 @@ CASES = [
         600,
         frozenset({"river_over_warning", "river_over_guarantee", "river_rising_fast"}),
     ),
-    # NH3-N, TP, CODMn worse than class V and DO below 2 mg/L: worse than class III at once.
-    Case("pollution", 150, 30, frozenset({"water_quality_worse_than_iii"})),
+    # NH3-N, TP, CODMn worse than class V and DO below 2 mg/L: worse than its target at once.
+    Case("pollution", 150, 30, frozenset({"water_quality_worse_than_target"})),
     # The accident event; congestion events every 30 s from 45 s; occupancy above 80 % once the
     # jam has set in (90 s), for more than `for: 5m` of the 10 minutes played.
     Case(
@@ -93,6 +93,9 @@ CASES = [
         60,
         frozenset({"road_accident", "road_congestion_reported", "road_congestion_sustained"}),
     ),
+    # Two wrong-way sightings 25 s apart: one alert (the second updates it), and nothing else:
+    # traffic flows as usual (no congestion) and the speeding rule counts only speeding events.
+    Case("wrong_way", 150, 30, frozenset({"road_wrong_way"})),
     # Four tailgaters within 40 s (≥ 3 in 10 min), then the door forced open.
     Case("tailgating", 150, 30, frozenset({"gate_tailgating_burst", "gate_forced_open"})),
     # Connected but saying nothing from the start: silent after k × its report interval. Its

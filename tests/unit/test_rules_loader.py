@@ -12,7 +12,6 @@ from rules.durations import format_duration, parse_duration
 from rules.loader import load_rules, parse_rules
 from rules.model import EventCountRule, Severity, SilenceRule, ThresholdRule
 from rules.problems import RulesError
-from rules.waterquality import WaterClass
 from tests.unit.test_rules_support import base, city
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +25,7 @@ def test_default_rules_load_against_the_example_city() -> None:
         "river_over_warning",
         "river_over_guarantee",
         "river_rising_fast",
-        "water_quality_worse_than_iii",
+        "water_quality_worse_than_target",
         "gate_forced_open",
         "gate_held_open",
         "gate_tailgating_burst",
@@ -51,11 +50,11 @@ def test_default_rules_load_against_the_example_city() -> None:
     # The JSON form reads like the file (durations and classes as written), and reloads.
     dumped = rules.dump()
     assert next(d for d in dumped if d["id"] == "river_over_warning")["for"] == "2m"
-    assert next(d for d in dumped if d["type"] == "water_quality")["worse_than"] == "III"
+    assert next(d for d in dumped if d["type"] == "water_quality")["worse_than"] == "target"
     again = parse_rules({"rules": dumped}, "dumped", registry)
     assert again.dump() == dumped
-    quality = rules.get("water_quality_worse_than_iii")
-    assert quality is not None and getattr(quality, "worse_than", None) is WaterClass.III
+    quality = rules.get("water_quality_worse_than_target")
+    assert quality is not None and getattr(quality, "worse_than", None) == "target"
 
 
 def problems(text: str, with_registry: bool = True) -> list[str]:

@@ -14,11 +14,13 @@ def test_opens_worse_than_iii_and_clears_at_iii() -> None:
     assert feed("r1", river(T0 + MINUTE, **{**GOOD, "nh3n_mgl": 1.0})) == []  # III: at the limit
     [opened] = feed("r1", river(T0 + 2 * MINUTE, **{**GOOD, "nh3n_mgl": 1.01}))
     assert (opened.action, opened.value, opened.reason.value) == ("open", "IV", "water_quality")
-    assert opened.detail == "class IV: NH3-N 1.01 mg/L (worse than class III)"
+    assert opened.detail == "class IV: NH3-N 1.01 mg/L class IV (worse than class III)"
     # Worse still: one update; the same or a better bad class: nothing.
     [worse] = feed("r1", river(T0 + 3 * MINUTE, **{**GOOD, "tp_mgl": 0.9, "do_mgl": 1.0}))
     assert (worse.action, worse.value) == ("update", "劣Ⅴ")
-    assert worse.detail == "worse than class V: DO 1 mg/L, TP 0.9 mg/L (worse than class III)"
+    assert worse.detail == (
+        "worse than class V: DO 1 mg/L class 劣Ⅴ; TP 0.9 mg/L class 劣Ⅴ (worse than class III)"
+    )
     assert feed("r1", river(T0 + 4 * MINUTE, **{**GOOD, "tp_mgl": 0.9})) == []
     assert feed("r1", river(T0 + 5 * MINUTE, **{**GOOD, "tp_mgl": 0.25})) == []
     [cleared] = feed("r1", river(T0 + 6 * MINUTE, **{**GOOD, "tp_mgl": 0.2}))

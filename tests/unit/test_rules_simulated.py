@@ -65,7 +65,7 @@ def test_normal_traffic_raises_nothing(rules: RuleSet, city: Registry, hour: int
 EXPECTED: dict[str, tuple[set[str], set[str]]] = {
     # scenario: (rules that must open on its device, rules that may also open there)
     "flood": ({"river_over_warning", "river_over_guarantee", "river_rising_fast"}, set()),
-    "pollution": ({"water_quality_worse_than_iii"}, set()),
+    "pollution": ({"water_quality_worse_than_target"}, set()),
     # The jam's occupancy is drawn between 72 and 90 % per report, so "> 80 % for 5 min" may or
     # may not hold through it; the camera's congestion events always report it.
     "accident": ({"road_accident", "road_congestion_reported"}, {"road_congestion_sustained"}),

@@ -53,7 +53,14 @@ STATES: list[Any] = [
     RateState(life=LIFE, last_ts=T0, points=[[T0 - 9, 1.5], [T0, 2.0]], fit=[1.0] * 7, above=True),
     EventState(life=LIFE, last_match=T0),
     EventCountState(life=LIFE, times=[T0 - 3, T0 - 2, T0]),
-    QualityState(life=LIFE, last_ts=T0, worst=4),
+    QualityState(
+        life=LIFE,
+        last_ts=T0,
+        worst=4,
+        values={"nh3n_mgl": 1.6, "ph": 7.2},
+        measured={"nh3n_mgl": T0 - 3_600_000, "ph": T0},
+        pending=["tp_mgl"],
+    ),
     SilenceState(
         life=LIFE,
         last_seen=T0,

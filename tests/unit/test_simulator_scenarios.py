@@ -9,7 +9,7 @@ import pytest
 
 from devices.kinds import Channel, Kind
 from devices.payloads import GateEvent, RiverTelemetry, RoadEvent, RoadTelemetry
-from devices.registry import Registry, RiverDevice
+from devices.registry import Registry, RiverDevice, RoadDevice
 from simulator import SCENARIOS, ScenarioError, SimulationConfig, dry_run, synthetic_registry
 from simulator.device import Outgoing
 from simulator.scenarios import assign
@@ -28,7 +28,8 @@ def city() -> Registry:
 def run(registry: Registry, scenario: str, **options: Any) -> list[tuple[float, Outgoing]]:
     options.setdefault("duration", 240.0)
     options.setdefault("rate", 9 / 2)  # every device every 2 s
-    config = SimulationConfig(scenarios=(scenario,), scenario_at=AT_S, seed=11, **options)
+    options.setdefault("seed", 11)
+    config = SimulationConfig(scenarios=(scenario,), scenario_at=AT_S, **options)
     return list(dry_run(config, registry, START_MS))
 
 
@@ -136,6 +137,39 @@ def test_accident_then_speeds_collapse_queue_grows_and_congestion(city: Registry
     assert queue == sorted(queue) and queue[-1] > 1000  # type: ignore[type-var]
 
 
+def test_wrong_way_sightings_on_the_first_road_while_traffic_goes_on(city: Registry) -> None:
+    messages = run(city, "wrong_way")
+    camera = city.devices["syn-road-0001"]
+    assert isinstance(camera, RoadDevice)
+    events: list[tuple[float, RoadEvent]] = payloads(messages, camera.id, Channel.EVENT)
+    sightings = [(t, e) for t, e in events if e.event == "wrong_way"]
+    assert [t for t, _ in sightings] == [AT_S, AT_S + 25]
+    for _, e in sightings:  # what the traffic police need: where, how fast, who
+        assert e.lane is not None and 1 <= e.lane <= camera.lanes
+        assert e.plate and e.confidence is not None
+        # Slow, well under the limit: nothing here reads as speeding.
+        assert e.speed_kmh is not None and 0 < e.speed_kmh < camera.speed_limit_kmh
+    # Only this camera, and nothing that a congestion or accident rule would take up.
+    others = [m for _, m in messages if m.channel is Channel.EVENT and m.device_id != camera.id]
+    assert all(m.payload.event != "wrong_way" for m in others)  # type: ignore[union-attr]
+    assert not {e.event for _, e in events} & {"accident", "congestion"}
+    # Traffic goes on: after the sightings the camera keeps reporting free-flowing traffic.
+    reports: list[tuple[float, RoadTelemetry]] = payloads(messages, camera.id, Channel.TELEMETRY)
+    after = [r for t, r in reports if t > AT_S]
+    assert len(after) > 50
+    assert all(r.occupancy_pct is not None and r.occupancy_pct < 60 for r in after)
+    speeds = [r.avg_speed_kmh for r in after if r.avg_speed_kmh is not None]
+    assert speeds and min(speeds) > 20
+
+
+def test_wrong_way_is_the_same_run_for_the_same_seed(city: Registry) -> None:
+    first = [(t, m.device_id, m.body()) for t, m in run(city, "wrong_way", duration=60.0)]
+    again = [(t, m.device_id, m.body()) for t, m in run(city, "wrong_way", duration=60.0)]
+    assert first == again
+    other = [(t, m.device_id, m.body()) for t, m in run(city, "wrong_way", duration=60.0, seed=12)]
+    assert other != first
+
+
 def test_tailgating_three_times_within_a_minute_then_forced_open(city: Registry) -> None:
     events: list[tuple[float, GateEvent]] = payloads(
         run(city, "tailgating"), "syn-gate-0001", Channel.EVENT
@@ -170,12 +204,13 @@ def test_offline_device_stops_and_sends_no_goodbye(city: Registry) -> None:
 
 def test_default_targets_are_first_of_kind_and_distinct_for_any_kind(city: Registry) -> None:
     devices = select_devices(city, list(Kind))
-    names = ["silent", "flood", "offline", "accident", "pollution", "tailgating"]
+    names = ["silent", "flood", "offline", "accident", "wrong_way", "pollution", "tailgating"]
     assigned = {a.scenario.name: a.device_id for a in assign(names, devices, 5.0)}
     assert assigned == {
         "flood": "syn-river-0001",
         "pollution": "syn-river-0001",
         "accident": "syn-road-0001",
+        "wrong_way": "syn-road-0001",
         "tailgating": "syn-gate-0001",
         # Scenarios for any device avoid the devices already taken, in registry order.
         "silent": "syn-gate-0002",
@@ -212,6 +247,14 @@ def test_scenario_start_defaults() -> None:
 
 
 def test_every_scenario_is_described() -> None:
-    assert set(SCENARIOS) == {"flood", "pollution", "accident", "tailgating", "silent", "offline"}
+    assert set(SCENARIOS) == {
+        "flood",
+        "pollution",
+        "accident",
+        "wrong_way",
+        "tailgating",
+        "silent",
+        "offline",
+    }
     for scenario in SCENARIOS.values():
         assert scenario.summary and scenario.name
