@@ -35,6 +35,7 @@ from ingest.api.influxql import (
     EARLIEST,
     LATEST,
     InfluxQueryError,
+    QueryRefused,
     epoch_ns,
     quote_ident,
     quote_string,
@@ -56,32 +57,17 @@ _TAGS = ("device", "event", *AREA_TAGS)
 _NOT_STORED = frozenset({"ts", "event", "plate"})
 
 
-class EventQueryRefused(Exception):
-    """A well-formed request that cannot be answered; ``code`` is stable."""
+class EventQueryRefused(QueryRefused):
+    """A well-formed request that cannot be answered; ``code`` is stable (the series refusals'
+    machinery, with the events' own codes)."""
 
     HTTP_STATUS: ClassVar[dict[str, int]] = {
-        "unknown_device": 404,
-        "unknown_area": 404,
+        **QueryRefused.HTTP_STATUS,
         "unknown_type": 422,
         "unknown_road": 422,
         "unknown_tz": 422,
-        "device_kind_mismatch": 422,
-        "bad_window": 422,
         "too_many_buckets": 422,
-        "range_too_long": 400,
     }
-
-    def __init__(self, code: str, message: str) -> None:
-        if code not in self.HTTP_STATUS:
-            raise ValueError(f"unknown refusal code {code!r}")
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status the API answers with."""
-        return self.HTTP_STATUS[self.code]
 
 
 def _shown(text: str) -> str:
