@@ -211,8 +211,10 @@ class Service:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def start(self, wait_subscribed: bool = True) -> None:
-        """Start the service; by default wait until it says it subscribed (or fail)."""
+    def start(self, wait_subscribed: bool = True, sessions: int = 1) -> None:
+        """Start the service; by default wait until it says it subscribed (or fail) — on a
+        cluster ``sessions`` times, once per partition it reads: a session that does not exist
+        yet when a device publishes never gets that message (nothing was subscribed)."""
         assert not self.alive(), "the service is already running"
         self.starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,14 +224,14 @@ class Service:
             offset = log.tell()
             self.popen = spawn_service(self.env(), log)
         if wait_subscribed:
-            self._wait_for_log("subscribed", offset, SERVICE_READY_S)
+            self._wait_for_log("subscribed", offset, SERVICE_READY_S, sessions)
 
-    def _wait_for_log(self, needle: str, offset: int, timeout_s: float) -> None:
+    def _wait_for_log(self, needle: str, offset: int, timeout_s: float, times: int = 1) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self.log_path.open("rb") as f:
                 f.seek(offset)
-                if needle.encode() in f.read().lower():
+                if f.read().lower().count(needle.encode()) >= times:
                     return
             if not self.alive():
                 code = self.popen.poll() if self.popen else None

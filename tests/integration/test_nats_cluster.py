@@ -232,7 +232,7 @@ def test_nothing_acknowledged_is_lost_when_the_devices_node_dies(
     killed = threading.Event()
     node3 = cluster.nodes[2]
     try:
-        service.start()
+        service.start(sessions=PARTITIONS)  # every partition subscribed before anyone sends
         gateway = client(
             cluster.mqtt_port(2), brokerauth.GATEWAY, f"gw-{uuid.uuid4().hex[:6]}", inflight=100
         )
@@ -283,7 +283,7 @@ def test_the_service_moves_to_another_node_when_its_own_dies(
     per_device = 30
     base = now_ms() - (per_device + 10) * STEP_MS
     try:
-        service.start()
+        service.start(sessions=PARTITIONS)  # every partition subscribed before anyone sends
         gateway = client(
             cluster.mqtt_port(2), brokerauth.GATEWAY, f"gw-{uuid.uuid4().hex[:6]}", inflight=100
         )
