@@ -18,38 +18,14 @@ import pytest
 import yaml
 
 from ingest.alerts.store import AlertStore, sqlite_url
-from ingest.api.app import create_app
-from ingest.api.context import ApiContext
 from ingest.api.tokens import Role, TokenStore
 from ingest.ops.processes import free_port
 from ingest.people import Person
 from ingest.settings import Settings
 from ingest.sinks.deadletters import DeadLetterStore
-from rules.alerts import Alert, open_alert
-from rules.audiences import reach
-from tests.unit.test_responsibility import PEOPLE, REGISTRY, REPO, RULES, small
+from tests.unit.test_responsibility import REGISTRY, REPO, RULES, example_api, open_told, small
 
 PERSONS = ["tang.weimin", "flood.sq", "eco.sq", "li.na"]
-
-
-def _open(store: AlertStore, rule_id: str, device_id: str, at_ms: int) -> Alert:
-    rule, device = RULES.by_id[rule_id], REGISTRY.devices[device_id]
-    found = reach(rule, device, REGISTRY)
-    alert, event = open_alert(
-        rule_id=rule_id,
-        severity=rule.severity,
-        device_id=device_id,
-        kind=device.kind,
-        areas={a.level: a.id for a in REGISTRY.device_path(device_id).areas},
-        at_ms=at_ms,
-        value=1.0,
-        detail="",
-        audiences=found.keys,
-        start_level=found.start_level,
-        area_chain=found.chain,
-    )
-    store.insert(alert, event)
-    return alert
 
 
 @pytest.fixture
@@ -59,21 +35,8 @@ async def city(
     store = AlertStore(sqlite_url(tmp_path))
     tokens = TokenStore.load(tmp_path / "tokens.yaml")
     held = {n: {"Authorization": f"Bearer {tokens.add(n, Role.PERSON)[0]}"} for n in PERSONS}
-    async with aiohttp.ClientSession() as http:
-        ctx = ApiContext(
-            settings=Settings(data_dir=tmp_path, influx_url=f"http://127.0.0.1:{free_port()}"),
-            registry=REGISTRY,
-            rules=RULES,
-            rules_path=REPO / "config" / "rules.yaml",
-            alert_store=store,
-            dead_letters=DeadLetterStore(tmp_path / "deadletters.sqlite"),
-            tokens=tokens,
-            http=http,
-            people=PEOPLE,
-        )
-        transport = httpx.ASGITransport(app=create_app(ctx))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
-            yield c, held, store
+    async with example_api(tmp_path, store, tokens) as c:
+        yield c, held, store
 
 
 async def test_device_detail_shows_a_department_alerts_not_told_to_it(
@@ -89,7 +52,7 @@ async def test_device_detail_shows_a_department_alerts_not_told_to_it(
         return {}
 
     monkeypatch.setattr("ingest.api.devices._last", no_influx)
-    flood = _open(store, "river_over_guarantee", "river-zj-0001", 1_000)
+    flood = open_told(store, "river_over_guarantee", "river-zj-0001", 1_000)
     assert "department/ecology_env/430502" not in flood.audiences
     direct = await c.get(f"/alerts/{flood.id}", headers=held["eco.sq"])
     assert direct.status_code == 404  # not theirs
@@ -106,9 +69,9 @@ async def test_a_chiefs_listing_loses_its_alert_behind_newer_alerts_of_its_area(
     ones told to the post: a county-level chief's alert is lost behind newer grid alerts of the
     county (with the default limit, behind 100 gate alerts)."""
     c, held, store = city
-    flood = _open(store, "river_over_guarantee", "river-zj-0001", 1_000)
+    flood = open_told(store, "river_over_guarantee", "river-zj-0001", 1_000)
     for i, rule_id in enumerate(("gate_forced_open", "gate_held_open", "gate_tailgating_burst")):
-        _open(store, rule_id, "gate-sq-0001", 2_000 + i)  # newer, same county, grid only
+        open_told(store, rule_id, "gate-sq-0001", 2_000 + i)  # newer, same county, grid only
     answer = await c.get("/alerts", params={"limit": 2}, headers=held["tang.weimin"])
     assert answer.status_code == 200
     assert [a["id"] for a in answer.json()] == [flood.id]

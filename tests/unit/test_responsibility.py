@@ -5,6 +5,7 @@ Real registry and people files of the example city, small hand-made ones for the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -438,39 +439,33 @@ def test_a_chiefs_broker_account_reads_only_its_own_posts() -> None:
 # --- what a person's token sees -------------------------------------------------------------
 
 
-@pytest.fixture
-async def api(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], list[Alert]]]:
-    """The API over the example city with three alerts stored: an over-guarantee on the Zi
-    River in Shuangqing, an accident on G207 in Daxiang, a forced gate in li.na's grid."""
-    store = AlertStore(sqlite_url(tmp_path))
-    alerts = []
-    for rule_id, device_id in (
-        ("river_over_guarantee", "river-zj-0001"),
-        ("road_accident", "road-dx-0001"),
-        ("gate_forced_open", "gate-sq-0001"),
-    ):
-        rule, device = RULES.by_id[rule_id], REGISTRY.devices[device_id]
-        found = reach(rule, device, REGISTRY)
-        alert, event = open_alert(
-            rule_id=rule_id,
-            severity=rule.severity,
-            device_id=device_id,
-            kind=device.kind,
-            areas={a.level: a.id for a in REGISTRY.device_path(device_id).areas},
-            at_ms=1_000,
-            value=1.0,
-            detail="",
-            audiences=found.keys,
-            start_level=found.start_level,
-            area_chain=found.chain,
-        )
-        store.insert(alert, event)
-        alerts.append(alert)
-    tokens = TokenStore.load(tmp_path / "tokens.yaml")
-    names = ["tang.weimin", "flood.sq", "traffic.dx", "eco.sq", "li.na", "gone.person"]
-    held = {n: tokens.add(n, Role.PERSON)[0] for n in names}
+def open_told(store: AlertStore, rule_id: str, device_id: str, at_ms: int = 1_000) -> Alert:
+    """An alert of ``rule_id`` on ``device_id`` opened and stored as the engine would, told to
+    the audiences the example rules give it."""
+    rule, device = RULES.by_id[rule_id], REGISTRY.devices[device_id]
+    found = reach(rule, device, REGISTRY)
+    alert, event = open_alert(
+        rule_id=rule_id,
+        severity=rule.severity,
+        device_id=device_id,
+        kind=device.kind,
+        areas={a.level: a.id for a in REGISTRY.device_path(device_id).areas},
+        at_ms=at_ms,
+        value=1.0,
+        detail="",
+        audiences=found.keys,
+        start_level=found.start_level,
+        area_chain=found.chain,
+    )
+    store.insert(alert, event)
+    return alert
+
+
+@asynccontextmanager
+async def example_api(
+    tmp_path: Path, store: AlertStore, tokens: TokenStore
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over the example city, its rules and people, and ``store``."""
     async with aiohttp.ClientSession() as http:
         ctx = ApiContext(
             settings=Settings(data_dir=tmp_path, influx_url=f"http://127.0.0.1:{free_port()}"),
@@ -485,7 +480,26 @@ async def api(
         )
         transport = httpx.ASGITransport(app=create_app(ctx))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
-            yield c, held, alerts
+            yield c
+
+
+@pytest.fixture
+async def api(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str], list[Alert]]]:
+    """The API over the example city with three alerts stored: an over-guarantee on the Zi
+    River in Shuangqing, an accident on G207 in Daxiang, a forced gate in li.na's grid."""
+    store = AlertStore(sqlite_url(tmp_path))
+    alerts = [
+        open_told(store, "river_over_guarantee", "river-zj-0001"),
+        open_told(store, "road_accident", "road-dx-0001"),
+        open_told(store, "gate_forced_open", "gate-sq-0001"),
+    ]
+    tokens = TokenStore.load(tmp_path / "tokens.yaml")
+    names = ["tang.weimin", "flood.sq", "traffic.dx", "eco.sq", "li.na", "gone.person"]
+    held = {n: tokens.add(n, Role.PERSON)[0] for n in names}
+    async with example_api(tmp_path, store, tokens) as c:
+        yield c, held, alerts
 
 
 async def test_each_person_sees_the_alerts_told_to_their_posts(
