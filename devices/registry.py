@@ -31,6 +31,7 @@ from devices.responsibility import (
     Segment,
     SegmentId,
     check_departments,
+    check_segment,
     check_ways,
 )
 from devices.topics import ID_PATTERN
@@ -107,6 +108,7 @@ class RiverDevice(_DeviceBase):
     kind: Literal[Kind.RIVER]
     river: str = Field(min_length=1, max_length=64)
     segment: SegmentId | None = None  # its river segment (rivers:), whose chief answers for it
+    km: float | None = Field(None, ge=0, le=10_000)  # where on its river (downstream), in km
     normal_level_m: float = Field(ge=-100, le=9000)
     warning_level_m: float = Field(ge=-100, le=9000)
     guarantee_level_m: float = Field(ge=-100, le=9000)
@@ -125,6 +127,7 @@ class RoadDevice(_DeviceBase):
     kind: Literal[Kind.ROAD]
     road: str = Field(min_length=1, max_length=64)
     segment: SegmentId | None = None  # its road segment (roads:), whose chief answers for it
+    km: float | None = Field(None, ge=0, le=10_000)  # where on its road, in km
     speed_limit_kmh: float = Field(gt=0, le=200)
     lanes: int = Field(2, ge=1, le=16)
 
@@ -261,49 +264,6 @@ def _check_areas(file: str, areas: list[tuple[int, Area]], problems: list[Proble
             )
 
 
-def _check_segment(
-    file: str,
-    entry: str,
-    device: Any,
-    ways: dict[str, River | Road],
-    areas: dict[str, Area],
-    problems: list[Problem],
-) -> None:
-    """A device's segment is on its own river (road), and the device lies in the segment's area."""
-    if getattr(device, "segment", None) is None:
-        return
-    what = "river" if device.kind is Kind.RIVER else "road"
-    way = next((w for w in ways.values() if any(s.id == device.segment for s in w.segments)), None)
-    if way is None:
-        problems.append(Problem(file, entry, "segment", f"no {what} segment {device.segment!r}"))
-        return
-    if way.name != getattr(device, what):
-        problems.append(
-            Problem(
-                file,
-                entry,
-                "segment",
-                f"{device.segment} is on {way.name}, the device's "
-                f"{what} is {getattr(device, what)}",
-            )
-        )
-    segment = next(s for s in way.segments if s.id == device.segment)
-    chain, current = [], device.grid
-    while current is not None and current in areas and current not in chain:
-        chain.append(current)
-        current = areas[current].parent
-    if segment.area not in chain:
-        problems.append(
-            Problem(
-                file,
-                entry,
-                "segment",
-                f"{device.segment} is answered for in "
-                f"{segment.area}; the device's grid {device.grid} is not inside it",
-            )
-        )
-
-
 def _check_devices(
     file: str,
     devices: list[tuple[int, Any]],
@@ -324,7 +284,7 @@ def _check_devices(
         elif grid.level is not Level.GRID:
             problems.append(Problem(file, entry, "grid", f"{device.grid} is a {grid.level}"))
         ways = rivers if device.kind is Kind.RIVER else roads
-        _check_segment(file, entry, device, ways or {}, areas, problems)
+        check_segment(file, entry, device, ways or {}, areas, problems)
 
 
 def parse_registry(data: Any, file: str = "<registry>") -> Registry:

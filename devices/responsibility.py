@@ -52,6 +52,12 @@ class Segment(_Strict):
     area: _AreaId  # the area whose chief answers for it; at ``level``
     from_km: float = Field(ge=0, le=10_000)  # along the river (downstream) or the road
     to_km: float = Field(ge=0, le=10_000)
+    # Rivers: how long a flood wave (or a pollutant) takes through the whole segment, in
+    # minutes (rules/alongriver.py); from the hydrology office's routing, not from the length.
+    travel_min: float | None = Field(None, gt=0, le=10_080)
+    # Roads: the free-flow speed (km/h) its congestion index compares against (rules/congestion.py);
+    # by default the lowest speed limit of its cameras.
+    free_flow_kmh: float | None = Field(None, gt=0, le=200)
 
     @model_validator(mode="after")
     def _ordered(self) -> Segment:
@@ -179,3 +185,56 @@ def check_departments(
                 )
             if area_id in dept.areas[:j]:
                 problems.append(Problem(file, entry, f"areas.{j}", f"{area_id} is listed twice"))
+
+
+def check_segment(
+    file: str,
+    entry: str,
+    device: Any,
+    ways: Mapping[str, River | Road],
+    areas: Mapping[str, Any],
+    problems: list[Problem],
+) -> None:
+    """A device's segment is on its own river (road), and the device lies in the segment's area."""
+    if getattr(device, "segment", None) is None:
+        return
+    what = "river" if hasattr(device, "river") else "road"
+    way = next((w for w in ways.values() if any(s.id == device.segment for s in w.segments)), None)
+    if way is None:
+        problems.append(Problem(file, entry, "segment", f"no {what} segment {device.segment!r}"))
+        return
+    if way.name != getattr(device, what):
+        problems.append(
+            Problem(
+                file,
+                entry,
+                "segment",
+                f"{device.segment} is on {way.name}, the device's "
+                f"{what} is {getattr(device, what)}",
+            )
+        )
+    segment = next(s for s in way.segments if s.id == device.segment)
+    if device.km is not None and not segment.from_km <= device.km <= segment.to_km:
+        problems.append(
+            Problem(
+                file,
+                entry,
+                "km",
+                f"km {device.km:g} is outside its segment {segment.id} "
+                f"({segment.from_km:g}-{segment.to_km:g} km)",
+            )
+        )
+    chain, current = [], device.grid
+    while current is not None and current in areas and current not in chain:
+        chain.append(current)
+        current = areas[current].parent
+    if segment.area not in chain:
+        problems.append(
+            Problem(
+                file,
+                entry,
+                "segment",
+                f"{device.segment} is answered for in "
+                f"{segment.area}; the device's grid {device.grid} is not inside it",
+            )
+        )
