@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from devices.kinds import Channel, Level
+from devices.kinds import Channel, Kind, Level
 from devices.registry import Registry
 from rules.audiences import AUDIENCE_KIND as _AUDIENCE_KIND
 from rules.model import (
+    AlongRiverRule,
     AnyRule,
     Comparison,
     DepartmentAudience,
@@ -265,12 +266,48 @@ def check_rule(rule: AnyRule, registry: Registry | None = None) -> list[FieldPro
         out += _events(rule)
         if rule.clear_after is not None and rule.clear_after <= 0:
             out.append(("clear_after", "must be longer than 0s"))
+        if rule.per == "segment" and Kind.GATE in rule.kinds:
+            out.append(("per", "gates are on no segment: per: segment is for river and road"))
     elif isinstance(rule, EventCountRule):
         out += _events(rule)
         if rule.window <= 0:
             out.append(("window", "must be longer than 0s"))
     elif isinstance(rule, WaterQualityRule):
         out += _quality(rule, registry)
+    elif isinstance(rule, AlongRiverRule):
+        out += _along_river(rule)
     else:
         out += _silence(rule)
+    return out
+
+
+def _along_river(rule: AlongRiverRule) -> list[FieldProblem]:
+    out = _duplicates("after", rule.after)
+    if any(kind is not Kind.RIVER for kind in rule.kinds):
+        out.append(("kinds", "along_river follows rivers: kinds: [river]"))
+    if rule.within <= 0:
+        out.append(("within", "must be longer than 0s"))
+    if rule.id in rule.after:
+        out.append(("after", "a rule cannot follow itself"))
+    return out
+
+
+def check_following(rules: Sequence[AnyRule]) -> list[tuple[int, str, str]]:
+    """Across the file: what along_river rules follow exists, watches rivers and is not itself
+    a follower. (index of the rule, field, message) for each problem."""
+    by_id = {r.id: r for r in rules}
+    out: list[tuple[int, str, str]] = []
+    for i, rule in enumerate(rules):
+        if not isinstance(rule, AlongRiverRule):
+            continue
+        for j, name in enumerate(rule.after):
+            followed = by_id.get(name)
+            if followed is None:
+                out.append((i, f"after.{j}", f"no rule {name!r} in this file"))
+            elif isinstance(followed, AlongRiverRule):
+                out.append(
+                    (i, f"after.{j}", f"{name} is along_river itself: follow what it follows")
+                )
+            elif Kind.RIVER not in followed.kinds:
+                out.append((i, f"after.{j}", f"{name} does not watch river stations"))
     return out

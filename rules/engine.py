@@ -35,9 +35,11 @@ from typing import Any
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage
 from devices.registry import Registry
+from rules.alongriver import AlongRiverEvaluator
 from rules.evaluator import AnyDevice, Evaluator, adopt, forget
 from rules.events import EventCountEvaluator, EventEvaluator
 from rules.model import (
+    AlongRiverRule,
     AnyRule,
     EventCountRule,
     EventRule,
@@ -63,7 +65,8 @@ from rules.threshold import ThresholdEvaluator
 from rules.transition import Reason, Transition
 
 Route = tuple[Kind, Channel, str | None]
-# A rule as Engine.observe meets it: (index, evaluator, only, states, dues, observe, timed).
+# A rule as Engine.observe meets it: (index, evaluator, only, states, dues, observe, timed,
+# keys): keys maps a device to the device its condition is held under (per: segment), or None.
 _Observer = tuple[
     int,
     Evaluator[Any, Any],
@@ -72,6 +75,7 @@ _Observer = tuple[
     dict[str, int],
     Callable[..., list[Transition]],
     bool,
+    dict[str, str] | None,
 ]
 _EVENT = Channel.EVENT  # bound once: an enum member lookup costs ~0.1 µs (Engine.observe)
 
@@ -112,6 +116,8 @@ def compile_rule(rule: AnyRule) -> Evaluator[Any, Any]:
         return QualityEvaluator(rule)
     if isinstance(rule, SilenceRule):
         return SilenceEvaluator(rule)
+    if isinstance(rule, AlongRiverRule):
+        return AlongRiverEvaluator(rule)
     raise TypeError(f"not a rule: {rule!r}")
 
 
@@ -125,6 +131,14 @@ class Engine:
         self._by_id = {ev.rule_id: i for i, ev in enumerate(self._evaluators)}
         if len(self._by_id) != len(self._evaluators):
             raise ValueError("rule ids must be unique")
+        for ev in self._evaluators:
+            ev.bind(registry)
+        # Rules that follow other rules' transitions (along_river): trigger id → their indexes.
+        self._following: dict[str, list[int]] = {}
+        for i, ev in enumerate(self._evaluators):
+            if isinstance(ev, AlongRiverEvaluator):
+                for trigger in sorted(ev.after):
+                    self._following.setdefault(trigger, []).append(i)
         # (kind, channel, event name or None) → the rules that read it, in rule order. Event
         # rules are filed under their event names only, so a "pass" never meets "forced_open".
         index: dict[Route, list[tuple[int, Evaluator[Any, Any]]]] = {}
@@ -148,7 +162,16 @@ class Engine:
         # attribute lookups: (index, evaluator, only, states, dues, bound observe, timed).
         self._observers: dict[Route, tuple[_Observer, ...]] = {
             route: tuple(
-                (i, ev, ev.only, self._states[i], self._due[i], ev.observe, ev.needs_deadline)
+                (
+                    i,
+                    ev,
+                    ev.only,
+                    self._states[i],
+                    self._due[i],
+                    ev.observe,
+                    ev.needs_deadline,
+                    getattr(ev, "keys", None),
+                )
                 for i, ev in evs
             )
             for route, evs in self._index.items()
@@ -231,12 +254,13 @@ class Engine:
         if not observers:
             return []
         out: list[Transition] = []
-        for i, ev, only, states, dues, observe, timed in observers:
+        for i, ev, only, states, dues, observe, timed, keys in observers:
             if only is not None and device_id not in only:
                 continue
-            st = states.get(device_id)
+            key = device_id if keys is None else keys.get(device_id, device_id)
+            st = states.get(key)
             if st is None:
-                st = states[device_id] = ev.new_state()
+                st = states[key] = ev.new_state()
             try:  # free unless it raises (3.11): one rule's bug costs only its own verdict
                 found = observe(st, device, channel, message, ts_ms, newest)
                 if found:
@@ -245,13 +269,38 @@ class Engine:
                     # _schedule, inlined: most messages leave the earlier heap entry as it is.
                     due = ev.deadline(st, device)
                     if due is not None:
-                        current = dues.get(device_id)
+                        current = dues.get(key)
                         if current is None or due < current:
-                            dues[device_id] = due
-                            heapq.heappush(self._heap, (due, i, device_id))
+                            dues[key] = due
+                            heapq.heappush(self._heap, (due, i, key))
             except Exception as e:
                 self._failed(ev.rule_id, device_id, e)
+        if out and self._following:
+            out += self._follow(out)
         return out
+
+    def _follow(self, found: list[Transition]) -> list[Transition]:
+        """What the rules that follow others (along_river) make of these transitions."""
+        out: list[Transition] = []
+        for t in found:
+            for i in self._following.get(t.rule_id, ()):
+                ev = self._evaluators[i]
+                if not isinstance(ev, AlongRiverEvaluator):
+                    continue
+                try:
+                    for device_id, made in ev.follow(self._states[i], t):
+                        if made is not None:
+                            out.append(made)
+                        self._reschedule(i, device_id)
+                except Exception as e:
+                    self._failed(ev.rule_id, t.device_id, e)
+        return out
+
+    def _reschedule(self, i: int, device_id: str) -> None:
+        device = self.registry.devices.get(device_id)
+        st = self._states[i].get(device_id)
+        if device is not None and st is not None:
+            self._schedule(i, self._evaluators[i], st, device)
 
     def _failed(self, rule_id: str, device_id: str, error: Exception) -> None:
         self.failures[rule_id] = self.failures.get(rule_id, 0) + 1
@@ -285,6 +334,8 @@ class Engine:
                 self._schedule(i, ev, st, device)
             except Exception as e:
                 self._failed(ev.rule_id, device_id, e)
+        if out and self._following:
+            out += self._follow(out)
         # Heap order depends on when entries were pushed (a restart rebuilds the heap); device
         # time is the order that means something, and makes a restart change nothing.
         out.sort(key=lambda t: (t.ts_ms, t.rule_id, t.device_id))
@@ -349,6 +400,13 @@ class Engine:
         device = self.registry.devices.get(device_id)
         if device is not None and i is not None and self._evaluators[i].needs_deadline:
             self._schedule(i, self._evaluators[i], st, device)
+        # What follows it downstream counts it cleared when resolved (else it held for ever).
+        for j in self._following.get(rule_id, ()):
+            follower = self._evaluators[j]
+            if isinstance(follower, AlongRiverEvaluator):
+                gone_at = resolved_ts if resolved_ts is not None else now_ms
+                for below in follower.source_gone(self._states[j], rule_id, device_id, gone_at):
+                    self._reschedule(j, below)
         return True
 
     def adopt(self, rule_id: str, device_id: str, opened_ts: int) -> bool:
@@ -386,8 +444,7 @@ class Engine:
         if i is None:
             return False
         ev = self._evaluators[i]
-        kinds = {kind for kind, _ in ev.routes()}
-        return device.kind in kinds and (ev.only is None or device.id in ev.only)
+        return device.kind in ev.kinds() and (ev.only is None or device.id in ev.only)
 
     def is_open(self, rule_id: str, device_id: str) -> bool:
         """Whether the engine holds an open condition for (rule, device)."""

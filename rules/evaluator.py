@@ -20,10 +20,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage
-from devices.registry import GateDevice, RiverDevice, RoadDevice
+from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from rules.durations import format_duration
 from rules.model import AnyRule, RuleBase
 from rules.state import (
+    AlongState,
     EventCountState,
     EventState,
     FormState,
@@ -66,6 +67,13 @@ class Evaluator(ABC, Generic[R, S]):
     def routes(self) -> list[tuple[Kind, Channel]]:
         """The (kind, channel) pairs whose messages this rule reads."""
         return [(kind, channel) for kind in self.spec.kinds for channel in self.reads]
+
+    def bind(self, registry: Registry) -> None:
+        """Learn what the form needs of the registry, once (the engine's registry is fixed)."""
+
+    def kinds(self) -> set[Kind]:
+        """The device kinds whose conditions this rule holds."""
+        return {kind for kind, _ in self.routes()}
 
     def new_state(self) -> S:
         """Fresh state for a device the rule has not seen."""
@@ -237,6 +245,10 @@ def forget(st: FormState, cleared: int | None, now: int) -> None:
         st.above = False
     elif isinstance(st, QualityState):
         st.worst = None
+    elif isinstance(st, AlongState):
+        st.sources.clear()  # an upstream condition opening later is a new episode
+    elif isinstance(st, EventState):
+        st.reporters.clear()
     elif isinstance(st, EventCountState):
         # The events counted so far belong to the resolved alert: a burst must be counted anew.
         st.times = [t for t in st.times if life.cleared_ts is not None and t > life.cleared_ts]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from devices.kinds import Channel
 from devices.payloads import DeviceMessage
+from devices.registry import Registry
 from rules.durations import format_duration
 from rules.evaluator import AnyDevice, Evaluator
 from rules.model import EventCountRule, EventRule
@@ -52,6 +53,25 @@ class EventEvaluator(Evaluator[EventRule, EventState]):
         self.match = self.events
         self.clear_after = rule.clear_after
         self.needs_deadline = rule.clear_after is not None or self.flap is not None
+        # per: segment — device id → the device its segment's condition is held under (the
+        # first along the way); set by ``bind``, read by the engine to pick the state.
+        self.keys: dict[str, str] | None = None
+
+    def bind(self, registry: Registry) -> None:
+        if self.spec.per != "segment":
+            return
+        by_segment: dict[str, list[tuple[float, str]]] = {}
+        for device in registry.devices.values():
+            segment = getattr(device, "segment", None)
+            if segment is None or not self.spec.applies_to(device.kind, device.id):
+                continue
+            km = getattr(device, "km", None)
+            by_segment.setdefault(segment, []).append((km if km is not None else 0.0, device.id))
+        self.keys = {}
+        for placed in by_segment.values():
+            lead = min(placed)[1]
+            for _, device_id in placed:
+                self.keys[device_id] = lead
 
     def observe(
         self,
@@ -72,8 +92,19 @@ class EventEvaluator(Evaluator[EventRule, EventState]):
         if not life.active and self.clear_after is not None and ts + self.clear_after <= newest:
             return out
         st.last_match = ts if st.last_match is None else max(ts, st.last_match)
-        detail = f"{event} event" if not life.open else f"{event} event again"
-        out.append(self.activate(life, device.id, ts, event, detail, Reason.EVENT))
+        if self.keys is None:
+            detail = f"{event} event" if not life.open else f"{event} event again"
+            out.append(self.activate(life, device.id, ts, event, detail, Reason.EVENT))
+            return out
+        if not life.open:
+            st.reporters = []
+        if device.id not in st.reporters:
+            st.reporters.append(device.id)
+        key = self.keys.get(device.id, device.id)
+        detail = f"{event} event on segment {getattr(device, 'segment', None)}, reported by " + (
+            ", ".join(st.reporters)
+        )
+        out.append(self.activate(life, key, ts, event, detail, Reason.EVENT))
         return out
 
     def form_deadline(self, st: EventState, device: AnyDevice) -> int | None:
@@ -87,8 +118,9 @@ class EventEvaluator(Evaluator[EventRule, EventState]):
             return []
         quiet = format_duration(self.clear_after or 0)
         names = ", ".join(sorted(self.match))
+        key = device.id if self.keys is None else self.keys.get(device.id, device.id)
         cleared = self.deactivate(
-            st.life, device.id, due, None, f"no {names} event for {quiet}", Reason.EXPIRED
+            st.life, key, due, None, f"no {names} event for {quiet}", Reason.EXPIRED
         )
         return [cleared] if cleared is not None else []
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from devices.problems import entry_name, problem_at
 from devices.registry import Registry
-from rules.checks import check_rule
+from rules.checks import check_following, check_rule
 from rules.model import FORMS, RULE, AnyRule, RuleSet
 from rules.problems import Problem, RulesError
 
@@ -53,6 +53,7 @@ def parse_rules(data: Any, file: str = "<rules>", registry: Registry | None = No
         problems.append(Problem(file, "(top)", "rules", "must be a list of rules"))
         raise RulesError(problems)
     rules: list[AnyRule] = []
+    where: list[int] = []  # each parsed rule's index in the file
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_rules):
         entry = entry_name("rules", i, raw)
@@ -69,6 +70,10 @@ def parse_rules(data: Any, file: str = "<rules>", registry: Registry | None = No
             seen[rule.id] = i
         problems.extend(Problem(file, entry, f, m) for f, m in check_rule(rule, registry))
         rules.append(rule)
+        where.append(i)
+    for k, field, message in check_following(rules):
+        i = where[k]
+        problems.append(Problem(file, entry_name("rules", i, raw_rules[i]), field, message))
     if problems:
         raise RulesError(problems)
     return RuleSet(rules, file)

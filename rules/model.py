@@ -214,6 +214,10 @@ class EventRule(RuleBase):
     type: Literal["event"]
     events: list[Name] = Field(min_length=1)
     clear_after: Duration | None = None
+    # ``segment``: reports from every device on one river or road segment are one condition
+    # (one accident seen by three cameras is one incident), held under the segment's first
+    # device along the way and listing who reported it. ``device``: each device its own.
+    per: Literal["device", "segment"] = "device"
 
 
 class EventCountRule(RuleBase):
@@ -291,12 +295,36 @@ class SilenceRule(RuleBase):
     )
 
 
+class AlongRiverRule(RuleBase):
+    """What is upstream comes down (docs/rules.md "Along the river"): when one of the ``after``
+    rules opens at a station, every station downstream on the same river that the water reaches
+    within ``within`` is told, with the expected arrival. It clears once every such upstream
+    condition has cleared and ``hold`` has passed since the expected arrival."""
+
+    type: Literal["along_river"]
+    after: list[RuleId] = Field(min_length=1, max_length=16)
+    within: Duration = 8 * _HOUR_MS
+    hold: Duration = _HOUR_MS
+
+
 Rule = Annotated[
-    ThresholdRule | RateOfChangeRule | EventRule | EventCountRule | WaterQualityRule | SilenceRule,
+    ThresholdRule
+    | RateOfChangeRule
+    | EventRule
+    | EventCountRule
+    | WaterQualityRule
+    | SilenceRule
+    | AlongRiverRule,
     Field(discriminator="type"),
 ]
 AnyRule = (
-    ThresholdRule | RateOfChangeRule | EventRule | EventCountRule | WaterQualityRule | SilenceRule
+    ThresholdRule
+    | RateOfChangeRule
+    | EventRule
+    | EventCountRule
+    | WaterQualityRule
+    | SilenceRule
+    | AlongRiverRule
 )
 RULE: TypeAdapter[AnyRule] = TypeAdapter(Rule)
 FORMS: tuple[str, ...] = (
@@ -306,6 +334,7 @@ FORMS: tuple[str, ...] = (
     "event_count",
     "water_quality",
     "silence",
+    "along_river",
 )
 
 

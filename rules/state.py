@@ -76,6 +76,7 @@ class EventState:
 
     life: Lifecycle = field(default_factory=Lifecycle)
     last_match: int | None = None
+    reporters: list[str] = field(default_factory=list)  # per: segment: who reported the episode
 
 
 @dataclass(slots=True)
@@ -121,6 +122,15 @@ class SilenceState:
 
 
 @dataclass(slots=True)
+class AlongState:
+    """Along the river, for one downstream station: each upstream condition that reaches it,
+    keyed ``{rule id}/{device id}``, as [opened, expected arrival, cleared or None]."""
+
+    life: Lifecycle = field(default_factory=Lifecycle)
+    sources: dict[str, list[int | None]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class DeviceState:
     """Per device, across rules: its newest device time and recent (seq, ts) for duplicates."""
 
@@ -133,8 +143,25 @@ class DeviceState:
     ahead_judged: int | None = None
 
 
-FormState = ThresholdState | RateState | EventState | EventCountState | QualityState | SilenceState
-S = TypeVar("S", ThresholdState, RateState, EventState, EventCountState, QualityState, SilenceState)
+FormState = (
+    ThresholdState
+    | RateState
+    | EventState
+    | EventCountState
+    | QualityState
+    | SilenceState
+    | AlongState
+)
+S = TypeVar(
+    "S",
+    ThresholdState,
+    RateState,
+    EventState,
+    EventCountState,
+    QualityState,
+    SilenceState,
+    AlongState,
+)
 
 
 def _life(life: Lifecycle) -> dict[str, Any]:
@@ -170,7 +197,11 @@ def _rate(st: RateState) -> dict[str, Any]:
 
 
 def _event(st: EventState) -> dict[str, Any]:
-    return {"life": _life(st.life), "last_match": st.last_match}
+    return {"life": _life(st.life), "last_match": st.last_match, "reporters": st.reporters.copy()}
+
+
+def _along(st: AlongState) -> dict[str, Any]:
+    return {"life": _life(st.life), "sources": {k: v.copy() for k, v in st.sources.items()}}
 
 
 def _event_count(st: EventCountState) -> dict[str, Any]:
@@ -219,6 +250,7 @@ _ENCODERS: dict[type[Any], Callable[[Any], dict[str, Any]]] = {
     EventCountState: _event_count,
     QualityState: _quality,
     SilenceState: _silence,
+    AlongState: _along,
     DeviceState: _device,
 }
 

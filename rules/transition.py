@@ -22,6 +22,7 @@ class Reason(StrEnum):
     OFFLINE = "offline"  # the device (or the broker's last will) said online: false
     CHANNEL_QUIET = "channel_quiet"  # the device reports, but one of its sensor fields does not
     FLAPPING = "flapping"  # a clear held back: opened and cleared too often in the flap window
+    UPSTREAM = "upstream"  # along_river: a condition upstream that the water brings here
     # Clearing.
     CLEARED = "cleared"  # the rule's clear condition holds
     EXPIRED = "expired"  # an event rule's clear_after passed with no matching event
@@ -30,6 +31,7 @@ class Reason(StrEnum):
     CHANNEL_RESUMED = "channel_resumed"  # the quiet sensor fields report again
     PLANNED_STOP = "planned_stop"  # the device announced a planned stop (silence rule)
     SETTLED = "flap_settled"  # a flapping condition stayed clear long enough to close
+    PASSED = "passed"  # along_river: upstream cleared and the expected arrival long past
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,14 @@ class PartitionEngines:
         """The engine of ``partition`` from its saved state (fresh for None); raises on a
         state that cannot be read at all, as ``Engine.restore`` does."""
         devices = self.devices_of(partition)
+        # The rivers and roads too: rules that relate devices along a way (along_river, per:
+        # segment) relate those of this partition — a known limit, docs/rules.md.
         sub = Registry(
             self.registry.areas.values(),
             [d for d in self.registry.devices.values() if d.id in devices],
+            self.registry.rivers.values(),
+            self.registry.roads.values(),
+            self.registry.departments.values(),
         )
         if snapshot is None:
             engine = Engine(self.rules, sub)

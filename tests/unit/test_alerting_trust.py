@@ -321,7 +321,7 @@ async def test_a_failing_rule_loses_only_its_own_verdict(
 
     # The engine calls each rule's observe bound once per route: break the first rule's.
     a.engine._observers = {
-        route: tuple((*o[:5], fail if o[0] == 0 else o[5], o[6]) for o in obs)
+        route: tuple((*o[:5], fail if o[0] == 0 else o[5], *o[6:]) for o in obs)
         for route, obs in a.engine._observers.items()
     }
     await river(a, registry, T0, 212.0)

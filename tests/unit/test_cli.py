@@ -74,7 +74,7 @@ def test_rules_check_accepts_the_defaults_and_names_problems(
 ) -> None:
     monkeypatch.setenv("CITYSENSE_REGISTRY", str(REPO / "config" / "registry.yaml"))
     assert main(["rules", "check", str(REPO / "config" / "rules.yaml")]) == 0
-    assert "OK, 13 rules" in capsys.readouterr().out
+    assert "OK, 15 rules" in capsys.readouterr().out
     bad = tmp_path / "rules.yaml"
     bad.write_text("rules:\n  - {id: x, type: threshold}\n")
     assert main(["rules", "check", str(bad)]) == 1

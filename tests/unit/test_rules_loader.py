@@ -126,7 +126,7 @@ def test_cross_checks_against_schemas_and_registry() -> None:
         "rules.yaml: rules[0] (id=a): field: a road telemetry has no numeric field "
         "'water_level_m' (it has: avg_speed_kmh, occupancy_pct, queue_length_m, vehicle_count)",
         "rules.yaml: rules[0] (id=a): attribute: a road device has no numeric attribute "
-        "'warning_level_m' (it has: lanes, report_interval_s, speed_limit_kmh)",
+        "'warning_level_m' (it has: km, lanes, report_interval_s, speed_limit_kmh)",
         "rules.yaml: rules[1] (id=b): events.1: a gate has no event 'accident' "
         "(it has: denied, forced_open, held_open, pass, tailgating, visitor)",
         "rules.yaml: rules[1] (id=b): kinds: a river device publishes no events",

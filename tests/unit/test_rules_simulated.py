@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from devices.alongway import downstream
 from devices.registry import Registry, load_registry
 from rules.engine import Engine
 from rules.loader import load_rules
@@ -73,6 +74,8 @@ EXPECTED: dict[str, tuple[set[str], set[str]]] = {
     "silent": ({"device_silent"}, set()),
     "offline": ({"device_silent"}, set()),  # no broker here, so no last will: silence finds it
 }
+# Scenarios at a river station also warn the stations downstream within 8 h (along_river).
+DOWNSTREAM = {"flood": "upstream_flood_wave", "pollution": "upstream_pollution"}
 
 
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))
@@ -87,8 +90,15 @@ def test_each_scenario_raises_its_alerts_and_no_others(
     opened = {(t.rule_id, t.device_id) for t in transitions if t.action == "open"}
     required, allowed = EXPECTED[scenario]
     target = assignment.device_id
-    assert {(r, target) for r in required} <= opened
-    assert opened <= {(r, target) for r in required | allowed}
+    below = {
+        (DOWNSTREAM[scenario], d.device_id)
+        for d in downstream(city, target, 8 * 3_600_000)
+        if scenario in DOWNSTREAM
+    }
+    if target == "river-zj-0001":  # by hand: the Zi river below the Shaoyang station
+        assert {d for _, d in below} == {"river-zj-0005", "river-zj-0006"}
+    assert {(r, target) for r in required} | below <= opened
+    assert opened <= {(r, target) for r in required | allowed} | below
     # One open per (rule, device): repeats are updates.
     opens = [(t.rule_id, t.device_id) for t in transitions if t.action == "open"]
     clears = [(t.rule_id, t.device_id) for t in transitions if t.action == "clear"]
