@@ -26,8 +26,9 @@ Malformed parameters (wrong types, unknown ``every``, ``fn`` without ``every``, 
 times, end before start) fail earlier as pydantic ``ValidationError`` → 422.
 
 Aggregation: ``every`` alone means ``fn=mean``; ``fn`` without ``every`` is invalid. Windows
-are InfluxDB's ``GROUP BY time(every)``: aligned to the Unix epoch in UTC (1 d windows start
-at 00:00 UTC, 08:00 in China), empty windows present with null values (``fill(null)``;
+are InfluxDB's ``GROUP BY time(every) tz(tz)``: aligned in the time zone ``tz`` (default
+Asia/Shanghai, so a 1 d window is a Chinese day from 00:00, not from 08:00 as UTC windows
+were; an IANA name the zone database lists), empty windows present with null values (``fill(null)``;
 ``count`` gives 0 there, as InfluxDB does). An
 area aggregated without ``group_by_device`` applies ``fn`` to all points of all the kind's
 devices in the area together (the mean of every reading, not the mean of device means). A raw
@@ -37,10 +38,12 @@ every event carries (``seq`` is optional), so counting them needs a different qu
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, ClassVar, Literal
+from zoneinfo import available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from devices.kinds import Channel, Kind, Level
 from devices.registry import Registry
@@ -70,6 +73,7 @@ DEFAULT_MAX_POINTS = 100_000
 
 # The span device timestamps may have (devices/payloads.py EpochMs); also keeps nanoseconds
 # inside InfluxDB's int64 time range.
+DEFAULT_TZ = "Asia/Shanghai"
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -94,6 +98,15 @@ class SeriesQuery(BaseModel):
     fn: Fn | None = None
     group_by_device: bool = False
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+    tz: str = DEFAULT_TZ  # where windows of aggregates are aligned
+
+    @field_validator("tz")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        # Only names the zone database lists: the name goes into the query text.
+        if name not in _zones():
+            raise ValueError(f"no time zone {name[:64]!r}")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> SeriesQuery:
@@ -125,6 +138,11 @@ class SeriesQuery(BaseModel):
     def per_device(self) -> bool:
         """Whether the answer has one series per device (raw area queries always do)."""
         return self.area is not None and (self.group_by_device or self.every is None)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
 
 
 class QueryRefused(Exception):
@@ -293,4 +311,7 @@ def build_influxql(
     group = f"time({q.every_s}s)"
     if q.per_device:
         group += f", {quote_ident('device')}"
-    return f"SELECT {selected} FROM {measurement} WHERE {where} GROUP BY {group} fill(null)"
+    return (
+        f"SELECT {selected} FROM {measurement} WHERE {where} GROUP BY {group} fill(null) "
+        f"tz('{q.tz}')"
+    )

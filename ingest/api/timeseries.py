@@ -72,10 +72,13 @@ async def series(
         Fn | None, Query(description="per-window function (default mean)", examples=["max"])
     ] = None,
     group_by_device: bool = False,
+    tz: Annotated[
+        str, Query(description="time zone the windows align to", examples=["Asia/Shanghai"])
+    ] = "Asia/Shanghai",
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
     format: Literal["json", "csv"] = "json",
 ) -> Response:
-    """Values with explicit units. Windows are aligned to UTC; see ``ingest/api/series.py``."""
+    """Values with explicit units. Windows are aligned in ``tz``; see ``ingest/api/influxql.py``."""
     try:
         query = SeriesQuery(
             kind=kind,
@@ -88,6 +91,7 @@ async def series(
             fn=fn,
             group_by_device=group_by_device,
             limit=limit,
+            tz=tz,
         )
     except ValidationError as e:
         problems = [{"loc": list(map(str, x["loc"])), "msg": x["msg"]} for x in e.errors()]

@@ -232,3 +232,33 @@ async def test_allowed_areas_hide_other_devices_and_areas(
     with pytest.raises(QueryRefused) as refused:
         await run(influxdb, db, registry, worker, area=VILLAGE, fields=["water_level_m"])
     assert refused.value.code == "unknown_area"
+
+
+async def test_a_day_is_a_chinese_day_unless_another_zone_is_asked(
+    influxdb: ManagedProcess, db: str, registry: Registry
+) -> None:
+    # WRITTEN lies just after T0 = 00:00 UTC = 08:00 in Shanghai: in Shanghai's days it is in
+    # the day that began at 16:00 UTC the evening before; in UTC days, in the one beginning at T0.
+    span = {"start": T0 - timedelta(hours=20), "end": T0 + timedelta(hours=20)}
+    for tz, day_start in [("Asia/Shanghai", T0 - timedelta(hours=8)), ("UTC", T0)]:
+        query = SeriesQuery.model_validate(
+            {
+                "kind": "river",
+                "device": A,
+                "fields": ["water_level_m"],
+                "every": "1d",
+                "fn": "count",
+                "tz": tz,
+                **span,
+            }
+        )
+        text = build_influxql(query, registry)
+        async with aiohttp.ClientSession() as session:
+            result = await run_series(session, influxdb.url, db, text, query)
+        counted = {
+            datetime.fromisoformat(p.time.replace("Z", "+00:00")): p.values["water_level_m"]
+            for s in result.series
+            for p in s.points
+            if p.values["water_level_m"]
+        }
+        assert counted == {day_start: 3}, tz

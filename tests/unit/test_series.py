@@ -192,7 +192,7 @@ def test_a_device_aggregated_defaults_to_mean() -> None:
     assert build(every="5m") == (
         'SELECT mean("water_level_m") AS "water_level_m" FROM "river" '
         f"WHERE \"device\" = 'r1' AND time >= {T0_NS} AND time < {T0_NS + 3_600 * 10**9} "
-        "GROUP BY time(300s) fill(null)"
+        "GROUP BY time(300s) fill(null) tz('Asia/Shanghai')"
     )
     assert query(every="5m").aggregate == "mean"
     assert query().aggregate is None
@@ -220,7 +220,7 @@ def test_an_area_at_each_level_selects_on_that_levels_tag(area: str, condition: 
 
 def test_an_area_grouped_by_device_and_raw() -> None:
     grouped = build(device=None, area="t", every="1m", group_by_device=True)
-    assert grouped.endswith('GROUP BY time(60s), "device" fill(null)')
+    assert grouped.endswith("GROUP BY time(60s), \"device\" fill(null) tz('Asia/Shanghai')")
     raw = build(device=None, area="t", fields=["ph", "flow_m3s"], limit=50)
     assert raw.startswith('SELECT "device", "ph", "flow_m3s" FROM "river" WHERE "township" = \'t\'')
     assert raw.endswith("ORDER BY time ASC LIMIT 50")
@@ -434,7 +434,8 @@ _GRAMMAR = re.compile(
     rf"|(mean|min|max|sum|count|last)\({_FIELD}\) AS {_FIELD}"
     rf"(, (mean|min|max|sum|count|last)\({_FIELD}\) AS {_FIELD})*)"
     rf" FROM \"(gate|river|road)\" WHERE ({_PLACE}) AND time >= \d+ AND time < \d+ "
-    r"(ORDER BY time ASC LIMIT \d+|GROUP BY time\(\d+s\)(, \"device\")? fill\(null\))"
+    r"(ORDER BY time ASC LIMIT \d+"
+    r"|GROUP BY time\(\d+s\)(, \"device\")? fill\(null\) tz\('[A-Za-z]+(/[A-Za-z_]+)*'\))"
 )
 
 
@@ -681,3 +682,11 @@ async def test_influxql_rows_flattens_series_with_their_tags(
         ]
         with pytest.raises(InfluxQueryError, match="bad"):
             await influxql_rows(session, url, "failing", "SELECT 1")
+
+
+def test_windows_align_in_the_asked_zone_and_only_a_listed_zone() -> None:
+    built = build_influxql(query(every="1d", tz="Europe/Berlin"), REGISTRY)
+    assert built.endswith("fill(null) tz('Europe/Berlin')")
+    for bad in ["Asia/Nowhere", "UTC') DROP", "../../etc/passwd", ""]:
+        with pytest.raises(ValidationError):
+            query(every="1d", tz=bad)
