@@ -12,7 +12,8 @@ import time
 
 from ingest.alerts.alerting import Alerting
 from ingest.intake.batcher import Batcher
-from ingest.intake.decode import Decoder, Reason, Rejection
+from ingest.intake.congestion import CONGESTION_MEASUREMENT, SegmentSpeeds
+from ingest.intake.decode import Decoded, Decoder, Reason, Rejection
 from ingest.intake.ledger import Ledger
 from ingest.intake.lineprotocol import LineEncoder, measurement_of
 from ingest.intake.plates import redact_plates
@@ -38,6 +39,7 @@ class Pipeline:
         ledger: Ledger,
         alerting: Alerting | None = None,
         skew: ClockSkew | None = None,
+        congestion: SegmentSpeeds | None = None,
     ) -> None:
         self._decoder = decoder
         self._encoder = encoder
@@ -48,6 +50,7 @@ class Pipeline:
         self._skew = (
             skew  # each device's clock against ours, for maintainers (ingest/intake/skew.py)
         )
+        self._congestion = congestion  # road segments' speeds (ingest/intake/congestion.py)
         self._backlog = False  # the read clock's verdict at the last message
         self.rule_failures = 0  # messages the rule engine raised on (their points are kept)
 
@@ -77,6 +80,10 @@ class Pipeline:
             return
         line = self._encoder.encode(result)
         measurement = measurement_of(result.kind, result.channel)
+        if self._congestion is not None:
+            # Ahead of the reading's point, so in its batch or an earlier one: durable no later
+            # than the reading is acknowledged.
+            self._add_congestion(self._congestion, result, topic)
         if self._alerting is not None:
             try:
                 skew = self._skew.skew_ms(result.device.id) if self._skew is not None else None
@@ -99,6 +106,15 @@ class Pipeline:
             self._alerting.take(transitions, (line, measurement, token), result.device.id)
             return
         self._batcher.add(line, measurement, token)
+
+    def _add_congestion(self, congestion: SegmentSpeeds, result: Decoded, topic: str) -> None:
+        try:
+            line = congestion.line(result)
+        except Exception:  # a bug of ours must not cost the reading
+            log.exception("the congestion index failed on a message on %s", topic)
+            return
+        if line is not None:
+            self._batcher.add(line, CONGESTION_MEASUREMENT, own=True)
 
     def _measure_skew(self, skew: ClockSkew, device_id: str, ts_ms: int, now_ms: int) -> None:
         """A sample of the device's clock (its own stamp, not one given on receipt), unless

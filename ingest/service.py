@@ -33,6 +33,7 @@ from ingest.cluster.seat import Seat
 from ingest.cluster.worker import Worker
 from ingest.datadir import private_dir, private_file
 from ingest.intake.batcher import Batcher
+from ingest.intake.congestion import SegmentSpeeds
 from ingest.intake.decode import Decoder
 from ingest.intake.ledger import Ledger
 from ingest.intake.lineprotocol import LineEncoder
@@ -250,7 +251,10 @@ async def serve(
     state.alerting = alerting
     decoder.stamps = alerting.stamps  # saved with the engine's state (ingest/intake/stamps.py)
     clock_skew = ClockSkew()  # each device's clock against ours: /devices/{id}, /metrics
-    pipeline = Pipeline(decoder, encoder, batcher, dead_letters, ledger, alerting, clock_skew)
+    speed = SegmentSpeeds(registry)  # road segments' congestion (ingest/intake/congestion.py)
+    pipeline = Pipeline(
+        decoder, encoder, batcher, dead_letters, ledger, alerting, clock_skew, speed
+    )
     consumer: MqttConsumer | PartitionSessions
     worker = None
     if isinstance(acks, AckRouter):

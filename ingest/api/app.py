@@ -21,8 +21,11 @@ from ingest.api import (
     duties,
     events,
     health,
+    quality,
     rules,
     timeseries,
+    traffic,
+    ways,
 )
 from ingest.api.context import ApiContext
 from ingest.api.errors import error_response, install_error_handlers
@@ -155,12 +158,15 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
         duties,
         timeseries,
         events,
+        traffic,
+        quality,
         alerts,
         cases,
         casephotos,
         rules,
         deadletters,
         cluster,
+        ways,
     ):
         app.include_router(module.router)
     _add_front_door(app)

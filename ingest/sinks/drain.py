@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.intake.batcher import Batch, Batcher
+from ingest.intake.congestion import CONGESTION_MEASUREMENT
 from ingest.intake.decode import Reason
 from ingest.intake.ledger import Ledger
 from ingest.sinks.deadletters import DeadLetterBuffer, NewDeadLetter
@@ -36,6 +37,8 @@ Safe = Callable[[list[int]], None]
 REPLAY_IDLE_S = 1.0  # how often an idle replayer looks at the spool again
 REPLAY_RETRY_S = 2.0  # how long the replayer waits after InfluxDB failed it again
 ALERT_MEASUREMENT = "alert"
+# citysense's own points (alerts, road segments' congestion), outside the message ledger
+OWN_MEASUREMENTS = frozenset({ALERT_MEASUREMENT, CONGESTION_MEASUREMENT})
 
 
 def _tokens(tokens: list[int | None]) -> list[int]:
@@ -185,7 +188,7 @@ class Drain:
             waiting = errors.get(line)
             if not waiting:
                 measurement = measurement_of_line(line)
-                if measurement != ALERT_MEASUREMENT:  # citysense's own, outside the ledger
+                if measurement not in OWN_MEASUREMENTS:  # outside the ledger
                     self._ledger.written[measurement] += 1
                 if token is not None:
                     written.append(token)
@@ -265,7 +268,7 @@ class Drain:
             Counter(
                 m
                 for line in spooled.lines
-                if line not in refused and (m := measurement_of_line(line)) != ALERT_MEASUREMENT
+                if line not in refused and (m := measurement_of_line(line)) not in OWN_MEASUREMENTS
             )
         )
         self.stats.replayed_batches += 1

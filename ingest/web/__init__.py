@@ -18,7 +18,7 @@ __all__ = ["PAGE_CACHE", "STATIC_CACHE", "router"]
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
-PAGES = ("index.html", "device.html", "worker.html", "cases.html")
+PAGES = ("index.html", "device.html", "worker.html", "cases.html", "river.html", "traffic.html")
 STATIC_CACHE = "public, max-age=86400"  # scripts, styles and vendored libraries
 PAGE_CACHE = "no-cache"  # the pages themselves: always revalidated
 

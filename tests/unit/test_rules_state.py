@@ -53,7 +53,9 @@ STATES: list[Any] = [
     ThresholdState(life=LIFE, last_ts=T0, pending_since=T0 - 5, clear_since=T0 - 4, above=True),
     RateState(life=LIFE, last_ts=T0, points=[[T0 - 9, 1.5], [T0, 2.0]], fit=[1.0] * 7, above=True),
     EventState(life=LIFE, last_match=T0, reporters=["road-a", "road-b"]),
-    AlongState(life=LIFE, sources={"r/river-a": [T0 - 9, T0 + 60, None], "r/river-b": [T0, T0, T0]}),
+    AlongState(
+        life=LIFE, sources={"r/river-a": [T0 - 9, T0 + 60, None], "r/river-b": [T0, T0, T0]}
+    ),
     EventCountState(life=LIFE, times=[T0 - 3, T0 - 2, T0]),
     QualityState(
         life=LIFE,

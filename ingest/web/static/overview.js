@@ -1,15 +1,20 @@
-// Overview: device counts, a plain SVG map of the devices, unresolved alerts per county, the
-// live alert list from the SSE stream, and the cases per department (refreshed every 30 s).
+// Overview: device counts, a plain SVG map of the devices with the rivers and roads drawn
+// through them (GET /ways), unresolved alerts per county, the live alert list from the SSE
+// stream, and the cases per department (refreshed every 30 s).
 import { api, fmtDuration, fmtTime, followAlerts, h, placeOf, SEVERITY, SEVERITY_ORDER, signIn, STATE } from "./app.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLOUR = { ok: "#2f9e44", warning: "#d4a106", major: "#e8590c", critical: "#b3261e", info: "#5c7cfa", offline: "#868e96" };
 const KIND = { river: "河 river", gate: "门 gate", road: "路 road" };
 const LIVE_MAX = 50;
+// A way without an unresolved alert: rivers blue, roads grey; else the markers' severity colour.
+const WAY_BASE = { river: "#4dabf7", road: "#adb5bd" };
+const WAY_STATE = { none: "正常 OK", info: "提示 info", warning: "警告 warning", major: "严重 major", critical: "紧急 critical" };
 
 let devices = []; // DeviceSummary[]
 const byId = new Map();
 const active = new Map(); // alert id → alert, not resolved
+let ways = { rivers: [], roads: [] }; // GET /ways: devices in order along each, worst state
 
 function deviceState(id) {
   const mine = [...active.values()].filter((a) => a.device_id === id);
@@ -56,6 +61,11 @@ function renderMap() {
     root.append(svg("line", { x1: x(v), x2: x(v), y1: 0, y2: H, stroke: "#d5e0ea" }));
   for (let v = Math.ceil(s / 0.05) * 0.05; v <= n; v += 0.05)
     root.append(svg("line", { x1: 0, x2: W, y1: y(v), y2: y(v), stroke: "#d5e0ea" }));
+  // Rivers and roads under the markers, the worst on top.
+  const rank = ["none", "info", "warning", "major", "critical"];
+  const lines = [...ways.roads, ...ways.rivers].filter((way) => way.devices.length);
+  lines.sort((a, b) => rank.indexOf(a.state) - rank.indexOf(b.state));
+  for (const way of lines) root.append(wayLine(way, x, y));
   const order = { ok: 0, info: 1, warning: 2, major: 3, offline: 4, critical: 5 };
   const sorted = [...devices].sort((a, b) => order[deviceState(a.device.id)] - order[deviceState(b.device.id)]);
   for (const d of sorted) {
@@ -73,6 +83,41 @@ function renderMap() {
     root.append(link);
   }
   box.replaceChildren(root);
+}
+
+/** A river or road as a polyline through its devices in order; a river links to its profile. */
+function wayLine(way, x, y) {
+  const points = way.devices.map((d) => `${x(d.lon).toFixed(1)},${y(d.lat).toFixed(1)}`);
+  if (points.length === 1) points.push(points[0]); // one device: a dot under its marker
+  const river = way.kind === "river";
+  const line = svg("polyline", {
+    points: points.join(" "),
+    class: `way way-${way.kind}`,
+    fill: "none",
+    stroke: way.state === "none" ? WAY_BASE[way.kind] : COLOUR[way.state],
+    "stroke-width": river ? 5 : 3.5,
+    "stroke-linecap": "round",
+    "stroke-linejoin": "round",
+    "data-way": way.id,
+    "data-kind": way.kind,
+    "data-state": way.state,
+  });
+  if (!river) line.setAttribute("stroke-dasharray", "9 5");
+  const title = svg("title");
+  title.textContent = `${way.name}${way.name_en ? ` ${way.name_en}` : ""} · ${river ? "河流 river" : "道路 road"} · ${WAY_STATE[way.state] ?? way.state}`;
+  if (!river) return svg("g", { class: "way-road" }, line, title);
+  return svg("a", { href: `river.html?id=${encodeURIComponent(way.id)}`, class: "way-link" }, line, title);
+}
+
+/** Fetch GET /ways again and redraw the map (at start, every 30 s, after alert changes). */
+async function refreshWays() {
+  try {
+    ways = await api("/ways");
+  } catch (e) {
+    console.warn("ways:", e);
+    return;
+  }
+  renderMap();
 }
 
 function renderCounties() {
@@ -146,8 +191,9 @@ async function start() {
   const open = await api("/alerts?state=open&state=acknowledged&limit=1000");
   for (const a of open) active.set(a.id, a);
   render();
+  refreshWays();
   renderCaseStats();
-  setInterval(renderCaseStats, 30_000);
+  setInterval(() => (renderCaseStats(), refreshWays()), 30_000);
   const live = document.getElementById("live");
   live.replaceChildren(...open.slice(0, 20).map((a) => liveItem(a, a.detail || a.rule_id, false)));
   let pending = null;
@@ -158,7 +204,7 @@ async function start() {
     live.prepend(liveItem(alert, `${change.message_zh} / ${change.message_en}`, true));
     while (live.children.length > LIVE_MAX) live.lastElementChild.remove();
     // A burst of changes redraws once.
-    if (pending === null) pending = setTimeout(() => ((pending = null), render()), 300);
+    if (pending === null) pending = setTimeout(() => ((pending = null), render(), refreshWays()), 300);
   });
 }
 
