@@ -26,7 +26,7 @@ from devices.registry import Registry
 from rules.durations import format_duration
 from rules.evaluator import AnyDevice, Evaluator
 from rules.model import AlongRiverRule
-from rules.state import AlongState
+from rules.state import AlongState, SnapshotError
 from rules.transition import Reason, Transition
 
 _MINUTE_MS = 60_000
@@ -94,8 +94,8 @@ class AlongRiverEvaluator(Evaluator[AlongRiverRule, AlongState]):
                 continue
             if st is None:
                 st = states[below.device_id] = AlongState()
-            if st.life.cleared_ts is not None and t.ts_ms <= st.life.cleared_ts:
-                continue  # an upstream opening older than this station's last clear or resolve
+            # No check against this station's last clear: that is another device's clock. An
+            # upstream rule opens once per episode, so an opening is always news downstream.
             arrival = t.ts_ms + below.travel_ms
             st.sources[key] = [t.ts_ms, arrival, None]
             minutes = below.travel_ms / _MINUTE_MS
@@ -137,9 +137,33 @@ class AlongRiverEvaluator(Evaluator[AlongRiverRule, AlongState]):
         if any(src[2] is None for src in st.sources.values()):
             return None  # something upstream still holds
         ends = [max(int(src[1] or 0) + self.hold, int(src[2] or 0)) for src in st.sources.values()]
-        if not ends:  # adopted from the store with nothing known: give it one hold
-            return (st.life.opened_ts or 0) + self.hold
+        if not ends:
+            # Adopted from the store with its sources lost: hold it until the farthest water
+            # it can be about has arrived (within) and passed (hold).
+            return (st.life.opened_ts or 0) + self.spec.within + self.hold
         return max(ends)
+
+    def prune(self, st: AlongState, device_id: str) -> None:
+        """Restored under a changed rule: forget the sources it no longer follows (another
+        ``after``, a shorter ``within``), whose clears would never reach this station."""
+        for key in list(st.sources):
+            rule_id, _, upstream = key.partition("/")
+            below = self._below.get(upstream, ())
+            if rule_id not in self.after or all(b.device_id != device_id for b in below):
+                del st.sources[key]
+
+    def decode(self, data: Any) -> AlongState:
+        st = super().decode(data)
+        sources = st.sources
+        if not isinstance(sources, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, list)
+            and len(v) == 3
+            and all(x is None or (isinstance(x, int) and not isinstance(x, bool)) for x in v)
+            for k, v in sources.items()
+        ):
+            raise SnapshotError("AlongState: sources must map keys to [opened, arrival, cleared]")
+        return st
 
     def form_expire(self, st: AlongState, device: AnyDevice, now: int) -> list[Transition]:
         due = self.form_deadline(st, device)

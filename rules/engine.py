@@ -444,6 +444,11 @@ class Engine:
         if i is None:
             return False
         ev = self._evaluators[i]
+        keys = getattr(ev, "keys", None)
+        if keys is not None and keys.get(device.id, device.id) != device.id:
+            # per: segment holds the segment's condition under its lead device only: one held
+            # under another camera (a per-device alert from before) is the caller's to resolve.
+            return False
         return device.kind in ev.kinds() and (ev.only is None or device.id in ev.only)
 
     def is_open(self, rule_id: str, device_id: str) -> bool:
@@ -538,6 +543,7 @@ class Engine:
                 engine.restore_problems.append(f"device {device_id}: {e}")
         for rule_id, data in rules_data.items():
             engine._restore_rule(rule_id, data)
+        engine._prune_followers()
         armed = snapshot.get("armed", [])
         if isinstance(armed, list):
             engine._armed = {a for a in armed if isinstance(a, str) and a in engine._by_id}
@@ -569,11 +575,27 @@ class Engine:
                 if st.life.open:
                     self.dropped_open.append((rule_id, device_id))
                 continue
+            if isinstance(ev, AlongRiverEvaluator):
+                ev.prune(st, device_id)  # sources the rule no longer follows (after, within)
             if st.life.flapping and ev.flap is None:
                 self._unflap(ev, st, device_id)
             self._states[i][device_id] = st
             if ev.needs_deadline:
                 self._schedule(i, ev, st, device)
+
+    def _prune_followers(self) -> None:
+        """After a restore: an along_river source whose upstream rule no longer watches its
+        station (gone, or its devices changed) would never clear: forget it."""
+        for i, ev in enumerate(self._evaluators):
+            if not isinstance(ev, AlongRiverEvaluator):
+                continue
+            for device_id, st in self._states[i].items():
+                for key in list(st.sources):
+                    rule_id, _, upstream = key.partition("/")
+                    device = self.registry.devices.get(upstream)
+                    if device is None or not self.watches(rule_id, device):
+                        del st.sources[key]
+                        self._reschedule(i, device_id)
 
     def _drop_open(self, rule_id: str, data: Any) -> None:
         """A rule gone (or of another form): its open conditions are the caller's to resolve

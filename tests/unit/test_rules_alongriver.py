@@ -192,3 +192,45 @@ def test_three_reports_on_one_segment_are_one_incident(city: Registry) -> None:
     anew = accident(engine, city, "road-sq-0001", T0 + 2 * MINUTE)
     assert [(t.device_id, t.action) for t in anew] == [("road-sq-0001", "open")]
     assert anew[0].detail.endswith("reported by road-sq-0001")
+
+
+def test_a_restore_under_a_shorter_reach_or_another_trigger_lets_it_clear(city: Registry) -> None:
+    engine = Engine(rules(city), city)
+    level(engine, city, UP, T0, 214.0)
+    snapshot = engine.snapshot()
+    # within cut to 2 h: river-zj-0006 (372 min away) is no longer told of UP's clear.
+    shorter = Engine.restore(rules(city, "2h"), city, snapshot)
+    assert waves(shorter.tick(T0 + 10 * HOUR), "clear").keys() >= {"river-zj-0006"}
+    # The followed rule gone from the file: its conditions are the caller's to resolve, and
+    # what followed them clears rather than waiting for a clear that never comes.
+    text = RULES.replace("{within}", "8h").replace("after: [over_warning]", "after: [gone]")
+    text = text.replace("- id: over_warning", "- id: gone")
+    moved = Engine.restore(parse_rules(yaml.safe_load(text), "t.yaml", city), city, snapshot)
+    assert ("over_warning", UP) in moved.dropped_open
+    assert set(waves(moved.tick(T0 + 10 * HOUR), "clear")) == set(TRAVEL_MIN)
+
+
+def test_per_segment_holds_a_segment_only_under_its_lead(city: Registry) -> None:
+    # A per-device alert on a camera that is not its segment's lead (rules before per:
+    # segment) is not the engine's to hold: refused to adopt, dropped (for the caller to
+    # resolve as rule_changed) on restore — never a second state that splits an incident.
+    engine = Engine(rules(city), city)
+    assert not engine.adopt("accident", "road-sq-0002", T0)
+    assert engine.adopt("accident", "road-sq-0001", T0)
+    snapshot = engine.snapshot()
+    snapshot["rules"]["accident"]["states"]["road-sq-0002"] = snapshot["rules"]["accident"][
+        "states"
+    ]["road-sq-0001"]
+    again = Engine.restore(rules(city), city, snapshot)
+    assert ("accident", "road-sq-0002") in again.dropped_open
+    assert again.open_conditions() == [("accident", "road-sq-0001")]
+
+
+def test_a_broken_along_state_is_dropped_not_the_whole_snapshot(city: Registry) -> None:
+    engine = Engine(rules(city), city)
+    level(engine, city, UP, T0, 214.0)
+    snapshot = engine.snapshot()
+    snapshot["rules"]["wave"]["states"]["river-zj-0003"]["sources"] = {"x": [1]}
+    again = Engine.restore(rules(city), city, snapshot)
+    assert any("river-zj-0003" in p for p in again.restore_problems)
+    assert again.is_open("wave", "river-zj-0006") and again.is_open("over_warning", UP)
