@@ -13,12 +13,14 @@ from enum import StrEnum
 from typing import Protocol
 
 from devices.payloads import DeviceMessage
+from simulator.hydrology import WAVE_FRONT_S
 
 
 class Condition(StrEnum):
     """A lasting change a scenario makes to how a device behaves."""
 
     FLOOD = "flood"  # torrential rain; the level climbs past warning and guarantee
+    WAVE = "wave"  # a flood wave from upstream passes: up past warning, then down again
     SPILL = "spill"  # a pollutant plume: water quality worse than class V
     JAM = "jam"  # an accident's aftermath: speeds collapse and the queue grows
     SILENT = "silent"  # the device publishes nothing although it stays connected
@@ -27,6 +29,11 @@ class Condition(StrEnum):
 # The conditions in force, each with the seconds of run time since it began: ramps such as the
 # flood rise are written against this, so they play out the same at any reporting rate.
 Conditions = Mapping[Condition, float]
+
+# Conditions in force before they begin, with a negative time: a flood wave "begins" at a
+# station when it passes the warning level there (its own over-warning comes when the water is
+# expected), and its front rises for this long before that.
+LEAD_S: Mapping[Condition, float] = {Condition.WAVE: WAVE_FRONT_S}
 
 NORMAL: Conditions = {}
 

@@ -52,11 +52,15 @@ class Outgoing:
         return self.payload.model_dump_json(exclude_none=True).encode()
 
 
-def make_behaviour(device: AnyDevice, seed: int, needs_quality: bool = False) -> Behaviour:
+def make_behaviour(
+    device: AnyDevice, seed: int, needs_quality: bool = False, spill_share: float = 1.0
+) -> Behaviour:
     """The behaviour model for a device's kind, on the device's own random stream."""
     rng = device_rng(seed, device.id, "behaviour")
     if isinstance(device, RiverDevice):
-        return RiverBehaviour.create(device, rng, needs_quality=needs_quality)
+        return RiverBehaviour.create(
+            device, rng, needs_quality=needs_quality, spill_share=spill_share
+        )
     if isinstance(device, RoadDevice):
         return RoadBehaviour.create(device, rng)
     return GateBehaviour.create(device, rng)
@@ -67,9 +71,17 @@ class SimulatedDevice:
 
     def __init__(self, device: AnyDevice, seed: int, assignments: Sequence[Assignment] = ()):
         self.device = device
-        self.assignments = tuple(a for a in assignments if a.device_id == device.id)
-        spill = any(a.scenario.condition is Condition.SPILL for a in self.assignments)
-        self.behaviour = make_behaviour(device, seed, needs_quality=spill)
+        # The scenarios that play on it: as their target, or reached from there (a river's
+        # flood wave or plume, a second camera on the road segment).
+        self.assignments = tuple(a for a in assignments if a.touches(device.id))
+        spills = [
+            a.strength(device.id)
+            for a in self.assignments
+            if a.scenario.condition is Condition.SPILL
+        ]
+        self.behaviour = make_behaviour(
+            device, seed, needs_quality=bool(spills), spill_share=max(spills, default=1.0)
+        )
         self.seq = 0  # the last seq used; the first message carries 1
 
     @property
@@ -84,15 +96,17 @@ class SimulatedDevice:
 
     def cued(self) -> Iterator[Timed]:
         """Every scripted action of the device's scenarios, in time order."""
-        return heapq.merge(*(a.cued() for a in self.assignments), key=lambda item: item[0])
+        return heapq.merge(*(a.cued(self.id) for a in self.assignments), key=lambda item: item[0])
 
     def conditions_at(self, offset_s: float) -> dict[Condition, float]:
-        """Conditions in force ``offset_s`` into the run, each with how long it has lasted."""
-        return {
-            a.scenario.condition: offset_s - a.start_s
-            for a in self.assignments
-            if a.scenario.condition is not None and offset_s >= a.start_s
-        }
+        """Conditions in force ``offset_s`` into the run, each with how long it has lasted
+        (negative while a condition's lead runs, behaviour.LEAD_S)."""
+        active: dict[Condition, float] = {}
+        for a in self.assignments:
+            since = a.since(self.id, offset_s)
+            if a.scenario.condition is not None and since is not None:
+                active[a.scenario.condition] = since
+        return active
 
     def act(self, action: Tick | Emit, offset_s: float, now_ms: int) -> Outgoing | None:
         """The message for a timeline action, or None if the device keeps quiet."""

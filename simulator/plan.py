@@ -51,6 +51,7 @@ class RunPlan:
                     device_id=a.device_id,
                     start_s=a.start_s,
                     summary=a.scenario.summary,
+                    reaches={r.device_id: r.delay_s for r in a.reaches},
                 )
                 for a in self.assignments
             ],
@@ -67,7 +68,9 @@ def plan_run(config: SimulationConfig, registry: Registry) -> RunPlan:
     if not devices:
         kinds = ", ".join(k.value for k in config.kinds)
         raise ScenarioError(f"the registry has no device of the kinds {kinds}")
-    assignments = assign(config.scenarios, devices, config.scenario_start_s, config.scenario_device)
+    assignments = assign(
+        config.scenarios, devices, config.scenario_start_s, config.scenario_device, registry
+    )
     # No device reports less often than its registry interval: at a low --rate the total is
     # then higher than asked, but a healthy device never looks silent to the alert rules.
     plans = [

@@ -19,6 +19,7 @@ class ScenarioRun(BaseModel):
     device_id: str
     start_s: float
     summary: str
+    reaches: dict[str, float] = Field(default_factory=dict)  # device → seconds after start_s
 
 
 class SentReport(BaseModel):
@@ -97,7 +98,9 @@ class SentReport(BaseModel):
             lines.append(
                 f"failed {self.failed}, skipped {self.skipped}, reconnects {self.reconnects}"
             )
-        lines += [f"scenario {s.name} → {s.device_id} at {s.start_s:g} s" for s in self.scenarios]
+        for s in self.scenarios:
+            reached = "".join(f", {d} +{t:g} s" for d, t in s.reaches.items())
+            lines.append(f"scenario {s.name} → {s.device_id} at {s.start_s:g} s{reached}")
         if self.last_seq and len(self.last_seq) <= TABLE_DEVICES_MAX:
             lines += [f"last seq {d}: {n}" for d, n in sorted(self.last_seq.items())]
         elif self.last_seq:

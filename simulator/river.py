@@ -10,7 +10,7 @@ from enum import StrEnum
 from devices.payloads import DeviceMessage, RiverTelemetry
 from devices.registry import RiverDevice
 from simulator.behaviour import Condition, Conditions, Stamp
-from simulator.hydrology import Catchment
+from simulator.hydrology import Catchment, WaveLevels, wave_level
 from simulator.localtime import local_hour, sunshine
 from simulator.rain import RainProcess
 from simulator.stochastic import Drift, clamp
@@ -45,10 +45,15 @@ class RiverBehaviour:
     level_m: float | None = None
     gauge_mm: float = 0.0  # rain in the gauge not yet reported (below one tip)
     flood_from_m: float | None = None  # the level when the running flood began
+    wave_found: tuple[float, float] | None = None  # (time since warning, level) a wave found
+    spill_share: float = 1.0  # how much of a spill reaches this station (less downstream)
 
     @classmethod
-    def create(cls, device: RiverDevice, rng: random.Random, needs_quality: bool) -> RiverBehaviour:
-        """A station with its own river size and equipment; ``needs_quality`` forces an analyser."""
+    def create(
+        cls, device: RiverDevice, rng: random.Random, needs_quality: bool, spill_share: float = 1.0
+    ) -> RiverBehaviour:
+        """A station with its own river size and equipment; ``needs_quality`` forces an analyser,
+        ``spill_share`` is how much of a spill reaches it (simulator/water_quality.py)."""
         gap = device.warning_level_m - device.normal_level_m
         # Sustained 10 mm/h rain would lift the level ~60% of the way to warning: normal weather
         # shows clear rises after showers but only a flood scenario crosses the warning level.
@@ -64,6 +69,7 @@ class RiverBehaviour:
             rain=RainProcess(),
             catchment=Catchment(gain_m_per_mm=gain, tau_s=tau_s),
             battery=Drift(12.6, 0.05, 3600.0),
+            spill_share=spill_share,
         )
 
     def on_tick(self, stamp: Stamp, active: Conditions) -> DeviceMessage:
@@ -77,9 +83,13 @@ class RiverBehaviour:
             rain_mm = self.rain.downpour(self.rng, dt_s)
         excess = self.catchment.step(rain_mm, dt_s)
         level = self.device.normal_level_m + excess
+        wave = self._wave_level(active.get(Condition.WAVE), level)
         if flood_s is not None:
             level = self._flood_level(flood_s)
             self.catchment.hold_at(level - self.device.normal_level_m)
+        elif wave is not None:
+            level = wave
+            self.catchment.release_at(level - self.device.normal_level_m)
         self.level_m = level
         level_reading = round(level + self.rng.gauss(0.0, LEVEL_NOISE_M), 3)
         rainfall = self._gauge(rain_mm)
@@ -91,7 +101,11 @@ class RiverBehaviour:
         if self.quality is None:
             self.quality = WaterQuality.typical(self.rng, stamp.ts)
         q = self.quality.step(
-            self.rng, dt_s, stamp.ts, flow / self.normal_flow_m3s, spill=Condition.SPILL in active
+            self.rng,
+            dt_s,
+            stamp.ts,
+            flow / self.normal_flow_m3s,
+            spill=self.spill_share if Condition.SPILL in active else 0.0,
         )
         return RiverTelemetry(
             ts=stamp.ts,
@@ -134,6 +148,19 @@ class RiverBehaviour:
         # Past the peak the river churns a few centimetres around it.
         churn = 0.0 if rise < 1.0 else 0.03 * math.sin(flood_s / 47.0)
         return start + (peak - start) * rise + churn
+
+    def _wave_level(self, since_s: float | None, level_m: float) -> float | None:
+        """The level while a flood wave passes (``since_s`` after it passes warning here), or
+        None when there is none, or it has passed and the river recedes on its own."""
+        if since_s is None:
+            self.wave_found = None
+            return None
+        if self.wave_found is None:
+            self.wave_found = (since_s, self.level_m if self.level_m is not None else level_m)
+        d = self.device
+        levels = WaveLevels(d.normal_level_m, d.warning_level_m, d.guarantee_level_m)
+        found_s, found_m = self.wave_found
+        return wave_level(levels, since_s, found_m, found_s)
 
     def _flow(self, level_m: float) -> float:
         """Discharge from the level via a power-law rating curve: flow rises with level."""

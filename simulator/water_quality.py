@@ -5,6 +5,13 @@ A healthy Hunan river sits in surface-water classes II-III: pH 7.2-7.8, dissolve
 station-specific mean; runoff after rain stirs up sediment and nutrients, and a spill pushes
 NH3-N, TP and CODMn past the class V limits (2.0, 0.4 and 15 mg/L) while oxygen falls below
 class V's 2 mg/L.
+
+Downstream of a spill its plume arrives diluted (the ``pollution_plume`` scenario): each value
+is the station's own water plus a share of the way to the spill's, that share being
+``PLUME_NEAREST`` at the first station downstream and ``PLUME_FURTHER`` times the previous
+station's at each further one (tributaries and hours of self-purification on the way). At a
+half, the nearest is still class IV-V, worse than a class III target; at a twentieth, the next
+stays inside class III.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from simulator.localtime import day_of_year, local_hour, sunshine
 from simulator.stochastic import Drift, clamp
 
 HOUR_S = 3600.0
+PLUME_NEAREST = 0.5  # the share of a spill that reaches the first station downstream
+PLUME_FURTHER = 0.1  # each further station's share of the one before
 
 
 @dataclass(slots=True)
@@ -110,29 +119,53 @@ class WaterQuality:
         )
 
     def step(
-        self, rng: random.Random, dt_s: float, ts_ms: int, flow_ratio: float, spill: bool
+        self, rng: random.Random, dt_s: float, ts_ms: int, flow_ratio: float, spill: float
     ) -> QualityReading:
-        """Advance by ``dt_s``; ``flow_ratio`` is flow over normal flow (runoff after rain)."""
+        """Advance by ``dt_s``; ``flow_ratio`` is flow over normal flow (runoff after rain);
+        ``spill`` how much of a spill is in the water: 0 none, 1 at the spill, a share of it
+        downstream (diluted)."""
         hour = local_hour(ts_ms)
         sun = sunshine(hour)
         # Water lags the air: the daily peak comes mid-afternoon, about 1.2 °C above the night.
         daily = 1.2 * math.sin(2 * math.pi * (hour - 9.0) / 24)
         temp = self.temp.step(rng, dt_s, seasonal_water_temp(ts_ms) + daily)
         runoff = max(0.0, flow_ratio - 1.0)
-        if spill and self.polluted is None:
+        if spill > 0 and self.polluted is None:
             self.polluted = Chemistry.spill(rng)
-        elif not spill:
+        elif spill <= 0:
             self.polluted = None
-        chem = self.polluted or self.healthy
         # Warm water holds less oxygen; algae add some in the afternoon sun.
         do_shift = -0.08 * (temp - 18.0) + 0.5 * sun - 0.25
         turbidity = self.turbidity.step(rng, dt_s) * (1 + runoff) ** 1.5
+        values = self._values(self.polluted or self.healthy, rng, dt_s, runoff, do_shift, spill > 0)
+        if self.polluted is not None and spill < 1:
+            own = self._values(self.healthy, rng, dt_s, runoff, do_shift, spilled=False)
+            values = [o + spill * (p - o) for o, p in zip(own, values, strict=True)]
+        ph, do, nh3n, codmn, tp = values
         return QualityReading(
             water_temp_c=round(clamp(temp, -2.0, 40.0), 2),
-            ph=round(chem.ph.step(rng, dt_s), 2),
-            do_mgl=round(chem.do.step(rng, dt_s, 0.0 if spill else do_shift), 2),
-            nh3n_mgl=round(chem.nh3n.step(rng, dt_s, 0.05 * runoff), 3),
-            codmn_mgl=round(chem.codmn.step(rng, dt_s, 0.6 * runoff), 2),
-            tp_mgl=round(chem.tp.step(rng, dt_s, 0.03 * runoff), 3),
-            turbidity_ntu=round(clamp(turbidity * (3.0 if spill else 1.0), 0.0, 5000.0), 1),
+            ph=round(ph, 2),
+            do_mgl=round(do, 2),
+            nh3n_mgl=round(nh3n, 3),
+            codmn_mgl=round(codmn, 2),
+            tp_mgl=round(tp, 3),
+            turbidity_ntu=round(clamp(turbidity * (1.0 + 2.0 * min(1.0, spill)), 0.0, 5000.0), 1),
         )
+
+    @staticmethod
+    def _values(
+        chem: Chemistry,
+        rng: random.Random,
+        dt_s: float,
+        runoff: float,
+        do_shift: float,
+        spilled: bool,
+    ) -> list[float]:
+        """pH, DO, NH3-N, CODMn and TP, stepped on (in that order: the random stream's order)."""
+        return [
+            chem.ph.step(rng, dt_s),
+            chem.do.step(rng, dt_s, 0.0 if spilled else do_shift),
+            chem.nh3n.step(rng, dt_s, 0.05 * runoff),
+            chem.codmn.step(rng, dt_s, 0.6 * runoff),
+            chem.tp.step(rng, dt_s, 0.03 * runoff),
+        ]

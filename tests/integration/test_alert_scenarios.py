@@ -2,9 +2,10 @@
 
 The simulator plays the whole example city with one scenario injected; the running service
 (real Mosquitto, real InfluxDB) evaluates config/rules.yaml; then the alert store must hold
-exactly the (rule, device) pairs the scenario is documented to cause, all on its target device,
-a grid worker's plain paho client on the target's grid must have been told of each opening, and
-a worker on another grid must have heard nothing.
+exactly the (rule, device) pairs the scenario is documented to cause — on its target device,
+and for a scenario that travels down a river or along a road, on the devices it reaches —
+everyone who answers for each of those devices must have been told of its opening on their own
+topic (plain paho clients), and a worker on a grid with none of them must have heard nothing.
 
 Time: the rules run on device time, and a flood needs 2 minutes above the warning level (15
 minutes of readings for the rise rate), a jam 5 minutes of high occupancy. The simulator's
@@ -16,6 +17,12 @@ future: the service is told to accept that much clock skew. Wall-clock deadlines
 ``clear_after``) are then all in the future and fire nothing. The silent device is the
 exception: silence is judged against the wall clock, so that run is placed to end now and is
 published in two parts, the run and then the clean stop, as a real run would happen.
+
+The scenarios that travel down a river play hours of device time (the flood wave takes 6.2 h
+from the Zi River's most upstream station to its last): those runs are played with only the
+stations of that river and one station of another river as the control, so a few thousand
+messages carry the whole story; the simulated clock starts at the wall clock as for the others
+and the allowed skew is the run's length.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devices.kinds import Channel, Level
+from devices.alongway import along, way_of
+from devices.kinds import Channel, Kind, Level
 from devices.registry import Registry
 from ingest.alerts.store import AlertStore, sqlite_url
 from ingest.people import load_workers
 from ingest.settings import InfluxDialect
 from rules import load_rules
+from rules.alerts import AlertState
 from rules.audiences import reach
 from rules.model import SilenceRule
 from simulator import SCENARIOS, SimulationConfig, dry_run
@@ -62,29 +71,59 @@ Pair = tuple[str, str]  # (rule id, device id)
 
 @dataclass(frozen=True)
 class Case:
-    """A scenario, how long to play it, and the rules it must trip on its target device."""
+    """A scenario, how long to play it, the rules it must trip on its target device and the
+    (rule, device) pairs beyond it (a scenario that travels)."""
 
     scenario: str
     duration_s: float
     at_s: float
     rules: frozenset[str]
+    elsewhere: frozenset[Pair] = frozenset()
+    river_only: bool = False  # only the target's river (and a control), ending now
+    resolved: frozenset[str] = frozenset()  # rules whose every alert has cleared by the end
 
     def __str__(self) -> str:
         return self.scenario
+
+    def expected(self, target_id: str) -> set[Pair]:
+        return {(rule, target_id) for rule in self.rules} | set(self.elsewhere)
+
+
+# The Zi River below its most upstream station river-zj-0004 (km 6), nearest first: km 18, 24,
+# 34, 52, 62; the water takes 77, 116, 181, 304 and 372 minutes (devices/alongway.py).
+ZI_DOWNSTREAM = (
+    "river-zj-0003",
+    "river-zj-0002",
+    "river-zj-0001",
+    "river-zj-0005",
+    "river-zj-0006",
+)
+WAVE_RULES = ("river_over_warning", "river_rising_fast")
+ZI_BELOW_CITY = ZI_DOWNSTREAM[3:]  # below river-zj-0001, the flood's and the spill's target
 
 
 CASES = [
     # The level passes warning and guarantee within ~60 s and stays there (> 2 min: `for: 2m`);
     # a rise of metres in a minute is far beyond 0.3 m/h once the rate rule has its 15 minutes
     # of readings (half its 30 min window), which 10 minutes of baseline plus the flood give.
+    # The target, river-zj-0001 (Zi River km 34), warns the two stations below it, which the
+    # water reaches in 2 and 3 hours (upstream_flood_wave), whose own rivers stay calm.
     Case(
         "flood",
         1000,
         600,
         frozenset({"river_over_warning", "river_over_guarantee", "river_rising_fast"}),
+        elsewhere=frozenset({("upstream_flood_wave", s) for s in ZI_BELOW_CITY}),
     ),
-    # NH3-N, TP, CODMn worse than class V and DO below 2 mg/L: worse than its target at once.
-    Case("pollution", 150, 30, frozenset({"water_quality_worse_than_target"})),
+    # NH3-N, TP, CODMn worse than class V and DO below 2 mg/L: worse than its target at once,
+    # and a warning to the two stations below (upstream_pollution).
+    Case(
+        "pollution",
+        150,
+        30,
+        frozenset({"water_quality_worse_than_target"}),
+        elsewhere=frozenset({("upstream_pollution", s) for s in ZI_BELOW_CITY}),
+    ),
     # The accident event; congestion events every 30 s from 45 s; occupancy above 80 % once the
     # jam has set in (90 s), for more than `for: 5m` of the 10 minutes played.
     Case(
@@ -101,6 +140,52 @@ CASES = [
     # Connected but saying nothing from the start: silent after k × its report interval. Its
     # duration is worked out from that limit (see silent_timing).
     Case("silent", 0, 0, frozenset({"device_silent"})),
+]
+
+# Scenarios that travel down a river or along a road, with the alerts they cause beyond their
+# target. Kept apart from CASES, which tests/integration/test_workers.py plays all at once
+# (these take hours of device time, and accident_two_cameras takes the accident's camera).
+TRAVELLING = [
+    # A flood wave from river-zj-0004 (its front rises from 15 min, it passes warning at 45 min)
+    # down the Zi River: every station passes warning when the water gets there, 77 to 372
+    # minutes later, and rises fast on the way (rising_fast opens in the front, over_warning
+    # 2 minutes after the crossing); the crest stays below guarantee. Each station downstream
+    # is warned (upstream_flood_wave) the moment river-zj-0004's first trigger opens (its
+    # rising_fast, about 28 minutes before its crossing), long before its own water rises. The
+    # run ends 70 minutes after the wave has passed warning at the last station: every wave has
+    # passed by then, and everything has cleared (upstream_flood_wave an hour after the water
+    # was expected).
+    Case(
+        "flood_wave",
+        29400,
+        2700,
+        frozenset(WAVE_RULES),
+        elsewhere=frozenset(
+            {(rule, s) for s in ZI_DOWNSTREAM for rule in WAVE_RULES}
+            | {("upstream_flood_wave", s) for s in ZI_DOWNSTREAM}
+        ),
+        river_only=True,
+        resolved=frozenset({*WAVE_RULES, "upstream_flood_wave"}),
+    ),
+    # A spill at river-zj-0004 from 60 s (worse than class V: its alarm opens at its first
+    # reading), which warns every station downstream at once (upstream_pollution); the plume
+    # reaches river-zj-0003 77 minutes later at half strength (class IV-V, worse than its
+    # class III target: its own alarm), river-zj-0002 at 116 minutes at a twentieth (class III:
+    # no alarm, 6 readings of it before the run ends at 130 minutes).
+    Case(
+        "pollution_plume",
+        7800,
+        60,
+        frozenset({"water_quality_worse_than_target"}),
+        elsewhere=frozenset(
+            {("water_quality_worse_than_target", ZI_DOWNSTREAM[0])}
+            | {("upstream_pollution", s) for s in ZI_DOWNSTREAM}
+        ),
+        river_only=True,
+    ),
+    # One accident seen by road-sq-0001 and, 3 s later, road-sq-0002 on the same segment
+    # (G320 Shuangqing): one incident, held under the segment's first camera, road-sq-0001.
+    Case("accident_two_cameras", 150, 30, frozenset({"road_accident"})),
 ]
 
 
@@ -188,11 +273,42 @@ def silent_timing(registry: Registry) -> tuple[str, float]:
 
 
 def stored_pairs(tmp_path: Path) -> set[Pair]:
+    return set(stored_states(tmp_path))
+
+
+def stored_states(tmp_path: Path) -> dict[Pair, AlertState]:
     store = AlertStore(sqlite_url(tmp_path))
     try:
-        return {(a.rule_id, a.device_id) for a in store.list(limit=10_000)}
+        return {(a.rule_id, a.device_id): a.state for a in store.list(limit=10_000)}
     finally:
         store.close()
+
+
+def unresolved(tmp_path: Path, rules: frozenset[str]) -> set[Pair]:
+    """The stored alerts of ``rules`` not resolved."""
+    states = stored_states(tmp_path)
+    return {p for p, st in states.items() if p[0] in rules and st is not AlertState.RESOLVED}
+
+
+def river_run(registry: Registry, target_id: str) -> Registry:
+    """The registry a river-only run plays: the target's river, and the first station of another
+    river on a grid none of them is on (the control for "nobody else heard")."""
+    river = way_of(registry, target_id)
+    assert river is not None
+    stations = {d.id for d in along(registry, river)}
+    grids = {registry.devices[s].grid for s in stations}
+    control = next(
+        d
+        for d in registry.devices.values()
+        if d.kind is Kind.RIVER and d.id not in stations and d.grid not in grids
+    )
+    return Registry(
+        registry.areas.values(),
+        [d for d in registry.devices.values() if d.id in stations | {control.id}],
+        registry.rivers.values(),
+        registry.roads.values(),
+        registry.departments.values(),
+    )
 
 
 async def wait_until(check: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
@@ -212,7 +328,7 @@ def clean_broker(mosquitto: Any, registry: Registry) -> Iterator[None]:
     clear_retained_statuses(mosquitto.port, registry)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", [*CASES, *TRAVELLING], ids=str)
 async def test_scenario_raises_exactly_its_alerts(
     case: Case,
     tmp_path: Path,
@@ -229,6 +345,12 @@ async def test_scenario_raises_exactly_its_alerts(
         target_id, duration_s = silent_timing(registry)
         chosen = {case.scenario: target_id}
         overrides["alert_start_grace_s"] = 0  # judge silence from the start
+    elif case.river_only:
+        # Hours of device time, placed to end now and read as a backlog: the service's read
+        # clock follows the stamps (ingest/alerts/readclock.py), so what clears on a deadline
+        # of device time (upstream_flood_wave an hour after the water was expected) clears
+        # in the run, as it would have live. Deadlines are judged from the start.
+        overrides["alert_start_grace_s"] = 0
     else:
         # The simulated clock runs up to the whole run ahead of the wall clock.
         overrides["future_skew_s"] = duration_s + 120
@@ -245,7 +367,10 @@ async def test_scenario_raises_exactly_its_alerts(
     target = registry.devices[assignment.device_id]
     kind = SCENARIOS[case.scenario].kind
     assert kind is None or target.kind is kind
-    expected = {(rule, target.id) for rule in case.rules}
+    expected = case.expected(target.id)
+    played_city = river_run(registry, target.id) if case.river_only else registry
+    (played_as,) = plan_run(config, played_city).assignments
+    assert played_as.device_id == target.id
 
     database = new_database(influxdb.url, "scen")
     settings = make_settings(
@@ -257,19 +382,26 @@ async def test_scenario_raises_exactly_its_alerts(
         **overrides,
     )
     # A control on another grid that has a device of the same kind in the run.
+    alerted_grids = {registry.devices[d].grid for _, d in expected}
     other_grid = next(
-        d.grid for d in registry.devices.values() if d.kind is target.kind and d.grid != target.grid
+        d.grid
+        for d in played_city.devices.values()
+        if d.kind is target.kind and d.grid not in alerted_grids
     )
-    # Who answers for the target: every audience its rules name for it (rules/audiences.py).
+    # Who answers for each alerted device: every audience its rule names for it
+    # (rules/audiences.py).
     rules = load_rules(RULES_FILE, registry)
-    told_to = {r: reach(rules.by_id[r], target, registry).keys for r in case.rules}
+    told_to = {
+        (r, d): reach(rules.by_id[r], registry.devices[d], registry).keys for r, d in expected
+    }
     topics = sorted({f"alerts/{k}" for keys in told_to.values() for k in keys})
     worker = Worker(mosquitto.port, *topics)
     stranger = Worker(mosquitto.port, f"alerts/grid/{other_grid}")
     try:
         async with running_service(settings, registry) as state:
-            start_ms = now_ms() - round(duration_s * 1000) if silent else now_ms()
-            played = list(dry_run(config, registry, start_ms))
+            in_past = silent or case.river_only
+            start_ms = now_ms() - round(duration_s * 1000) if in_past else now_ms()
+            played = list(dry_run(config, played_city, start_ms))
             # The clean stop: every device still connected says offline, stopped, at the end.
             run = [m for t, m in played if t < duration_s]
             stop = [m for t, m in played if t >= duration_s]
@@ -290,27 +422,36 @@ async def test_scenario_raises_exactly_its_alerts(
             assert state.ledger.rejected == {}, state.ledger.rejected
             assert state.ledger.written_total == len(played)
             await wait_until(lambda: expected <= worker.opened())
+            if case.resolved:  # cleared on deadlines: at the service's next ticks
+                await wait_until(lambda: not unresolved(tmp_path, case.resolved))
         # Stopped: the service has applied and published every queued alert change.
         await asyncio.sleep(0.3)  # time for a straggler (an alert nobody expected) to arrive
     finally:
         worker.close()
         stranger.close()
 
-    # (a) exactly the expected alerts, all on the target device
-    assert stored_pairs(tmp_path) == expected
-    # (b) everyone who answers for the target was told of each opening on their own topic,
-    # once per alert (not once per reading), and a worker elsewhere of nothing
+    # (a) exactly the expected alerts: on the target, and where a travelling scenario reached
+    states = stored_states(tmp_path)
+    assert set(states) == expected
+    assert not unresolved(tmp_path, case.resolved)  # e.g. the wave has passed every station
+    # (b) everyone who answers for each alerted device was told of its opening on their own
+    # topic, once per alert (not once per reading), and a worker elsewhere of nothing
     assert worker.opened() == expected
     arrivals = list(zip(worker.topics, worker.messages(), strict=True))
     opened = [m for _, m in arrivals if m["event"]["action"] == "opened"]
-    by_rule: dict[str, list[str]] = {}
+    by_pair: dict[Pair, list[str]] = {}
     for topic, m in arrivals:
         if m["event"]["action"] == "opened":
-            by_rule.setdefault(m["alert"]["rule_id"], []).append(topic)
-    assert {r: sorted(t) for r, t in by_rule.items()} == {
-        r: sorted(f"alerts/{k}" for k in keys) for r, keys in told_to.items()
+            pair = (m["alert"]["rule_id"], m["alert"]["device_id"])
+            by_pair.setdefault(pair, []).append(topic)
+    assert {p: sorted(t) for p, t in by_pair.items()} == {
+        p: sorted(f"alerts/{k}" for k in keys) for p, keys in told_to.items()
     }
-    assert {m["alert"]["areas"]["grid"] for m in opened} == {target.grid}
+    assert all(
+        m["alert"]["areas"]["grid"] == registry.devices[m["alert"]["device_id"]].grid
+        for m in opened
+    )
+    assert {m["alert"]["areas"]["grid"] for m in opened} == alerted_grids
     if silent:
         assert [m["alert"]["value"] for m in opened] == ["silent"]
     assert stranger.messages() == []

@@ -352,6 +352,14 @@ def test_the_simulators_scenarios_raise_exactly_their_alerts_once(
     )
     assignments = plan_run(config, REGISTRY).assignments
     expected = {(rule, a.device_id) for a in assignments for rule in cases[a.scenario.name].rules}
+    # along_river relates only the stations of one partition on a cluster (docs/rules.md, a
+    # known limit): the warnings downstream are those in the target's partition.
+    expected |= {
+        (rule, d)
+        for a in assignments
+        for rule, d in cases[a.scenario.name].elsewhere
+        if partition_of(d, PARTITIONS) == partition_of(a.device_id, PARTITIONS)
+    }
     database = new_database(postgres_url, "scenarios")
     influx = start_influxd(free_port(), tmp_path / "influxdb", "citysense")
     w = Workers(cluster, database, influx, tmp_path)

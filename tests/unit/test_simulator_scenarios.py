@@ -255,6 +255,9 @@ def test_every_scenario_is_described() -> None:
         "tailgating",
         "silent",
         "offline",
+        "flood_wave",
+        "pollution_plume",
+        "accident_two_cameras",
     }
     for scenario in SCENARIOS.values():
         assert scenario.summary and scenario.name
