@@ -46,6 +46,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from devices.kinds import Channel, Kind
+from devices.partitions import partition_of
 from devices.payloads import schema_for
 from devices.registry import Device, Registry, RiverDevice, load_registry
 from ingest.alerts.store import AlertStore, sqlite_url
@@ -646,13 +647,19 @@ def read_alerts(data_dir: Path) -> AlertFigures:
 
 
 def reference_alerts(
-    registry: Registry, sent: dict[Key, int], bad: set[Key], work_dir: Path
+    registry: Registry,
+    sent: dict[Key, int],
+    bad: set[Key],
+    work_dir: Path,
+    partitions: int | None = None,
 ) -> dict[AlertKey, str]:
     """The alerts an undisturbed run raises for exactly these messages, and their states.
 
     The service's own rule engine and alert store, fed each device's messages once and in
-    order (the rules keep state per (rule, device), so devices are independent). No clock
-    ticks, as in the service under test, whose start-up grace holds deadlines back.
+    order (the rules keep state per (rule, device); along_river's warnings downstream depend
+    only on the upstream station's). No clock ticks, as in the service under test, whose
+    start-up grace holds deadlines back. ``partitions``: as a cluster judges, where a rule
+    relates only the devices of one partition (docs/rules.md, along_river on a cluster).
     """
     rules = load_rules(RULES_FILE, registry)
     engine = Engine(rules, registry)
@@ -669,8 +676,13 @@ def reference_alerts(
             for t in engine.observe(device, Channel.TELEMETRY, message, ts):
                 rule = rules.get(t.rule_id)
                 assert rule is not None
-                areas = area_ids(registry.device_path(device_id))
-                store.apply(t, severity=rule.severity, kind=device.kind, areas=areas, now_ms=ts)
+                if partitions is not None and partition_of(t.device_id, partitions) != partition_of(
+                    device_id, partitions
+                ):
+                    continue
+                told = registry.devices[t.device_id]
+                areas = area_ids(registry.device_path(t.device_id))
+                store.apply(t, severity=rule.severity, kind=told.kind, areas=areas, now_ms=ts)
         return {
             (a.rule_id, a.device_id, a.opened_ms): a.state.value
             for a in store.list(limit=10_000_000)

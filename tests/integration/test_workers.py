@@ -201,7 +201,7 @@ def publish(
 def check_everything(w: Workers, base: int, acked: dict[tuple[str, int], int]) -> None:
     """Each acknowledged reading stored once; the alerts an undisturbed engine raises."""
     stored_once(w.influx.url, base, set(acked), timeout_s=90)
-    reference = reference_alerts(REGISTRY, acked, set(), w.root / "reference")
+    reference = reference_alerts(REGISTRY, acked, set(), w.root / "reference", PARTITIONS)
     assert reference, "the readings must raise alerts, or this proves nothing about them"
     deadline = time.monotonic() + 30
     while True:
