@@ -187,6 +187,16 @@ class Settings(BaseSettings):
     cases: Path = Field(
         Path("config/cases.yaml"), description="case (work order) deadlines per step and severity"
     )
+    channels: Path = Field(
+        Path("config/channels.yaml"),
+        description="delivery channels: robots, SMS gateway and webhooks, who hears on which, "
+        "severities, quiet hours",
+    )
+    sharing: Path = Field(
+        Path("config/sharing.yaml"),
+        description="which data sets other departments' tokens may read: classes, grants "
+        "(re-read within a second of a change; missing or broken: nothing is shared)",
+    )
     data_dir: Path = Field(
         Path(".data"), description="stack data, dead letters, spool, alert store"
     )

@@ -5,7 +5,9 @@ Portable types only, so the same schema runs on the embedded SQLite file and on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
     JSON,
@@ -19,8 +21,10 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    inspect,
     select,
 )
+from sqlalchemy.engine import Connection, Engine
 
 from rules.alerts import Alert, AlertState
 
@@ -93,6 +97,18 @@ announcements = Table(
     Column("created_ms", BigInteger, nullable=False),
 )
 
+# The channels' queue (issue 19): one job per announcement, written with it in the change's own
+# transaction (``put_channel_jobs``), expanded into deliveries to people's channels and deleted
+# in one transaction by ingest/delivery/ (which owns the tables of deliveries and receipts).
+channel_jobs = Table(
+    "channel_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # dispatch order
+    Column("topic", String(255), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
 AREA_COLUMNS = ("grid", "village", "township", "county", "city")
 
 
@@ -148,3 +164,20 @@ def row_of(alert: Alert) -> dict[str, Any]:
         "updated_ms": alert.updated_ms,
         "body": alert.model_dump(mode="json"),
     }
+
+
+# Whether each engine's database has ``channel_jobs``: a database made by the case store alone
+# (tools, tests) has only ``announcements``; looked up once per engine, not per transaction.
+_HAS_JOBS: WeakKeyDictionary[Engine, bool] = WeakKeyDictionary()
+
+
+def put_channel_jobs(conn: Connection, rows: Sequence[tuple[str, bytes]], stamp: int) -> None:
+    """One channel job per announcement, in the announcement's transaction (issue 19)."""
+    has = _HAS_JOBS.get(conn.engine)
+    if has is None:
+        has = _HAS_JOBS[conn.engine] = inspect(conn).has_table(channel_jobs.name)
+    if has and rows:
+        conn.execute(
+            channel_jobs.insert(),
+            [{"topic": t, "payload": p, "created_ms": stamp} for t, p in rows],
+        )

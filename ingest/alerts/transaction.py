@@ -23,6 +23,7 @@ from ingest.alerts.database import (
     UPDATE_ALERT,
     announcements,
     engine_state,
+    put_channel_jobs,
     row_of,
 )
 from rules.alerts import (
@@ -84,6 +85,7 @@ def put_announcements(conn: Connection, rows: Sequence[tuple[str, bytes]]) -> No
             announcements.insert(),
             [{"topic": t, "payload": p, "created_ms": stamp} for t, p in rows],
         )
+        put_channel_jobs(conn, rows, stamp)  # people's channels (issue 19, ingest/delivery/)
 
 
 def put_state(conn: Connection, key: str, value: dict[str, Any], at_ms: int | None) -> None:

@@ -21,6 +21,7 @@ from ingest.api.auth import Caller
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
 from ingest.api.ratelimit import WriteCaller
+from ingest.api.sharing import counted, scope
 from ingest.api.tokens import Principal, Role
 from rules.alerts import (
     Alert,
@@ -128,6 +129,7 @@ def _list(ctx: ApiContext, principal: Principal, f: _Filter) -> list[Alert]:
 @router.get("", summary="list alerts, newest first", responses=ERRORS)
 async def list_alerts(
     principal: Caller,
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     state: Annotated[list[AlertState] | None, Query(description="one or more states")] = None,
     severity: Annotated[list[Severity] | None, Query(description="one or more severities")] = None,
@@ -147,7 +149,11 @@ async def list_alerts(
 ) -> list[Alert]:
     """Alerts the caller may see, filtered; a grid worker sees its own areas only."""
     wanted = _Filter(state, severity, area, rule, _ms(since), _ms(until), limit)
-    return await asyncio.to_thread(_list, ctx, principal, wanted)
+    shared = scope(request, principal, "alerts")  # a department: the alerts shared with it
+    found = await asyncio.to_thread(_list, ctx, shared.principal, wanted)
+    found = [a for a in found if shared.keeps(a)]
+    counted(request, len(found))
+    return found
 
 
 async def _stream(ctx: ApiContext, principal: Principal, request: Request) -> AsyncIterator[bytes]:
@@ -233,10 +239,17 @@ async def _visible_alert(ctx: ApiContext, principal: Principal, alert_id: str) -
     responses={404: {"model": ErrorBody}, **ERRORS},
 )
 async def get_alert(
-    alert_id: str, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+    alert_id: str,
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    request: Request,
 ) -> AlertDetail:
     """The alert and its history rows, oldest first."""
-    alert = await _visible_alert(ctx, principal, alert_id)
+    shared = scope(request, principal, "alerts")  # a department: the alerts shared with it
+    alert = await _visible_alert(ctx, shared.principal, alert_id)
+    if not shared.keeps(alert):
+        raise not_found("alert", alert_id)
+    counted(request, 1)
     history = await asyncio.to_thread(ctx.alert_store.history, alert.id)
     return AlertDetail(alert=alert, history=history)
 

@@ -13,14 +13,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ingest import web
 from ingest.api import (
     alerts,
+    audit,
     casephotos,
     cases,
     cluster,
     deadletters,
+    deliveries,
     devices,
     duties,
     events,
     health,
+    ngsild,
     quality,
     rules,
     timeseries,
@@ -163,12 +166,15 @@ def create_app(ctx: ApiContext, write_limiter: TokenBucket | None = None) -> Fas
         alerts,
         cases,
         casephotos,
+        deliveries,  # GET /deliveries (issue 19)
         rules,
         deadletters,
         cluster,
         ways,
+        ngsild,
     ):
         app.include_router(module.router)
+    audit.install(app)  # GET /audit, and every department token's request recorded
     _add_front_door(app)
     app.include_router(web.router)  # the pages under /ui/ (public; data comes from the API)
     # No CORSMiddleware, on purpose: the API is for the command centre's server side and the

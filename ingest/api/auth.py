@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ApiError
+from ingest.api.sharing import as_department
 from ingest.api.tokens import Principal, Role
 from ingest.people import Post
 
@@ -51,6 +52,8 @@ def caller(
         raise _unauthorized("unknown or revoked token")
     if principal.role is Role.PERSON:
         principal = _as_person(ctx, principal)
+    if principal.role is Role.DEPARTMENT:  # the sharing rules: ingest/api/sharing.py
+        principal = as_department(request, ctx, principal)
     request.state.principal = principal
     return principal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from devices.kinds import Channel, Kind
@@ -17,6 +17,7 @@ from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
 from ingest.api.influxql import InfluxQueryError, InfluxUnavailable, quote_ident, quote_string
 from ingest.api.series import influxql_rows
+from ingest.api.sharing import alert_filter, counted, device_filter, readings
 from ingest.api.tokens import Principal
 from ingest.intake.lineprotocol import measurement_of
 from rules.alerts import Alert, AlertState
@@ -75,6 +76,7 @@ def _visible(ctx: ApiContext, principal: Principal, device: AnyDevice) -> bool:
 @router.get("", summary="list devices", responses=ERRORS)
 async def list_devices(
     principal: Caller,
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     kind: Kind | None = None,
     area: Annotated[
@@ -85,11 +87,14 @@ async def list_devices(
     if area is not None and area not in ctx.registry.areas:
         return []
     devices = ctx.registry.devices_in(area) if area else ctx.registry.devices.values()
-    return [
+    shared = device_filter(request, principal)  # a department: devices of shared data sets
+    found = [
         _summary(ctx, d)
         for d in devices
-        if (kind is None or d.kind is kind) and _visible(ctx, principal, d)
+        if (kind is None or d.kind is kind) and _visible(ctx, principal, d) and shared(d)
     ]
+    counted(request, len(found))
+    return found
 
 
 async def _last(ctx: ApiContext, device: AnyDevice) -> dict[str, Reading]:
@@ -134,11 +139,16 @@ def _unit(kind: Kind, name: str) -> str | None:
     },
 )
 async def get_device(
-    device_id: str, principal: Caller, ctx: Annotated[ApiContext, Depends(context)]
+    device_id: str,
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    request: Request,
 ) -> DeviceDetail:
     """Registry data, newest reading per channel (from InfluxDB), last seen, open alerts."""
     device = ctx.registry.devices.get(device_id)
     if device is None or not _visible(ctx, principal, device):
+        raise not_found("device", device_id)
+    if not device_filter(request, principal)(device):  # a department: of a shared data set
         raise not_found("device", device_id)
     try:
         last = await _last(ctx, device)
@@ -154,6 +164,9 @@ async def get_device(
     )
     # A chief or a department sees the device, but only the alerts told to its posts.
     alerts = [a for a in alerts if principal.sees_alert(a.areas.values(), a.audiences)]
+    last = readings(request, principal, device, last)  # a department: shared sets and fields
+    alerts = list(filter(alert_filter(request, principal), alerts))
+    counted(request, 1)
     summary = _summary(ctx, device)
     skew_ms = ctx.clock_skew.skew_ms(device.id) if ctx.clock_skew else None
     return DeviceDetail(

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import aiohttp
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from devices.kinds import Kind
@@ -38,6 +38,8 @@ from ingest.api.eventquery import (
 )
 from ingest.api.influxql import EPOCH, InfluxQueryError, InfluxUnavailable
 from ingest.api.series import iso_utc
+from ingest.api.sharing import counted
+from ingest.api.sharing import scope as scope_of
 from ingest.api.tokens import Principal, Role
 
 router = APIRouter(prefix="/events", tags=["events"])
@@ -164,6 +166,7 @@ def _shape_events(kind: Kind, rows: list[dict[str, Any]]) -> list[EventOut]:
 @router.get("", summary="events, newest first", response_model=EventsResult, responses=_ERRORS)
 async def list_events(
     principal: Caller,
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     kind: Annotated[EventKind, Query(examples=["road"])],
     start: Annotated[datetime, Query(description="ISO 8601 with a zone, inclusive")],
@@ -176,9 +179,10 @@ async def list_events(
 ) -> EventsResult:
     """At most 31 days per request; a grid worker sees the events of its own areas only."""
     scope = Scope(Kind(kind), event_type, area, road, device)
+    shared = scope_of(request, principal, f"{kind}_events")  # a department's share
     try:
         _check_aware(start, end)
-        where = where_scope(scope, ctx.registry, _allowed(principal))
+        where = where_scope(scope, ctx.registry, _allowed(shared.principal))
         text = events_influxql(scope, where, start, end, limit)
         rows = _rows(await _query(ctx, text))
     except EventQueryRefused as e:
@@ -186,6 +190,9 @@ async def list_events(
     except InfluxQueryError as e:
         raise _influx_failed(e) from None
     events = await asyncio.to_thread(_shape_events, scope.kind, rows)
+    for shaped in events:
+        shaped.fields = shared.strip(shaped.fields)  # fields a department's share withholds
+    counted(request, len(events))
     return EventsResult(
         kind=scope.kind,
         start=iso_utc(start),
@@ -208,6 +215,7 @@ def _check_aware(*moments: datetime) -> None:
 )
 async def event_stats(
     principal: Caller,
+    request: Request,
     ctx: Annotated[ApiContext, Depends(context)],
     kind: Annotated[EventKind, Query(examples=["road"])],
     start: Annotated[datetime, Query(description="ISO 8601 with a zone; its bucket is the first")],
@@ -220,6 +228,7 @@ async def event_stats(
 ) -> EventStats:
     """Buckets are whole local periods of ``tz`` (a day from local midnight); at most 400."""
     scope = Scope(Kind(kind), event_type, area, road)
+    principal = scope_of(request, principal, f"{kind}_events").principal
     try:
         _check_aware(start, end)
         zone_info = zone(tz)
@@ -234,6 +243,7 @@ async def event_stats(
     n = len(found)
     now, back, whole_back = counts[:n], counts[n : 2 * n], counts[2 * n]
     total = sum(now)
+    counted(request, n)
     return EventStats(
         kind=scope.kind,
         type=event_type,

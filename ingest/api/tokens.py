@@ -56,6 +56,7 @@ _TOKEN = re.compile(rf"{PREFIX}_([0-9a-f]{{{_ID_HEX_CHARS}}})_([A-Za-z0-9_-]{{43
 TOKEN_LENGTH = len(PREFIX) + 1 + _ID_HEX_CHARS + 1 + 43
 # Compared against when the id is unknown, so a miss costs what a wrong secret costs.
 _NO_HASH = "0" * 64
+_DEPARTMENT = re.compile(r"[a-z][a-z0-9_]{0,63}")  # devices/responsibility.py DepartmentId
 
 
 class Role(StrEnum):
@@ -66,6 +67,9 @@ class Role(StrEnum):
     # A person of the people file (ingest/people.py), named by the token's name: sees what
     # their posts see, as the file says now (a post moved in the file moves their view).
     PERSON = "person"
+    # Another department (docs/security.md "Sharing with departments"), named by its registry
+    # id: reads only what config/sharing.yaml shares with it, every read audited.
+    DEPARTMENT = "department"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class Principal:
     # a chief or a department sees only the alerts told to its posts and its own cases, though
     # it may look at the devices of its areas.
     area_wide: bool = True
+    department: str | None = None  # the registry department a DEPARTMENT token stands for
 
     def sees(self, area_ids: Iterable[str]) -> bool:
         """Whether something whose area path (grid up to city) is ``area_ids`` is visible."""
@@ -137,13 +142,18 @@ class TokenEntry(BaseModel):
             raise ValueError("an operator token sees everything and takes no areas")
         if self.role is Role.PERSON and self.areas:
             raise ValueError("a person's token sees what the people file gives them: no areas")
+        if self.role is Role.DEPARTMENT and not _DEPARTMENT.fullmatch(self.name):
+            raise ValueError("a department token is named by its department id, e.g. ecology_env")
         if len(set(self.areas)) != len(self.areas):
             raise ValueError("areas are listed more than once")
         return self
 
     def principal(self) -> Principal:
         """The caller this entry stands for."""
-        return Principal(self.id, self.name, self.role, frozenset(self.areas))
+        department = self.name if self.role is Role.DEPARTMENT else None
+        return Principal(
+            self.id, self.name, self.role, frozenset(self.areas), department=department
+        )
 
 
 def tokens_path(settings: Settings) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -50,7 +52,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="extend",
         nargs="+",
         metavar="ID",
-        help="area id(s) a grid_worker sees, at any level (repeatable)",
+        help="area id(s) a grid_worker sees, at any level (repeatable); a department's: "
+        "fewer of its own",
+    )
+    q.add_argument(
+        "--department",
+        metavar="ID",
+        help="a department token's department (registry id; the token's --name is that id)",
     )
     q.add_argument("--registry", type=Path, help="registry file (default $CITYSENSE_REGISTRY)")
     q.add_argument(
@@ -65,6 +73,57 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     q = dsub.add_parser("revoke", help="revoke a token by its id")
     q.add_argument("id")
     q.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("audit", help="the access audit of department tokens")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("list", help="who read what of the shared data, newest first")
+    q.add_argument("--department", help="one department's reads (registry id)")
+    q.add_argument("--since", type=datetime.fromisoformat, help="at or after (ISO 8601)")
+    q.add_argument("--until", type=datetime.fromisoformat, help="before (ISO 8601)")
+    q.add_argument("--limit", type=int, default=100)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """List the access audit (ingest/sharing/audit.py) of the alert store's database."""
+    from ingest.alerts.store import store_url
+    from ingest.sharing.audit import AuditLog
+
+    settings = store_settings()
+    database = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        log = AuditLog(store_url(database, settings.data_dir))
+        rows = log.list(
+            department=args.department,
+            since_ms=int(args.since.timestamp() * 1000) if args.since else None,
+            until_ms=int(args.until.timestamp() * 1000) if args.until else None,
+            limit=args.limit,
+        )
+        log.close()
+    except SQLAlchemyError as e:
+        print(f"citysense audit: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json([asdict(r) for r in rows])
+        return 0
+    print_table(
+        [
+            (
+                datetime.fromtimestamp(r.at_ms / 1000, UTC).isoformat(timespec="seconds"),
+                r.department,
+                r.token_id,
+                f"{r.method} {r.path}",
+                r.data_set or "",
+                r.status,
+                "" if r.rows is None else r.rows,
+                r.code or "",
+            )
+            for r in rows
+        ],
+        ("at", "department", "token", "request", "data_set", "status", "rows", "code"),
+    )
+    return 0
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
@@ -94,13 +153,17 @@ def cmd_tokens(args: argparse.Namespace) -> int:
         )
     else:
         rows = [
-            (p.token_id, p.name, p.role.value, ",".join(sorted(p.areas)) or "(all)")
+            (p.token_id, p.name, p.role.value, ",".join(sorted(p.areas)) or _all(p.role))
             for p in principals
         ]
         print_table(rows, ("id", "name", "role", "areas"))
         if not principals:
             print(f"no tokens in {store.where}", file=sys.stderr)
     return 0
+
+
+def _all(role: Role) -> str:
+    return "(its department's)" if role is Role.DEPARTMENT else "(all)"
 
 
 def _not_a_person(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -124,6 +187,8 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
     if role is Role.GRID_WORKER and not areas:
         print("citysense tokens add: a grid_worker needs --area (one or more)", file=sys.stderr)
         return 2
+    if role is Role.DEPARTMENT or args.department:
+        return _add_department(args, settings, store, areas)
     if role is not Role.GRID_WORKER and areas:
         print(
             f"citysense tokens add: an {role} takes no --area"
@@ -159,6 +224,47 @@ def _add_token(args: argparse.Namespace, settings: Settings, store: TokenStore) 
         f"{store.where}; the token above is shown only now, only its hash is kept\n"
         f'use it: curl -H "Authorization: Bearer <token>" '
         f"http://{settings.api_host}:{settings.api_port}/alerts",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_department(
+    args: argparse.Namespace, settings: Settings, store: TokenStore, areas: list[str]
+) -> int:
+    """``tokens add --role department``: named by a department of the registry, optionally
+    narrowed to some of its areas; what it reads is config/sharing.yaml's to say."""
+    department = args.department or args.name
+    problem = None
+    if args.role != Role.DEPARTMENT.value:
+        problem = f"--department is for --role department, not {args.role}"
+    elif department != args.name:
+        problem = f"a department token is named by its department: --name {department}"
+    registry_file = args.registry or settings.registry
+    registry = registry_at(registry_file)
+    dept = registry.departments.get(department)
+    if problem is None and dept is None:
+        problem = f"no department {department!r} in {registry_file}"
+    if problem is None and dept is not None:
+        for area in areas:  # each inside one of the department's units
+            if area not in registry.areas:
+                problem = f"no area {area} in {registry_file}"
+            elif not {a.id for a in registry.path_of(area).areas} & set(dept.areas):
+                problem = f"{area} is not in {department}'s areas ({', '.join(dept.areas)})"
+    if problem is not None:
+        print(f"citysense tokens add: {problem}", file=sys.stderr)
+        return 2
+    try:
+        token, principal = store.add(args.name, Role.DEPARTMENT, areas)
+    except ValueError as e:
+        print(f"citysense tokens add: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    scope = ", ".join(sorted(principal.areas)) or "all its areas"
+    print(
+        f"created {principal.token_id} for department {department} ({scope}) in {store.where}; "
+        f"it reads what {settings.sharing} shares with {department}, every read audited; the "
+        "token above is shown only now, only its hash is kept",
         file=sys.stderr,
     )
     return 0

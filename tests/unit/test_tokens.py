@@ -230,7 +230,8 @@ BAD_FILES = {
     "unknown role": (
         "- {id: abcdef012345, name: li, role: device, "
         "hash: " + "b" * 64 + ", created: '2025-01-01T00:00:00Z'}\n",
-        "[1] (id=abcdef012345): role: Input should be 'operator', 'grid_worker' or 'person'",
+        "[1] (id=abcdef012345): role: Input should be "
+        "'operator', 'grid_worker', 'person' or 'department'",
     ),
     "plaintext instead of hash": (
         "- {id: abcdef012345, name: li, role: operator, "

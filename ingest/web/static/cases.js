@@ -174,8 +174,33 @@ function renderDetail(c, history) {
     ),
   );
   document.getElementById("detail-history").replaceChildren(head, ...lines);
+  showDeliveries(c.id).catch(() => {}); // who was reached how and when (GET /deliveries)
   for (const [step, states] of Object.entries(STEPS)) document.getElementById(`step-${step}`).hidden = !states.includes(c.state);
   showPhotos(c, history);
+}
+
+/** The case's deliveries to people's channels: a small table under its history. */
+async function showDeliveries(id) {
+  let table = document.getElementById("detail-deliveries");
+  if (!table) {
+    table = h("table", { id: "detail-deliveries" });
+    document.getElementById("detail-history").closest(".table-wrap").after(h("div", { class: "table-wrap" }, table));
+  }
+  table.replaceChildren();
+  const found = await api(`/deliveries?case=${encodeURIComponent(id)}`);
+  if (panel.dataset.case !== id) return; // another case was chosen meanwhile
+  const head = h("tr", {}, ...["送达 Reached", "渠道 Channel", "状态 State", "尝试 Attempts"].map((t) => h("th", {}, t)));
+  const rows = found.deliveries.map((d) =>
+    h(
+      "tr",
+      { dataset: { state: d.state } },
+      h("td", {}, d.recipient),
+      h("td", {}, `${d.channel} · ${d.endpoint}`),
+      h("td", {}, d.state),
+      h("td", {}, d.attempts.map((t) => `${fmtTime(t.at_ms)} ${t.http_status ?? "—"} ${t.code}`).join(" · ") || "—"),
+    ),
+  );
+  table.replaceChildren(head, ...rows);
 }
 
 async function loadDetail(force = false) {

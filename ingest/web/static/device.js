@@ -135,7 +135,7 @@ async function renderHistory() {
   // The list has no device filter: ask for the device's grid, keep this device's alerts.
   const all = await api(`/alerts?area=${encodeURIComponent(detail.device.grid)}&limit=1000`);
   const mine = all.filter((a) => a.device_id === detail.device.id);
-  const head = h("tr", {}, ...["开始 Opened", "规则 Rule", "级别 Severity", "状态 State", "值 Value", "确认 Acknowledged", "解决 Resolved", "发送对象 Sent to"].map((t) => h("th", {}, t)));
+  const head = h("tr", {}, ...["开始 Opened", "规则 Rule", "级别 Severity", "状态 State", "值 Value", "确认 Acknowledged", "解决 Resolved", "发送对象 Sent to", "送达 Reached"].map((t) => h("th", {}, t)));
   const rows = mine.map((a) =>
     h(
       "tr",
@@ -148,10 +148,14 @@ async function renderHistory() {
       h("td", {}, a.acknowledged_by ? `${a.acknowledged_by} ${fmtTime(a.acknowledged_ms)}` : "—"),
       h("td", {}, a.resolved_by ? `${a.resolved_by} ${fmtTime(a.resolved_ms)}` : "—"),
       h("td", { class: "audiences" }, a.audiences ? audienceText(a.audiences) : "…"),
+      h("td", {}, h("button", { type: "button", class: "deliveries", dataset: { alert: a.id } }, "查看 Show")),
     ),
   );
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "没有告警 No alerts")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "没有告警 No alerts")));
   document.getElementById("history").replaceChildren(head, ...rows);
+  document.querySelectorAll("#history button.deliveries").forEach((b) =>
+    b.addEventListener("click", () => renderDeliveries(b.dataset.alert).catch((e) => console.error(e))),
+  );
   // The list may not carry the audiences; GET /alerts/{id} does: fill in the newest rows.
   mine
     .filter((x) => !x.audiences)
@@ -163,6 +167,33 @@ async function renderHistory() {
           .then((d) => (cell.textContent = audienceText(d.alert.audiences)))
           .catch(() => (cell.textContent = "—"));
     });
+}
+
+const DELIVERY_STATE = { pending: "待送 pending", delivered: "已送达 delivered", failed: "失败 failed", expired: "过期 expired" };
+
+/** Who was reached how and when (GET /deliveries): a small table under the alert history. */
+async function renderDeliveries(alertId) {
+  const found = await api(`/deliveries?alert=${encodeURIComponent(alertId)}`);
+  let box = document.getElementById("deliveries");
+  if (!box) {
+    box = h("div", { id: "deliveries", class: "table-wrap" });
+    document.getElementById("history").closest("section").append(box);
+  }
+  const head = h("tr", {}, ...["接收人 Recipient", "渠道 Channel", "端点 Endpoint", "状态 State", "尝试 Attempts"].map((t) => h("th", {}, t)));
+  const rows = found.deliveries.map((d) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, d.recipient),
+      h("td", {}, d.channel),
+      h("td", {}, d.endpoint),
+      h("td", {}, DELIVERY_STATE[d.state] ?? d.state),
+      h("td", {}, d.attempts.map((t) => `${fmtTime(t.at_ms)} ${t.http_status ?? "—"} ${t.code} ${t.outcome}`).join(" · ") || "—"),
+    ),
+  );
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "没有渠道送达 No channel deliveries")));
+  const title = h("h3", {}, `送达 Reached: ${alertId}`, found.undelivered ? h("span", { class: "sev sev-critical" }, " 未送达已上报 undelivered, escalated") : "");
+  box.replaceChildren(title, h("table", {}, head, ...rows));
 }
 
 const AUDIENCE_LOOKUPS = 30;

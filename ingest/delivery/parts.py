@@ -1,0 +1,81 @@
+"""The delivery parts of a running service, built together: the store (on the alert store's
+database), the plan from the channels file, and the sender task."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from devices.registry import Registry
+from ingest.channels.config import ChannelsConfig, ChannelsError, load_channels
+from ingest.cluster.seat import Seat
+from ingest.delivery.dispatch import Expander
+from ingest.delivery.plan import ChannelPlan, plan_of
+from ingest.delivery.sender import Sender
+from ingest.delivery.store import DeliveryStore
+from ingest.delivery.tuning import DeliveryTuning
+from ingest.people import PeopleFile
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryParts:
+    store: DeliveryStore
+    sender: Sender
+    plan: ChannelPlan
+    problem: str | None  # the channels file could not be used: nothing goes to channels
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def load_plan(
+    settings: Settings, registry: Registry, people: PeopleFile
+) -> tuple[ChannelPlan, str | None]:
+    """The plan of the channels file (``settings.channels``); a file with problems gives no
+    endpoints (logged, and the problem returned), as a bad people file gives nobody."""
+    path = settings.channels
+    try:
+        config = load_channels(path, people.current(), registry)
+        problem = None
+    except ChannelsError as e:
+        log.error("no notice goes to a channel: %s", e)
+        config, problem = ChannelsConfig(), str(e)
+    return plan_of(config, people.current(), registry), problem
+
+
+def open_delivery(
+    settings: Settings,
+    registry: Registry,
+    url: str,
+    seat: Seat | None = None,
+    wake_outbox: Callable[[], None] = lambda: None,
+    tuning: DeliveryTuning | None = None,
+) -> DeliveryParts:
+    """The parts on the database ``url`` (the alert store's). ``seat``: a cluster's worker,
+    which delivers only while it leads (one sender for the shared queue, as the outbox has one
+    publisher); ``wake_outbox``: an escalation wrote announcements."""
+    tune = tuning or DeliveryTuning()
+
+    def active() -> bool:
+        return seat is None or seat.leader()
+
+    people = PeopleFile(settings.workers, registry)
+    plan, problem = load_plan(settings, registry, people)
+    store = DeliveryStore(url)
+    sender = Sender(
+        store,
+        Expander(lambda: plan, people, registry),
+        lambda: plan,
+        backoff=tune.backoff,
+        timeout_s=tune.timeout_s,
+        concurrency=tune.concurrency,
+        tick_s=tune.tick_s,
+        active=active,
+        wake_outbox=wake_outbox,
+        escalate_after_s=tune.escalate_undelivered_after_s,
+    )
+    return DeliveryParts(store=store, sender=sender, plan=plan, problem=problem)

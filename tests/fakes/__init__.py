@@ -1,0 +1,1 @@
+"""Fake servers the tests talk to instead of the services on the internet."""
