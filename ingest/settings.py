@@ -201,6 +201,19 @@ class Settings(BaseSettings):
         Path(".data"), description="stack data, dead letters, spool, alert store"
     )
 
+    # Delivery to people's channels (ingest/delivery/)
+    delivery_backoff_base_s: float = Field(
+        2.0, gt=0, description="a failed delivery is retried after ~this, doubling"
+    )
+    delivery_backoff_max_s: float = Field(300.0, gt=0, description="retries at most this apart")
+    delivery_max_age_s: float = Field(
+        86_400.0, gt=0, description="a delivery undelivered this long is given up (expired)"
+    )
+    delivery_timeout_s: float = Field(10.0, gt=0, description="one request to a platform")
+    delivery_concurrency: int = Field(
+        16, ge=1, le=1000, description="requests in flight at once (the most a crash repeats)"
+    )
+
     # HTTP API
     api_host: str = Field("127.0.0.1", description="address the HTTP API binds")
     api_port: int = Field(8080, ge=0, le=65535, description="0: any free port (tests)")

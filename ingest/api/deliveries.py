@@ -20,6 +20,7 @@ from ingest.api.auth import Caller
 from ingest.api.caseaccess import visible_case
 from ingest.api.context import ApiContext, context
 from ingest.api.errors import ERRORS, ApiError, ErrorBody, not_found
+from ingest.api.tokens import Role
 from ingest.delivery.store import DeliveryStore
 
 router = APIRouter(tags=["deliveries"])
@@ -100,3 +101,36 @@ async def get_deliveries(
         undelivered=False,
         deliveries=[Delivery.model_validate(r) for r in rows],
     )
+
+
+class Flagged(BaseModel):
+    """A critical alert nobody was reached for in time, still not acknowledged or resolved."""
+
+    alert: str
+    at_ms: int
+    detail: str
+    state: str
+
+
+@router.get(
+    "/deliveries/undelivered",
+    summary="critical alerts nobody was reached for (operators)",
+    responses={403: {"model": ErrorBody}, 503: {"model": ErrorBody}, **ERRORS},
+)
+async def undelivered_alerts(
+    principal: Caller,
+    ctx: Annotated[ApiContext, Depends(context)],
+    request: Request,
+) -> list[Flagged]:
+    """What the operator's page flags: escalated as undelivered and still open (acknowledged:
+    someone was reached after all)."""
+    if principal.role is not Role.OPERATOR:
+        raise ApiError(403, "operators_only", "only operators see the undelivered alerts")
+    store = delivery_store(request)
+    out = []
+    for row in await asyncio.to_thread(store.flagged):
+        found = await asyncio.to_thread(ctx.alert_store.get, row["alert"])
+        if found is None or found.state.value != "open":
+            continue
+        out.append(Flagged(state=found.state.value, **row))
+    return out

@@ -58,7 +58,7 @@ def open_delivery(
     """The parts on the database ``url`` (the alert store's). ``seat``: a cluster's worker,
     which delivers only while it leads (one sender for the shared queue, as the outbox has one
     publisher); ``wake_outbox``: an escalation wrote announcements."""
-    tune = tuning or DeliveryTuning()
+    tune = tuning or DeliveryTuning.of(settings)
 
     def active() -> bool:
         return seat is None or seat.leader()

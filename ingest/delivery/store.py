@@ -325,6 +325,17 @@ class DeliveryStore:
             ).first()
         return None if row is None else {"at_ms": row[0], "detail": row[1]}
 
+    def flagged(self, limit: int = 200) -> builtins.list[dict[str, Any]]:
+        """The alerts escalated because nobody was reached, newest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(undelivered.c.alert_id, undelivered.c.at_ms, undelivered.c.detail)
+                .where(undelivered.c.escalated.is_(True))
+                .order_by(undelivered.c.at_ms.desc())
+                .limit(limit)
+            ).all()
+        return [{"alert": r[0], "at_ms": r[1], "detail": r[2]} for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Deliveries by state."""
         with self._engine.connect() as conn:

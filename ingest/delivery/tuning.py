@@ -1,29 +1,34 @@
-"""The delivery loop's knobs, from ``CITYSENSE_DELIVERY_*`` environment variables.
-
-Kept apart from ``ingest/settings.py`` while the channels' settings (``channels``) are being
-added there; to fold into the one settings model once that lands.
-"""
+"""The delivery loop's knobs: from the settings model (``CITYSENSE_DELIVERY_*``), and the
+test-only ones (tick, an escalation time overriding the channels file's)."""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from dataclasses import dataclass
 
 from ingest.delivery.backoff import Backoff
+from ingest.settings import Settings
 
 
-class DeliveryTuning(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CITYSENSE_DELIVERY_", extra="ignore")
+@dataclass(frozen=True, slots=True)
+class DeliveryTuning:
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 300.0
+    max_age_s: float = 24 * 3600.0
+    timeout_s: float = 10.0
+    concurrency: int = 16
+    tick_s: float = 0.2  # look for due deliveries this often
+    escalate_undelivered_after_s: float | None = None  # overrides the channels file (tests)
 
-    backoff_base_s: float = Field(2.0, gt=0, description="first retry after ~this (doubling)")
-    backoff_max_s: float = Field(300.0, gt=0, description="retries at most this far apart")
-    max_age_s: float = Field(24 * 3600.0, gt=0, description="undelivered this long: expired")
-    timeout_s: float = Field(10.0, gt=0, description="one request's time limit")
-    concurrency: int = Field(16, ge=1, description="requests in flight at once, all endpoints")
-    tick_s: float = Field(0.2, gt=0, description="look for due deliveries this often")
-    escalate_undelivered_after_s: float | None = Field(
-        None, gt=0, description="overrides the channels' config (tests)"
-    )
+    @classmethod
+    def of(cls, settings: Settings) -> DeliveryTuning:
+        """The settings' delivery fields."""
+        return cls(
+            backoff_base_s=settings.delivery_backoff_base_s,
+            backoff_max_s=settings.delivery_backoff_max_s,
+            max_age_s=settings.delivery_max_age_s,
+            timeout_s=settings.delivery_timeout_s,
+            concurrency=settings.delivery_concurrency,
+        )
 
     @property
     def backoff(self) -> Backoff:

@@ -136,3 +136,30 @@ async def test_a_cases_deliveries_to_those_who_see_the_case(api: Api) -> None:
         ("person/li.na", "wecom")
     ]
     assert (await api.get("zhao.min", case=case_id)).status_code == 404
+
+
+async def test_the_operators_page_lists_open_alerts_nobody_was_reached_for(api: Api) -> None:
+    opened = api.alerts.apply(
+        Transition("river_over_warning", "r1", "open", T0, 214.0, "x", Reason.THRESHOLD),
+        severity=Severity.CRITICAL,
+        kind=Kind.RIVER,
+        areas=PATHS["g1"],
+    )
+    assert opened is not None
+    a = opened[0]
+    api.alerts.queue_announcements([("alerts/grid/g1", payload(a))])
+    api.deliveries.dispatch(api.expand, T0)
+
+    async def listed(who: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {api.tokens[who]}"}
+        return await api.client.get("/deliveries/undelivered", headers=auth)
+
+    assert (await listed("duty")).json() == []
+    assert api.deliveries.undelivered_due(T0 + 11 * 60_000, 10 * 60_000) == [a.id]
+    assert api.deliveries.flag_undelivered(a.id, T0 + 11 * 60_000, "nobody", lambda _a, _e: [])
+    shown = (await listed("duty")).json()
+    assert [(r["alert"], r["state"], r["detail"]) for r in shown] == [(a.id, "open", "nobody")]
+    refused = await listed("li.na")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "operators_only"
+    api.alerts.acknowledge(a.id, "duty officer", T0 + 12 * 60_000)
+    assert (await listed("duty")).json() == []  # someone knows now

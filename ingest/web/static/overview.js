@@ -146,6 +146,27 @@ function liveItem(alert, text, fresh) {
   );
 }
 
+// Critical alerts nobody was reached for (GET /deliveries/undelivered): shown until handled.
+async function renderUndelivered() {
+  const box = document.getElementById("undelivered");
+  const list = document.getElementById("undelivered-list");
+  let rows = [];
+  try {
+    rows = await api("/deliveries/undelivered");
+  } catch (e) {
+    rows = []; // not an operator, or no delivery store: nothing to flag here
+  }
+  list.replaceChildren(
+    ...rows.map((r) => {
+      const li = document.createElement("li");
+      li.dataset.alert = r.alert;
+      li.textContent = `${r.alert} — ${r.detail}`;
+      return li;
+    }),
+  );
+  box.hidden = rows.length === 0;
+}
+
 async function renderCaseStats() {
   const table = document.getElementById("case-stats");
   let groups;
@@ -193,7 +214,8 @@ async function start() {
   render();
   refreshWays();
   renderCaseStats();
-  setInterval(() => (renderCaseStats(), refreshWays()), 30_000);
+  renderUndelivered();
+  setInterval(() => (renderCaseStats(), refreshWays(), renderUndelivered()), 30_000);
   const live = document.getElementById("live");
   live.replaceChildren(...open.slice(0, 20).map((a) => liveItem(a, a.detail || a.rule_id, false)));
   let pending = null;
