@@ -28,6 +28,7 @@ from ingest.alerts.alerting import Alerting
 from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
 from ingest.api import ApiContext, create_app
+from ingest.api.series import influxql_rows
 from ingest.api.server import ApiServer
 from ingest.api.tokentable import open_tokens
 from ingest.cases.parts import CaseParts, open_cases
@@ -244,7 +245,12 @@ async def serve(
     )
     alert_store.on_opened = cases.on_opened(rules)
     delivery = open_delivery(  # people's channels (issue 19): the leader's, as the outbox
-        settings, registry, store_url(database, settings.data_dir), seat, outbox.wake
+        settings,
+        registry,
+        store_url(database, settings.data_dir),
+        seat,
+        outbox.wake,
+        influx_rows=influxql_rows,  # the pushes' observation batches read InfluxDB so
     )
     alerting = Alerting(
         rules,

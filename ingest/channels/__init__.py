@@ -14,7 +14,7 @@ receipts, once for all platforms.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,9 @@ class Notice:
     at: str  # local time it happened, ISO with offset
     link: str  # the page of the alert or case
     lines: tuple[str, ...] = field(default_factory=tuple)  # further lines (the bilingual text)
+    # What a receiving system reads rather than a person (the signed webhook sends it; the
+    # robots and SMS do not): a push's batch of observations (ingest/delivery/push.py).
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

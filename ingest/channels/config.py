@@ -13,6 +13,11 @@
   (default 22:00–07:00 Asia/Shanghai). Critical ones never wait.
 - ``escalate_undelivered_after``: a critical notice not delivered this long after it was
   raised escalates (default 10m).
+- ``push``: neighbouring cities told of selected stations (a river crossing the boundary):
+  ``id``, ``name``, ``endpoint`` (a webhook's id), ``stations`` (device ids of the registry),
+  ``alerts`` (every alert change of those stations, whatever its severity, quiet hours or
+  not) and ``observations_every`` (a batch of their newest values at that period, e.g. 5m;
+  null: none). Delivered by ``ingest/delivery/`` (``dispatch.py``, ``push.py``).
 
 Read strictly like every operator file (unknown keys are problems), checked against the
 people file and the registry; every problem names the file, the entry and the field.
@@ -45,6 +50,8 @@ ChannelType = Literal["wecom", "dingtalk", "feishu", "sms", "webhook"]
 TYPES: tuple[ChannelType, ...] = ("wecom", "dingtalk", "feishu", "sms", "webhook")
 ROBOTS: tuple[ChannelType, ...] = ("wecom", "dingtalk", "feishu")
 EndpointId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+PushId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,31}$")]  # deliveries.subject_id
+MIN_PUSH_EVERY_MS = 1_000
 EndpointConfig = Annotated[
     WecomConfig | DingtalkConfig | FeishuConfig | SmsConfig | WebhookConfig,
     Field(discriminator="type"),
@@ -127,6 +134,24 @@ class QuietHours(_Strict):
         return int(wall.timestamp() * 1000)
 
 
+class Push(_Strict):
+    """A neighbouring city told of selected stations on a signed webhook."""
+
+    id: PushId
+    name: str = Field(min_length=1, max_length=64)
+    endpoint: EndpointId  # a webhook's id
+    stations: tuple[str, ...] = Field(min_length=1, max_length=200)  # device ids
+    alerts: bool = True  # every alert change of those stations
+    observations_every: Duration | None = None  # a batch of their newest values this often
+
+    @field_validator("observations_every")
+    @classmethod
+    def _period(cls, value: int | None) -> int | None:
+        if value is not None and value < MIN_PUSH_EVERY_MS:
+            raise ValueError("at least 1s")
+        return value
+
+
 class ChannelsConfig(_Strict):
     """What ``config/channels.yaml`` holds."""
 
@@ -136,6 +161,7 @@ class ChannelsConfig(_Strict):
     severities: SeverityChannels = SeverityChannels()
     quiet_hours: QuietHours = QuietHours()
     escalate_undelivered_after: Duration = 600_000
+    push: tuple[Push, ...] = ()
 
 
 class ChannelsError(FileProblems):
@@ -162,8 +188,22 @@ def platform_of(endpoint: EndpointConfig, phone: str | None = None) -> Platform:
 _SECTIONS = ("endpoints", "people", "departments")
 
 
-def _problem(file: str, error: Any) -> Problem:
+def _push_entry(data: dict[str, Any], index: str) -> str:
+    """``push.{id}`` of the push at ``index`` where it has an id, else ``push.{index}``."""
+    pushes = data.get("push")
+    if isinstance(pushes, list) and index.isdigit() and int(index) < len(pushes):
+        found = pushes[int(index)]
+        if isinstance(found, dict) and isinstance(found.get("id"), str):
+            return f"push.{found['id']}"
+    return f"push.{index}"
+
+
+def _problem(file: str, error: Any, data: dict[str, Any] | None = None) -> Problem:
     loc = [str(p) for p in error["loc"]]
+    if len(loc) >= 2 and loc[0] == "push":
+        return Problem(
+            file, _push_entry(data or {}, loc[1]), ".".join(loc[2:]) or "(entry)", error["msg"]
+        )
     if len(loc) >= 2 and loc[0] in _SECTIONS:
         rest = loc[2:]
         if loc[0] == "endpoints" and rest and rest[0] in TYPES:
@@ -204,6 +244,29 @@ def _check_department(file: str, key: str, registry: Registry) -> list[Problem]:
     return []
 
 
+def _check_pushes(file: str, config: ChannelsConfig, registry: Registry) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for push in config.push:
+        entry = f"push.{push.id}"
+        if push.id in seen:
+            problems.append(Problem(file, entry, "id", f"a second push {push.id!r}"))
+        seen.add(push.id)
+        endpoint = config.endpoints.get(push.endpoint)
+        if endpoint is None:
+            problems.append(Problem(file, entry, "endpoint", f"no endpoint {push.endpoint!r}"))
+        elif not isinstance(endpoint, WebhookConfig):
+            why = f"{push.endpoint} is a {endpoint.type} endpoint, not a webhook"
+            problems.append(Problem(file, entry, "endpoint", why))
+        for j, station in enumerate(push.stations):
+            if station not in registry.devices:
+                problems.append(Problem(file, entry, f"stations.{j}", f"no device {station!r}"))
+        if not push.alerts and push.observations_every is None:
+            why = "pushes nothing: alerts is false and observations_every is null"
+            problems.append(Problem(file, entry, "(entry)", why))
+    return problems
+
+
 def check_channels(
     config: ChannelsConfig, people: Iterable[Person], registry: Registry, file: str
 ) -> list[Problem]:
@@ -233,6 +296,7 @@ def check_channels(
     for key, ids in config.departments.items():
         problems += _check_department(file, key, registry)
         problems += _check_ids(file, f"departments.{key}", "(list)", ids, config)
+    problems += _check_pushes(file, config, registry)
     return problems
 
 
@@ -247,7 +311,8 @@ def parse_channels(
     try:
         config = ChannelsConfig.model_validate(data)
     except ValidationError as e:
-        raise ChannelsError([_problem(file, err) for err in e.errors(include_url=False)]) from None
+        found = [_problem(file, err, data) for err in e.errors(include_url=False)]
+        raise ChannelsError(found) from None
     problems = check_channels(config, people, registry, file)
     if problems:
         raise ChannelsError(problems)

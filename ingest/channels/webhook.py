@@ -3,7 +3,8 @@
 The contract (ours; a receiver implements it):
 
 - ``POST url``, ``Content-Type: application/json``, the body the JSON object of every field
-  of the notice (``lines`` a list), UTF-8.
+  of the notice (``lines`` a list; ``data`` an object, empty but for a push's batch of
+  observations: ``subject`` ``push``, ``event`` ``observations``), UTF-8.
 - ``X-Citysense-Timestamp``: milliseconds since the epoch when it was signed;
   ``X-Citysense-Signature``: lowercase hex ``HMAC-SHA256(secret, f"{timestamp}.{body}")``
   (the body's exact bytes); ``X-Citysense-Idempotency-Key``: the notice's key, the same on
@@ -63,6 +64,7 @@ class Webhook:
         """The notice as signed JSON."""
         fields = dataclasses.asdict(notice)
         fields["lines"] = list(notice.lines)
+        fields["data"] = dict(notice.data)
         body = json_body(fields)
         headers = {
             "Content-Type": "application/json; charset=utf-8",

@@ -35,6 +35,8 @@ from ingest.delivery.store import Attempt, DeliveryStore, Due, Expand
 
 log = logging.getLogger(__name__)
 
+MAX_HOLD_S = 600.0  # the longest a Retry-After may hold an endpoint back
+
 EXPIRE_EVERY_S = 10.0
 ESCALATE_EVERY_S = 1.0
 DISPATCH_ROUNDS = 10  # job batches expanded per round at most (then sending gets its turn)
@@ -71,8 +73,12 @@ class Sender:
         wake_outbox: Callable[[], None] = lambda: None,
         escalate_after_s: float | None = None,
         clock: Callable[[], float] = time.time,
+        dispatching: bool = True,
     ) -> None:
         self._store = store
+        # False while the channels file could not be read: the jobs wait in the queue (an
+        # empty plan would expand them into nothing and delete them: lost).
+        self._dispatching = dispatching
         self._expand = expand
         self._plan = plan
         self._backoff = backoff or Backoff()
@@ -86,6 +92,7 @@ class Sender:
         self._buckets: dict[str, TokenBucket] = {}
         self._held: dict[str, float] = {}  # endpoint → not before (clock s): it said wait
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._busy: dict[str, int] = {}  # endpoint → its requests in flight
         self._http: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
         self._expired_at = 0.0
@@ -129,7 +136,7 @@ class Sender:
     async def round(self) -> int:
         """Dispatch, expire, escalate, and start the due sends; how many were started."""
         store, now = self._store, self._clock()
-        for _ in range(DISPATCH_ROUNDS):
+        for _ in range(DISPATCH_ROUNDS if self._dispatching else 0):
             jobs, _made = await asyncio.to_thread(store.dispatch, self._expand, _ms(self._clock))
             if jobs == 0:
                 break
@@ -148,10 +155,16 @@ class Sender:
                 self.counts.escalated += len(done)
                 self._wake_outbox()
         started = 0
+        # One endpoint may hold at most a share of the slots: a platform that hangs (each
+        # request waiting out its timeout) must not take every slot from the others.
+        share = max(1, self._concurrency // 4)
         for endpoint, config in plan.endpoints.items():
             room = self._concurrency - len(self._in_flight)
             if room <= 0:
                 break
+            room = min(room, share - self._busy.get(endpoint, 0))
+            if room <= 0:
+                continue
             if self._held.get(endpoint, 0.0) > now:
                 continue
             bucket = self._buckets.get(endpoint)
@@ -169,13 +182,15 @@ class Sender:
                 platform = plan.platform(endpoint, item.recipient)
                 task = asyncio.create_task(self._send(item, platform), name=f"deliver-{item.id}")
                 self._in_flight[item.id] = task
-                task.add_done_callback(self._finished(item.id))
+                self._busy[endpoint] = self._busy.get(endpoint, 0) + 1
+                task.add_done_callback(self._finished(item.id, endpoint))
                 started += 1
         return started
 
-    def _finished(self, delivery_id: int) -> Callable[[asyncio.Task[None]], None]:
+    def _finished(self, delivery_id: int, endpoint: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self._in_flight.pop(delivery_id, None)
+            self._busy[endpoint] = max(0, self._busy.get(endpoint, 0) - 1)
 
         return done
 
@@ -193,15 +208,23 @@ class Sender:
             request = platform.request(notice_of(item.key, item.notice), at_ms)
             assert self._http is not None, "send only inside run()"
             async with asyncio.timeout(self._timeout_s):
+                # No redirects: a 3xx would carry the platform's key (URL, headers, body) to
+                # wherever it points; it is read as the platform's answer instead.
                 async with self._http.request(
-                    request.method, request.url, headers=request.headers, data=request.body
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    data=request.body,
+                    allow_redirects=False,
                 ) as response:
                     status = response.status
                     outcome = platform.outcome(status, await response.read())
         except TimeoutError:
             outcome = Outcome(False, True, "timeout", f"no answer within {self._timeout_s} s")
         except aiohttp.ClientError as e:
-            outcome = Outcome(False, True, "connection", str(e)[:500])
+            # The error's text may hold the URL, and robots carry their key in it: the
+            # receipt keeps the error's kind only.
+            outcome = Outcome(False, True, "connection", type(e).__name__)
         except Exception as e:  # a platform module's bug: this delivery cannot be made
             log.exception("delivery %d to %s could not be made", item.id, item.endpoint)
             outcome = Outcome(False, False, "error", repr(e)[:500])
@@ -215,10 +238,14 @@ class Sender:
         if outcome.delivered:
             state, result = DELIVERED, DELIVERED
         elif outcome.retry:
-            wait = self._backoff.delay_s(item.attempts + 1, outcome.retry_after_s)
+            asked = (
+                None if outcome.retry_after_s is None else min(outcome.retry_after_s, MAX_HOLD_S)
+            )
+            wait = self._backoff.delay_s(item.attempts + 1, asked)
             next_ms = at_ms + round(wait * 1000)
             if outcome.retry_after_s:
-                self._held[item.endpoint] = self._clock() + outcome.retry_after_s
+                held = min(outcome.retry_after_s, MAX_HOLD_S)  # a platform's word, bounded
+                self._held[item.endpoint] = self._clock() + held
             if self._backoff.expired(item.created_ms, next_ms):
                 state, result = EXPIRED, EXPIRED
             else:

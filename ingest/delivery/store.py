@@ -8,6 +8,8 @@ SQLite, the writers' lock on PostgreSQL: ``ingest/transactions.py``).
 from __future__ import annotations
 
 import builtins
+import hashlib
+import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from ingest.alerts.transaction import put_announcements
 from ingest.delivery.database import (
     DELIVERED,
     EXPIRED,
+    FAILED,
     PENDING,
     deliveries,
     delivery_attempts,
@@ -30,6 +33,8 @@ from ingest.delivery.database import (
 )
 from ingest.transactions import WRITE, open_engine, serialise_writers
 from rules.alerts import Alert, AlertEvent, AlertState
+
+log = logging.getLogger(__name__)
 
 LOOK_BACK_MS = 24 * 3600 * 1000
 
@@ -100,8 +105,15 @@ class DeliveryStore:
                 return 0, 0
             rows: list[dict[str, Any]] = []
             seen: set[str] = set()
-            for _, topic, payload in jobs:
-                for row in expand(topic, bytes(payload), now_ms):
+            for job_id, topic, payload in jobs:
+                try:
+                    expanded = expand(topic, bytes(payload), now_ms)
+                except Exception as e:  # one unreadable job must not hold back the others
+                    log.exception(
+                        "channel job %d (%s) cannot be expanded; kept as failed", job_id, topic
+                    )
+                    expanded = [unreadable_job(job_id, topic, bytes(payload), e, now_ms)]
+                for row in expanded:
                     if row["key"] not in seen:
                         seen.add(row["key"])
                         rows.append(row)
@@ -226,6 +238,8 @@ class DeliveryStore:
                 deliveries.c.severity == "critical",
                 deliveries.c.created_ms >= now_ms - after_ms - LOOK_BACK_MS,
                 deliveries.c.subject_id.not_in(select(undelivered.c.alert_id)),
+                # A neighbouring city reached is not one of ours reached (push.py).
+                deliveries.c.recipient.not_like("push/%"),
             )
             .group_by(deliveries.c.subject_id)
             .having(func.min(deliveries.c.created_ms) <= now_ms - after_ms, reached == 0)
@@ -353,4 +367,29 @@ def _fields(attempt: Attempt) -> dict[str, Any]:
         "code": attempt.code[:64],
         "detail": attempt.detail[:500],
         "outcome": attempt.outcome,
+    }
+
+
+def unreadable_job(
+    job_id: int, topic: str, payload: bytes, error: Exception, now_ms: int
+) -> dict[str, Any]:
+    """A job that could not be expanded, kept for inspection as a failed delivery of nobody."""
+    return {
+        "key": hashlib.sha256(b"unreadable\n" + topic.encode() + b"\n" + payload).hexdigest(),
+        "subject": "job",
+        "subject_id": str(job_id)[:32],
+        "event": "unreadable",
+        "severity": "info",
+        "recipient": "-",
+        "channel": "-",
+        "endpoint": "-",
+        "notice": {
+            "topic": topic[:255],
+            "error": f"{type(error).__name__}: {error}"[:500],
+            "payload": payload[:2000].decode("utf-8", "replace"),
+        },
+        "state": FAILED,
+        "attempts": 0,
+        "created_ms": now_ms,
+        "next_ms": now_ms,
     }

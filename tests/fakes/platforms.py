@@ -344,6 +344,7 @@ NOTICE_FIELDS = [
     "at",
     "link",
     "lines",
+    "data",
 ]
 
 

@@ -85,15 +85,18 @@ def test_the_job_is_written_with_the_announcement_and_expanded_once(tmp_path: Pa
     a = alert("critical", audiences=("grid/g1", "department/flood_hq/co1", "county/co1"))
     alerts.queue_announcements(announcements(a))
     assert deliveries.jobs_waiting() == 3 and len(alerts.pending_announcements()) == 3
-    assert deliveries.dispatch(expander, T0) == (3, 3)  # li.na ×2, the unit's webhook
+    # li.na ×2, the unit's webhook; and county/co1, which no endpoint reaches: a failed
+    # delivery to the audience, so a critical alert reaching nobody is seen (escalation).
+    assert deliveries.dispatch(expander, T0) == (3, 4)
     assert deliveries.jobs_waiting() == 0
     assert deliveries.dispatch(expander, T0) == (0, 0)
     # The same change told again on the same topic (an outbox row read twice) is one message.
     alerts.queue_announcements(announcements(a)[:1])
     assert deliveries.dispatch(expander, T0 + 1) == (1, 0)
     shown = deliveries.of_subject("alert", a.id)
-    assert len(shown) == 3 and {d["state"] for d in shown} == {"pending"}
-    assert deliveries.counts() == {"pending": 3}
+    assert len(shown) == 4 and {d["state"] for d in shown} == {"pending", "failed"}
+    assert [d["recipient"] for d in shown if d["state"] == "failed"] == ["county/co1"]
+    assert deliveries.counts() == {"pending": 3, "failed": 1}
     alerts.close()
     deliveries.close()
 
