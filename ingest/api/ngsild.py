@@ -108,10 +108,16 @@ async def _rows(ctx: ApiContext, query: str) -> list[dict[str, Any]]:
     )
 
 
+# How far back an entity's newest observation is looked for: bounds the cost of every list
+# request (last() over a whole measurement reads all its shards); older is no observation.
+LATEST_WITHIN = "7d"
+
+
 def _where(device_id: str | None) -> str:
+    recent = f"time > now() - {LATEST_WITHIN}"
     if device_id is None:
-        return ""
-    return f" WHERE {quote_ident('device')} = {quote_string(device_id)}"
+        return f" WHERE {recent}"
+    return f" WHERE {quote_ident('device')} = {quote_string(device_id)} AND {recent}"
 
 
 async def _latest(

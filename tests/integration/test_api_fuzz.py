@@ -96,7 +96,16 @@ def fuzz(target: Api, spec: dict[str, Any]) -> list[str]:
         if answer.status_code >= 500:
             problems.append(f"{where} {answer.text[:200]}")
             return
-        if answer.status_code >= 400:
+        if (
+            answer.status_code >= 400
+            and path.startswith("/ngsi-ld/")
+            and answer.status_code not in (401, 403, 429)
+        ):
+            # NGSI-LD answers its errors as the spec's ProblemDetails (type, title, detail).
+            problem = answer.json()
+            if not str(problem.get("type", "")).startswith("https://uri.etsi.org/ngsi-ld/errors/"):
+                problems.append(f"{where}: not an NGSI-LD ProblemDetails: {answer.text[:200]}")
+        elif answer.status_code >= 400:
             error = answer.json().get("error", {})
             if not error.get("code") or not error.get("message"):
                 problems.append(f"{where}: error without the shape: {answer.text[:200]}")

@@ -242,6 +242,30 @@ async def test_a_platform_down_for_a_while_gets_everything_afterwards_once(city:
     )
 
 
+@pytest.mark.slow
+async def test_a_platform_down_for_a_minute_gets_everything_afterwards_once(city: City) -> None:
+    """The issue's minute, with the backoff a city would run (2 s doubling to 30 s): behind the
+    slow marker (``pytest -m slow``), as it takes ~1.5 minutes; the 4 s version above runs in
+    ``make test``."""
+    ids = city.open_alerts(20)
+    city.sms.down = city.hook.down = True
+    async with running(city.parts(backoff_base_s=2.0, backoff_max_s=30.0)) as parts:
+        await asyncio.sleep(60.0)
+        assert states(city) == {"pending": 40}
+        failed_before = len(city.sms.received) + len(city.hook.received)
+        city.sms.down = city.hook.down = False
+        await until(lambda: states(city) == {"delivered": 40}, 60)
+        counts = parts.sender.counts
+    assert set(city.sms.keys().values()) == {1} and len(city.sms.keys()) == 20
+    assert set(city.hook.keys().values()) == {1} and len(city.hook.keys()) == 20
+    tries = [len(d["attempts"]) for d in receipts(city, ids)]
+    assert failed_before <= 40 * 8  # 2, 4, 8, 16, 30, 30 s: about 6 tries each in a minute
+    print(
+        f"\nplatform down 60 s: 40 deliveries, {counts.attempts} attempts ({failed_before} "
+        f"answered 500), {max(tries)} at most for one, all delivered once"
+    )
+
+
 CHILD = """
 import asyncio, json, sys
 from pathlib import Path

@@ -1,0 +1,1 @@
+"""The field gateways (issue 20): TCP servers that speak what stations speak."""
