@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 from pyld import jsonld  # type: ignore[import-untyped]
@@ -18,18 +17,13 @@ from pyld import jsonld  # type: ignore[import-untyped]
 from devices.kinds import Channel, Kind
 from devices.payloads import RiverTelemetry, RoadTelemetry, Status
 from devices.registry import Registry, RoadDevice
-from ingest.alerts.store import AlertStore, sqlite_url
-from ingest.api.app import create_app
-from ingest.api.context import ApiContext
 from ingest.api.ngsild import CONTEXT_FILE
 from ingest.api.ngsild_model import CORE_CONTEXT
 from ingest.api.tokens import Role, TokenStore
 from ingest.intake.decode import Decoded
 from ingest.intake.lineprotocol import LineEncoder
 from ingest.ops.processes import ManagedProcess
-from ingest.settings import Settings
-from ingest.sinks.deadletters import DeadLetterStore
-from rules.loader import parse_rules
+from tests.inprocess import api_over_influx
 from tests.services import influx_query, new_database
 
 pytestmark = pytest.mark.integration
@@ -158,29 +152,15 @@ async def api(
     tokens = TokenStore.load(tmp / "tokens.yaml")
     operator, _ = tokens.add("duty officer", Role.OPERATOR)
     worker, _ = tokens.add("li.na", Role.GRID_WORKER, [camera.grid])
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{influxdb.url}/write", params={"db": database, "precision": "ms"}, data=lines.encode()
-        ) as resp:
-            assert resp.status == 204, await resp.text()
-        ctx = ApiContext(
-            settings=Settings(data_dir=tmp, influx_url=influxdb.url, influx_database=database),
-            registry=registry,
-            rules=parse_rules({"rules": []}, "<test>", registry),
-            rules_path=tmp / "rules.yaml",
-            alert_store=AlertStore(sqlite_url(tmp)),
-            dead_letters=DeadLetterStore(tmp / "deadletters.sqlite"),
-            tokens=tokens,
-            http=http,
+    async with api_over_influx(
+        influxdb.url, database, registry, tokens, tmp, lines, BASE
+    ) as client:
+        yield Api(
+            client,
+            {"Authorization": f"Bearer {operator}"},
+            {"Authorization": f"Bearer {worker}"},
+            camera,
         )
-        transport = httpx.ASGITransport(app=create_app(ctx))
-        async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=30) as client:
-            yield Api(
-                client,
-                {"Authorization": f"Bearer {operator}"},
-                {"Authorization": f"Bearer {worker}"},
-                camera,
-            )
     influx_query(influxdb.url, "", f'DROP DATABASE "{database}"')
 
 
