@@ -51,3 +51,17 @@ INGEST_USER = "citysense-ingest"
 # Public on purpose: only for the local example city on 127.0.0.1. Production sets
 # CITYSENSE_MQTT_PASSWORD, which both this generator and the ingest service read.
 LOCAL_EXAMPLE_INGEST_PASSWORD = "citysense-local-ingest-password-not-for-production"
+
+# Field gateways (ingest/gateway/) publish for the stations of one protocol each; their
+# passwords come from the same secret over "gateway:" + protocol, kept apart like workers'.
+GATEWAY_PREFIX = "gateway:"
+
+
+def gateway_user(protocol: str) -> str:
+    """The broker user of the gateway for ``protocol`` (``hj212``, ``sl651``)."""
+    return f"citysense-gateway-{protocol}"
+
+
+def gateway_password(dev_secret: bytes | str, protocol: str) -> str:
+    """``base64(HMAC-SHA256(dev_secret, "gateway:" + protocol))``, standard base64."""
+    return _derive(dev_secret, GATEWAY_PREFIX + protocol)

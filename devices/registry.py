@@ -2,10 +2,15 @@
 
 Operator files are validated strictly (unknown keys are errors) and every problem names the
 file, the entry and the field, so a typo in a 500-device file is found in one read.
+
+Why one module (over 400 lines): the device models and the checks across entries (ids, grids,
+segments, protocol identities) are one file's grammar; a check that spans entries must see
+every model it relates.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -62,6 +68,9 @@ class _DeviceBase(_Strict):
     lon: float = Field(ge=-180, le=180)
     grid: AreaId
     report_interval_s: float = Field(60, gt=0, le=86_400)
+    # The vendor's model: when config/vendors.yaml maps it, its JSON is read through that
+    # mapping (devices/vendormap.py); a model with no mapping speaks our payloads.
+    model: str | None = Field(None, pattern=f"^{ID_PATTERN}$")
 
     def attribute(self, name: str) -> float | None:
         """A numeric attribute that rules may reference, or None if this kind has none."""
@@ -101,9 +110,26 @@ def water_class_name(value: Any) -> str:
 WaterClassName = Annotated[Literal["I", "II", "III", "IV", "V"], BeforeValidator(water_class_name)]
 
 
+# How a station in the field reports when not in our MQTT JSON: through a citysense gateway
+# (ingest/gateway/), which knows it by its identity in that protocol.
+Protocol = Literal["hj212", "sl651"]
+# HJ 212-2017 §6.3.2: MN is up to 24 letters or digits; PW is 6 characters, but analysers
+# accept other lengths, so any printable run that cannot break the frame's grammar.
+_MN = r"^[0-9A-Za-z]{1,24}$"
+_HJ212_PW = r"^[!-%'-+\--:<>-~]{1,32}$"  # printable, none of ; , = & (the separators)
+# SL 651-2014 §6.2.3.2: the station address is 5 bytes BCD (10 digits); §6.2.3.3: the
+# password 2 bytes, written as 4 hex digits.
+_STATION_ADDRESS = r"^[0-9]{10}$"
+_SL651_PASSWORD = r"^[0-9A-Fa-f]{4}$"
+
+
 class RiverDevice(_DeviceBase):
     """A river monitoring station with its flood levels (elevations, metres) and the water
-    class its section must meet (水功能区目标, GB 3838-2002), if it has one."""
+    class its section must meet (水功能区目标, GB 3838-2002), if it has one.
+
+    A station that reports in HJ 212 or SL 651 names its ``protocol`` and its identity there
+    (``mn``, or ``station_address``) with its ``password``; the password is never dumped.
+    """
 
     kind: Literal[Kind.RIVER]
     river: str = Field(min_length=1, max_length=64)
@@ -113,12 +139,41 @@ class RiverDevice(_DeviceBase):
     warning_level_m: float = Field(ge=-100, le=9000)
     guarantee_level_m: float = Field(ge=-100, le=9000)
     target_class: WaterClassName | None = None  # water_quality rules with worse_than: target
+    protocol: Protocol | None = None
+    mn: str | None = Field(None, pattern=_MN)
+    station_address: str | None = Field(None, pattern=_STATION_ADDRESS)
+    password: SecretStr | None = Field(None, exclude=True, repr=False)
 
     @model_validator(mode="after")
     def _levels_ordered(self) -> RiverDevice:
         if not self.normal_level_m < self.warning_level_m < self.guarantee_level_m:
             raise ValueError("need normal_level_m < warning_level_m < guarantee_level_m")
         return self
+
+    @model_validator(mode="after")
+    def _identity(self) -> RiverDevice:
+        wanted = {"hj212": "mn", "sl651": "station_address", None: None}[self.protocol]
+        for name in ("mn", "station_address"):
+            if name != wanted and getattr(self, name) is not None:
+                raise ValueError(f"{name} belongs to protocol {_OWNER[name]}, not {self.protocol}")
+        if wanted is None:
+            if self.password is not None:
+                raise ValueError("password needs a protocol (hj212 or sl651)")
+            return self
+        if getattr(self, wanted) is None or self.password is None:
+            raise ValueError(f"protocol {self.protocol} needs {wanted} and password")
+        pattern = _HJ212_PW if self.protocol == "hj212" else _SL651_PASSWORD
+        if not re.fullmatch(pattern, self.password.get_secret_value()):
+            raise ValueError(f"password is not a {self.protocol} password ({pattern})")
+        return self
+
+    @property
+    def identity(self) -> str | None:
+        """The station's identity in its protocol: HJ 212 MN or SL 651 station address."""
+        return self.mn if self.protocol == "hj212" else self.station_address
+
+
+_OWNER = {"mn": "hj212", "station_address": "sl651"}
 
 
 class RoadDevice(_DeviceBase):
@@ -208,6 +263,14 @@ class Registry:
         """Areas directly below ``area_id``."""
         return [a for a in self.areas.values() if a.parent == area_id]
 
+    def stations_of(self, protocol: str) -> dict[str, RiverDevice]:
+        """The stations reporting in ``protocol``, by their identity there (MN, address)."""
+        return {
+            d.identity: d
+            for d in self.devices.values()
+            if isinstance(d, RiverDevice) and d.protocol == protocol and d.identity is not None
+        }
+
 
 _KIND_TAGS = frozenset(k.value for k in Kind)
 # The sections that say who answers for what beside the grid; each optional.
@@ -273,11 +336,21 @@ def _check_devices(
     roads: dict[str, River | Road] | None = None,
 ) -> None:
     seen: set[str] = set()
+    identities: dict[tuple[str, str], str] = {}
     for i, device in devices:
         entry = f"devices[{i}] (id={device.id})"
         if device.id in seen:
             problems.append(Problem(file, entry, "id", "duplicate device id"))
         seen.add(device.id)
+        identity = getattr(device, "identity", None)
+        if identity is not None:
+            key = (device.protocol, identity)
+            if key in identities:
+                name = "mn" if device.protocol == "hj212" else "station_address"
+                problems.append(
+                    Problem(file, entry, name, f"{identity} is {identities[key]}'s too")
+                )
+            identities.setdefault(key, device.id)
         grid = areas.get(device.grid)
         if grid is None:
             problems.append(Problem(file, entry, "grid", f"no area {device.grid!r}"))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from devices.registry import Registry
+from devices.vendormap import VendorMapError, VendorMaps, check_devices, load_vendor_maps
 from ingest.alerts.alerting import Alerting
 from ingest.alerts.outbox import MqttOutbox
 from ingest.alerts.store import ALERTS_FILE, AlertStore, store_url
@@ -86,6 +87,23 @@ def refuse_unsafe(settings: Settings, rules: RuleSet) -> None:
             "between processes, and the rules would judge half of them. Unset "
             "CITYSENSE_MQTT_SHARE_GROUP, or give the processes of the group an empty rule file."
         )
+
+
+def vendor_maps(settings: Settings, registry: Registry) -> VendorMaps:
+    """The vendors file's mappings, checked against the registry; ``StartRefused`` if broken.
+
+    A broken file refuses the start, as a broken registry does: reading every vendor device's
+    messages as our JSON would dead-letter all of them.
+    """
+    try:
+        maps = load_vendor_maps(settings.vendors)
+        check_devices(maps, registry, str(settings.vendors))
+    except VendorMapError as e:
+        raise StartRefused(str(e)) from None
+    mapped = sum(1 for d in registry.devices.values() if d.model in maps.models)
+    if maps.models:
+        log.info("vendors %s: %d models, %d devices", settings.vendors, len(maps), mapped)
+    return maps
 
 
 @dataclass
@@ -211,6 +229,7 @@ async def serve(
     ledger = state.ledger
     rules = load_rules(settings.rules, registry)
     refuse_unsafe(settings, rules)
+    vendors = vendor_maps(settings, registry)
     sink = await _open_sink_retrying(settings, stop)
     if sink is None:
         return state
@@ -226,6 +245,7 @@ async def serve(
         future_skew_ms=int(settings.future_skew_s * 1000),
         max_age_ms=int(settings.max_age_s * 1000),
         partitions=settings.partitions if settings.broker == "nats" else None,
+        vendors=vendors,
     )
     encoder = LineEncoder(registry, PlateHasher(settings.plate_key.get_secret_value().encode()))
     deliverer = Deliverer(sink)

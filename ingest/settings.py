@@ -7,6 +7,7 @@ second stack elsewhere.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -197,8 +198,53 @@ class Settings(BaseSettings):
         description="which data sets other departments' tokens may read: classes, grants "
         "(re-read within a second of a change; missing or broken: nothing is shared)",
     )
+    vendors: Path = Field(
+        Path("config/vendors.yaml"),
+        description="per device model, how a vendor's own JSON reads as our payloads (a "
+        "device's `model:` in the registry; read at start; missing: every device speaks our "
+        "JSON; broken: `serve` refuses to start, naming the problems)",
+    )
     data_dir: Path = Field(
         Path(".data"), description="stack data, dead letters, spool, alert store"
+    )
+
+    # Field gateways (ingest/gateway/): stations that speak HJ 212-2017 or SL 651-2014 over TCP
+    gateway_bind: str = Field(
+        "127.0.0.1", description="address the gateways listen on (0.0.0.0: every interface)"
+    )
+    gateway_hj212_port: int = Field(
+        9212, ge=0, le=65535, description="HJ 212 gateway's TCP port (0: any free port)"
+    )
+    gateway_sl651_port: int = Field(
+        9651, ge=0, le=65535, description="SL 651 gateway's TCP port (0: any free port)"
+    )
+    gateway_tls_cert_file: Path | None = Field(
+        None, description="stations connect with TLS: the gateway's certificate chain (PEM)"
+    )
+    gateway_tls_key_file: Path | None = Field(None, description="the gateway certificate's key")
+    gateway_hj212_skip: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("w00000", "w01014", "w01018", "w21001"),
+        description="HJ 212 factor codes read past, not refused as unknown_factor (comma list; "
+        "default: effluent flow, conductivity, CODcr, total nitrogen)",
+    )
+
+    @field_validator("gateway_hj212_skip", mode="before")
+    @classmethod
+    def _factor_codes(cls, value: object) -> object:
+        """``w21001,w01018`` from the environment or a string in the config file."""
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)):
+            for code in value:
+                if not re.fullmatch(r"[0-9A-Za-z]{1,12}", str(code)):
+                    raise ValueError(f"{code!r} is not an HJ 212 factor code")
+        return value
+
+    gateway_idle_s: float = Field(
+        900.0, gt=0, description="a station silent this long is disconnected"
+    )
+    gateway_max_stations: int = Field(
+        10_000, ge=1, description="connections one gateway holds at once; more are refused"
     )
 
     # Delivery to people's channels (ingest/delivery/)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from devices.kinds import Kind
-from simulator.config import SimulationConfig
+from simulator.config import TRANSPORTS, GatewayTarget, SimulationConfig, Transport
 from simulator.errors import ConfigError
 from simulator.scenarios import ANY_SCENARIO, SCENARIOS
 
@@ -24,6 +24,21 @@ def _kinds(text: str) -> list[Kind]:
     except ValueError:
         known = ",".join(k.value for k in Kind)
         raise argparse.ArgumentTypeError(f"kinds are {known}, got {text!r}") from None
+
+
+def _transports(text: str) -> list[Transport]:
+    names = _names(text)
+    unknown = [name for name in names if name not in TRANSPORTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"protocols are {','.join(TRANSPORTS)}, got {text!r}")
+    return [name for name in TRANSPORTS if name in names]
+
+
+def _gateway(text: str) -> GatewayTarget:
+    try:
+        return GatewayTarget.parse(text)
+    except (ValueError, ValidationError):
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}") from None
 
 
 def parse_scenario_device(text: str | None) -> dict[str, str]:
@@ -86,6 +101,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="device kinds to simulate (default: gate,river,road)",
     )
     parser.add_argument(
+        "--protocol",
+        type=_transports,
+        default=["mqtt"],
+        metavar="P[,P...]",
+        help="which devices, by how they report: mqtt (those without a protocol in the"
+        " registry, as themselves), hj212, sl651 (the registry's stations of that protocol,"
+        " over TCP to its citysense gateway) (default: mqtt)",
+    )
+    parser.add_argument(
+        "--gateway-hj212",
+        type=_gateway,
+        metavar="HOST:PORT",
+        help="the HJ 212 gateway (default: gateway_bind and gateway_hj212_port of the settings)",
+    )
+    parser.add_argument(
+        "--gateway-sl651",
+        type=_gateway,
+        metavar="HOST:PORT",
+        help="the SL 651 gateway (default: gateway_bind and gateway_sl651_port of the settings)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="random seed; same seed, same data (default: 0)"
     )
     parser.add_argument(
@@ -132,4 +168,10 @@ def _config(args: argparse.Namespace, scenarios: Sequence[Sequence[str]]) -> Sim
         synthetic=args.synthetic,
         write_registry=args.write_registry,
         as_json=args.json,
+        protocols=tuple(args.protocol),
+        gateways={
+            protocol: target
+            for protocol, target in (("hj212", args.gateway_hj212), ("sl651", args.gateway_sl651))
+            if target is not None
+        },
     )

@@ -79,8 +79,10 @@ class SimulatedDevice:
             for a in self.assignments
             if a.scenario.condition is Condition.SPILL
         ]
+        # An HJ 212 station is a water-quality station: it always has the analyser.
+        analyser = bool(spills) or getattr(device, "protocol", None) == "hj212"
         self.behaviour = make_behaviour(
-            device, seed, needs_quality=bool(spills), spill_share=max(spills, default=1.0)
+            device, seed, needs_quality=analyser, spill_share=max(spills, default=1.0)
         )
         self.seq = 0  # the last seq used; the first message carries 1
 
@@ -88,6 +90,11 @@ class SimulatedDevice:
     def id(self) -> str:
         """The device id (also its MQTT client identifier)."""
         return self.device.id
+
+    @property
+    def protocol(self) -> str | None:
+        """The field protocol it reports in through a gateway; None: MQTT, as itself."""
+        return self.device.protocol if isinstance(self.device, RiverDevice) else None
 
     @property
     def kind(self) -> Kind:

@@ -29,13 +29,15 @@ def dry_run(
 
     Like the publisher, every device says it is online at the start and offline at the end,
     except a device that dropped its connection (its last will is the broker's to send) or
-    went silent (hung: it says nothing, even at the end).
+    went silent (hung: it says nothing, even at the end), and a field station (its protocol
+    has no status; its telemetry is what the run turns into frames).
     """
     if not config.duration:
         raise ValueError("a dry run needs a duration")
     plan = plan_run(config, registry)
     for device in plan.devices:
-        yield 0.0, device.sim.status(start_ms, online=True)
+        if device.sim.protocol is None:
+            yield 0.0, device.sim.status(start_ms, online=True)
     streams = [_tagged(i, device.timeline(config.until_s)) for i, device in enumerate(plan.devices)]
     dropped: set[int] = set()
     for t, i, action in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
@@ -49,6 +51,8 @@ def dry_run(
             yield t, message
     end_ms = start_ms + round(config.duration * 1000)
     for i, device in enumerate(plan.devices):
-        goodbye = None if i in dropped else device.sim.goodbye(end_ms, config.duration)
+        if i in dropped or device.sim.protocol is not None:
+            continue
+        goodbye = device.sim.goodbye(end_ms, config.duration)
         if goodbye is not None:
             yield config.duration, goodbye

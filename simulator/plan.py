@@ -12,8 +12,9 @@ from simulator.device import SimulatedDevice
 from simulator.errors import ScenarioError
 from simulator.report import ScenarioRun, SentReport
 from simulator.scenarios import Assignment, assign
-from simulator.schedule import TickPlan, at_most_every, spread, timeline
-from simulator.selection import select_devices
+from simulator.schedule import TickPlan, at_least_every, at_most_every, spread, timeline
+from simulator.selection import select_devices, transport_of
+from simulator.stationframes import MIN_INTERVAL_S
 from simulator.stochastic import device_rng
 
 
@@ -64,17 +65,21 @@ def plan_run(config: SimulationConfig, registry: Registry) -> RunPlan:
     Raises ScenarioError if the registry has no device to simulate or a scenario cannot find
     its device.
     """
-    devices = select_devices(registry, config.kinds, config.devices)
+    devices = select_devices(registry, config.kinds, config.devices, config.protocols)
     if not devices:
         kinds = ", ".join(k.value for k in config.kinds)
-        raise ScenarioError(f"the registry has no device of the kinds {kinds}")
+        over = ", ".join(config.protocols)
+        raise ScenarioError(f"the registry has no device of the kinds {kinds} reporting by {over}")
     assignments = assign(
         config.scenarios, devices, config.scenario_start_s, config.scenario_device, registry
     )
     # No device reports less often than its registry interval: at a low --rate the total is
     # then higher than asked, but a healthy device never looks silent to the alert rules.
+    # A field station reports no more often than its frames' time stamps can tell apart.
     plans = [
-        at_most_every(plan, d.report_interval_s)
+        at_least_every(
+            at_most_every(plan, d.report_interval_s), MIN_INTERVAL_S.get(transport_of(d), 0.0)
+        )
         for d, plan in zip(devices, spread(len(devices), config.rate), strict=True)
     ]
     return RunPlan(

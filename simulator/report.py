@@ -22,10 +22,23 @@ class ScenarioRun(BaseModel):
     reaches: dict[str, float] = Field(default_factory=dict)  # device → seconds after start_s
 
 
+class StationCounts(BaseModel):
+    """What the field stations of one protocol did (simulator/stationlink.py)."""
+
+    sent: int = 0  # frames the stations sent (each once, however often it was resent)
+    answered: int = 0  # frames the gateway answered: delivered, like a PUBACKed message
+    resent: int = 0  # attempts after a frame's first (no answer in time, or no connection)
+    unanswered: int = 0  # frames given up after every resend (also counted in ``failed``)
+    not_framed: int = 0  # telemetry messages that made no frame (simulator/stationframes.py)
+    connections: int = 0  # TCP connections opened (more than the stations: reconnects)
+
+
 class SentReport(BaseModel):
     """Messages acknowledged by the broker (PUBACK), by kind and channel, and per device.
 
-    The last will is published by the broker, not the device, so it is not counted here.
+    The last will is published by the broker, not the device, so it is not counted here. A
+    field station's telemetry message counts when the gateway answered its frame (which it
+    does once the broker has it); ``stations`` has the frames per protocol.
     """
 
     devices: int = 0
@@ -37,9 +50,10 @@ class SentReport(BaseModel):
     counts: dict[Kind, dict[Channel, int]] = Field(default_factory=dict)
     last_seq: dict[str, int] = Field(default_factory=dict)
     scenarios: list[ScenarioRun] = Field(default_factory=list)
-    failed: int = 0  # publishes that got no PUBACK (connection lost, timeout)
+    failed: int = 0  # publishes with no PUBACK (connection lost, timeout), frames unanswered
     skipped: int = 0  # ticks dropped because the device was too far behind schedule
     reconnects: int = 0
+    stations: dict[str, StationCounts] = Field(default_factory=dict)  # by protocol
 
     def record(self, message: Outgoing) -> None:
         """Count one acknowledged message."""
@@ -97,6 +111,12 @@ class SentReport(BaseModel):
         if self.failed or self.skipped or self.reconnects:
             lines.append(
                 f"failed {self.failed}, skipped {self.skipped}, reconnects {self.reconnects}"
+            )
+        for protocol, c in self.stations.items():
+            lines.append(
+                f"{protocol} frames: sent {c.sent}, answered {c.answered}, resent {c.resent},"
+                f" unanswered {c.unanswered}, not framed {c.not_framed},"
+                f" connections {c.connections}"
             )
         for s in self.scenarios:
             reached = "".join(f", {d} +{t:g} s" for d, t in s.reaches.items())

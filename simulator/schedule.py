@@ -54,6 +54,13 @@ def at_most_every(plan: TickPlan, interval_s: float) -> TickPlan:
     return TickPlan(interval_s, plan.phase_s % interval_s, plan.jitter)
 
 
+def at_least_every(plan: TickPlan, interval_s: float) -> TickPlan:
+    """``plan``, ticking no more often than every ``interval_s``."""
+    if plan.interval_s >= interval_s:
+        return plan
+    return TickPlan(interval_s, plan.phase_s, plan.jitter)
+
+
 def timeline(
     ticks: Iterator[float], cued: Iterator[Timed], until_s: float | None
 ) -> Iterator[Timed]:

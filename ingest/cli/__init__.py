@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ingest.cli import access, alerts, cluster, config, lookup, quality, running
+from ingest.cli import access, alerts, cluster, config, gateway, lookup, quality, running
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="citysense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for room in (running, lookup, alerts, quality, cluster, access, config):
+    for room in (running, gateway, lookup, alerts, quality, cluster, access, config):
         room.add_parsers(sub)
     return parser
 

@@ -124,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Publish simulated device traffic; print what was sent."""
     from simulator import (
+        GatewayTarget,
         MqttTarget,
         SimulatorError,
         config_from_args,
@@ -145,9 +146,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         port=settings.mqtt_port,
         dev_secret=settings.dev_secret.get_secret_value(),
     )
+    # Field stations (--protocol hj212,sl651) reach the gateways where the settings have them
+    # listen; --gateway-hj212/--gateway-sl651 (in config) override.
+    gateways = {
+        "hj212": GatewayTarget.listening_on(settings.gateway_bind, settings.gateway_hj212_port),
+        "sl651": GatewayTarget.listening_on(settings.gateway_bind, settings.gateway_sl651_port),
+    }
 
     async def simulate(stop: asyncio.Event) -> Any:
-        task = asyncio.create_task(run_simulation(config, registry, target))
+        task = asyncio.create_task(run_simulation(config, registry, target, gateways))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
         task.cancel()  # a no-op when the run ended by itself; else it says goodbye and reports

@@ -10,11 +10,13 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from devices.kinds import Channel, Kind
 from devices.payloads import DeviceMessage, schema_for
 from devices.registry import GateDevice, Registry, RiverDevice, RoadDevice
 from devices.topics import TopicError, parse_device_topic
+from devices.vendormap import ChannelMap, MappingError, VendorMaps, apply
 from ingest.intake.stamps import UntimedStamps
 
 
@@ -34,6 +36,7 @@ class Reason(StrEnum):
     NOT_FINITE = "not_finite"  # NaN or ±Inf where a number belongs
     FUTURE_TIMESTAMP = "future_timestamp"  # ts further ahead than future_skew_s
     STALE_TIMESTAMP = "stale_timestamp"  # ts older than max_age_s
+    VENDOR_MAPPING = "vendor_mapping"  # the device model's mapping cannot read the message
     WRITE_REJECTED = "write_rejected"  # InfluxDB refused the point (set by the writer)
     INTERNAL_ERROR = "internal_error"  # citysense failed on it: a bug, logged with its traceback
 
@@ -131,6 +134,7 @@ class _Route(NamedTuple):
     channel: Channel
     device: Device
     schema: type[DeviceMessage]
+    mapping: ChannelMap | None  # the device model's vendor mapping for this channel, if any
 
 
 _RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
@@ -166,8 +170,11 @@ class Decoder:
         max_json_keys: int = MAX_JSON_KEYS,
         stamps: UntimedStamps | None = None,
         partitions: int | None = None,
+        vendors: VendorMaps | None = None,
     ) -> None:
         self._registry = registry
+        # Devices whose model has a mapping (devices/vendormap.py); found once per topic.
+        self._vendors = vendors or VendorMaps()
         self._partitions = partitions  # a clustered broker's topics carry the partition
         # A message without ts is stamped once per statement (ingest/intake/stamps.py).
         self.stamps = stamps or UntimedStamps()
@@ -193,7 +200,7 @@ class Decoder:
             if isinstance(found, Rejection):
                 return found
             route = self._routes[topic] = found
-        kind, channel, device, schema = route
+        kind, channel, device, schema, mapping = route
         # Depth and keys before parsing, from the raw bytes. One translate is the hot path's
         # whole cost here (0.3 µs on a typical 120-byte payload); the exact scan runs only
         # when the marks it keeps are too many to rule both limits out.
@@ -202,15 +209,16 @@ class Decoder:
             problem = _structure_problem(payload, marks, self._max_depth, self._max_keys)
             if problem is not None:
                 return problem
-        try:
-            message = schema.model_validate_json(payload)
-        except ValidationError as e:
-            rejection = classify(e)
-            # Checked only here, off the hot path: the parser refuses any bytes that are not
-            # UTF-8, so a payload it accepted is UTF-8.
-            if rejection.reason is Reason.INVALID_JSON:
-                return _utf8_problem(payload) or rejection
-            return rejection
+        if mapping is None:  # our JSON: the one branch a device without a mapping pays
+            try:
+                message = schema.model_validate_json(payload)
+            except ValidationError as e:
+                return _rejected(e, payload)
+        else:
+            translated = _translate(device.model, mapping, schema, payload)
+            if isinstance(translated, Rejection):
+                return translated
+            message = translated
         ts_ms = message.ts if message.ts is not None else self.stamps.stamp(topic, payload, now_ms)
         if ts_ms > now_ms + self._skew_ms:
             return Rejection(
@@ -238,4 +246,42 @@ class Decoder:
         schema = schema_for(kind, channel)
         if schema is None:
             return Rejection(Reason.BAD_TOPIC, f"a {kind} device has no {channel} channel")
-        return _Route(kind, channel, device, schema)
+        vendor = self._vendors.models.get(device.model) if device.model is not None else None
+        if vendor is not None and vendor.kind is not kind:  # refused at start (check_devices)
+            return Rejection(
+                Reason.VENDOR_MAPPING, f"model {vendor.id} maps a {vendor.kind}, not a {kind}"
+            )
+        # A channel the model does not map is in our JSON (e.g. a status last will).
+        mapping = vendor.channels.get(channel) if vendor is not None else None
+        return _Route(kind, channel, device, schema, mapping)
+
+
+def _rejected(error: ValidationError, payload: bytes) -> Rejection:
+    rejection = classify(error)
+    # Checked only here, off the hot path: the parser refuses any bytes that are not UTF-8,
+    # so a payload it accepted is UTF-8.
+    if rejection.reason is Reason.INVALID_JSON:
+        return _utf8_problem(payload) or rejection
+    return rejection
+
+
+def _translate(
+    model: str | None, mapping: ChannelMap, schema: type[DeviceMessage], payload: bytes
+) -> DeviceMessage | Rejection:
+    """A vendor's JSON read through its model's mapping, then validated as ours."""
+    try:
+        # The same parser as model_validate_json (NaN/Infinity parse; the schema says
+        # not_finite), so a vendor's bytes are judged as ours are.
+        document = from_json(payload, allow_inf_nan=True)
+    except ValueError as e:
+        return _utf8_problem(payload) or Rejection(Reason.INVALID_JSON, str(e)[:300])
+    try:
+        values = apply(mapping, document)
+    except MappingError as e:
+        return Rejection(Reason.VENDOR_MAPPING, f"model {model}: {e}"[:300])
+    try:
+        return schema.model_validate(values)
+    except ValidationError as e:
+        # What the mapping made is wrong for our schema: the usual reason, saying so.
+        reason, detail = classify(e)
+        return Rejection(reason, f"{detail} (read through model {model})"[:360])

@@ -54,8 +54,11 @@ from typing import Literal
 from devices.credentials import (
     INGEST_USER,
     device_password,
+    gateway_password,
+    gateway_user,
     worker_password,
 )
+from devices.kinds import Channel, Kind
 from devices.registry import Registry
 from ingest.ops.processes import HOST, find_binary
 from ingest.ops.tls import TlsFiles, ensure_local_tls
@@ -123,6 +126,31 @@ class Account:
     role: Literal["gateway", "monitor"]
 
 
+def station_gateways(registry: Registry) -> dict[str, list[str]]:
+    """Each field protocol → the stations its gateway speaks for (ingest/gateway/); the
+    gateway logs in as ``gateway_user(protocol)``.
+
+    A station that reports in HJ 212 or SL 651 has no broker account of its own: it never
+    speaks MQTT, so a login in its name could only be somebody else's.
+    """
+    out: dict[str, list[str]] = {}
+    for device in registry.devices.values():
+        protocol = getattr(device, "protocol", None)
+        if protocol is not None:
+            out.setdefault(protocol, []).append(device.id)
+    return out
+
+
+def mqtt_devices(registry: Registry) -> list[str]:
+    """The devices that log in to the broker as themselves (all but gateways' stations)."""
+    return [d.id for d in registry.devices.values() if getattr(d, "protocol", None) is None]
+
+
+def gateway_acl(stations: Sequence[str]) -> list[str]:
+    """A field gateway's ACL lines: publish telemetry of its own stations only, read nothing."""
+    return [f"topic write iot/{Kind.RIVER.value}/{d}/{Channel.TELEMETRY.value}" for d in stations]
+
+
 def account_acl(account: Account) -> list[str]:
     """A service account's ACL lines."""
     if account.role == "gateway":
@@ -151,8 +179,12 @@ def acl_text(
     ]
     blocks += [_block(a.username, a.role, account_acl(a)) for a in accounts]
     blocks += [
+        _block(gateway_user(protocol), f"{protocol} field gateway", gateway_acl(stations))
+        for protocol, stations in station_gateways(registry).items()
+    ]
+    blocks += [
         _block(d.id, f"{d.kind.value} device", device_acl(d.kind.value, d.id))
-        for d in registry.devices.values()
+        for d in map(registry.devices.__getitem__, mqtt_devices(registry))
     ]
     return "\n".join(blocks)
 
@@ -305,7 +337,9 @@ def write_broker_files(
         raise BrokerConfigError("the ingest password is empty")
     if port == tls_port:
         raise BrokerConfigError(f"the plain and the TLS listener both use port {port}")
-    taken = set(registry.devices) | {w.username for w in workers}
+    protocols = list(station_gateways(registry))
+    gateways = [gateway_user(p) for p in protocols]
+    taken = set(registry.devices) | {w.username for w in workers} | set(gateways)
     if ingest_user in taken:
         raise BrokerConfigError(f"ingest user {ingest_user!r} is also a device or a worker")
     for account in accounts:
@@ -317,13 +351,15 @@ def write_broker_files(
     entries = [(ingest_user, ingest_password)]
     entries += [(w.username, worker_password(dev_secret, w.username)) for w in workers]
     entries += [(a.username, a.password) for a in accounts]
-    entries += [(d, device_password(dev_secret, d)) for d in registry.devices]
+    entries += [(gateway_user(p), gateway_password(dev_secret, p)) for p in protocols]
+    entries += [(d, device_password(dev_secret, d)) for d in mqtt_devices(registry)]
     passwords = out_dir / "passwords"
     hash_password_file(entries, passwords)
     acl = out_dir / "acl"
     _write_text(acl, acl_text(registry, workers, ingest_user, accounts))
     clientids = out_dir / "clientids.json"
-    _write_text(clientids, clientids_json([*(w.username for w in workers), *registry.devices]))
+    bound = [*(w.username for w in workers), *gateways, *mqtt_devices(registry)]
+    _write_text(clientids, clientids_json(bound))
     tls = tls or ensure_local_tls(out_dir / "tls")
     listeners = out_dir / "listeners.conf"
     text = listeners_text(

@@ -63,9 +63,13 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
         log.info("%s is at %s (log %s)", p.name, p.address, p.log_path)
     token = _demo_token(settings)
     service = _child("serve")
+    # The field stations of the registry report through their gateways (HJ 212, SL 651).
+    gateways = [_child("gateway", protocol) for protocol in ("hj212", "sl651")]
     time.sleep(1.0)  # let the service subscribe before the first retained statuses arrive
     simulator = _child(
-        "simulate", "--rate", str(args.rate), "--duration", "0", "--scenario", args.scenario
+        "simulate",
+        *("--rate", str(args.rate), "--duration", "0", "--scenario", args.scenario),
+        *("--protocol", "mqtt,hj212,sl651"),
     )
     api = f"http://{settings.api_host}:{settings.api_port}"
 
@@ -79,6 +83,8 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
         f"  web pages:      http://{settings.api_host}:{settings.api_port}/ui/\n"
         f"  operator token: {token}\n"
         f"  staged alerts:  the simulator plays {args.scenario.replace(',', ', ')} (--scenario)\n"
+        f"  field stations: HJ 212 on port {settings.gateway_hj212_port}, SL 651 on port "
+        f"{settings.gateway_sl651_port} (citysense gateway; their readings are stored like any)\n"
         f'  e.g.:           curl -H "Authorization: Bearer {token}" {api}/alerts\n'
         "Press Ctrl-C to stop.\n",
         flush=True,
@@ -90,6 +96,8 @@ def run_demo(settings: Settings, repo_root: Path, args: argparse.Namespace) -> i
         pass
     finally:
         _stop(simulator, 10)
+        for gateway in gateways:  # after the stations, before the service that stores theirs
+            _stop(gateway, 10)
         _stop(service, 20)
         if not already_up:
             stack.down(settings)

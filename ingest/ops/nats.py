@@ -41,10 +41,20 @@ from typing import Any
 
 import bcrypt
 
-from devices.credentials import device_password, worker_password
+from devices.credentials import (
+    device_password,
+    gateway_password,
+    gateway_user,
+    worker_password,
+)
 from devices.partitions import partition_of
 from devices.registry import Registry
-from ingest.ops.brokerconfig import Account, BrokerConfigError
+from ingest.ops.brokerconfig import (
+    Account,
+    BrokerConfigError,
+    mqtt_devices,
+    station_gateways,
+)
 from ingest.ops.processes import (
     HOST,
     ManagedProcess,
@@ -223,7 +233,12 @@ def users_conf(
             users.append(
                 _user(a.username, a.password, [], ["alerts", "alerts.>", "cases", "cases.>"])
             )
-    for d in registry.devices.values():
+    for protocol, stations in station_gateways(registry).items():
+        subjects = [f"iot.{partition_of(d, partitions)}.river.{d}.telemetry" for d in stations]
+        users.append(
+            _user(gateway_user(protocol), gateway_password(dev_secret, protocol), subjects, None)
+        )
+    for d in map(registry.devices.__getitem__, mqtt_devices(registry)):
         p = partition_of(d.id, partitions)
         users.append(
             _user(

@@ -28,7 +28,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worker_password
+from devices.credentials import (
+    LOCAL_EXAMPLE_DEV_SECRET,
+    device_password,
+    gateway_password,
+    gateway_user,
+    worker_password,
+)
 from devices.kinds import Kind, Level
 from devices.registry import Registry
 from ingest.alerts.outbox import MqttOutbox
@@ -524,6 +530,36 @@ def test_devices_and_workers_connect_only_as_themselves(broker: Broker) -> None:
     assert _refused(try_connect(broker.port, "li.na", worker, client_id="citysense-ingest-1"))
     # The service (trusted) picks its ids freely, and still needs its password.
     assert not _refused(try_connect(broker.port, INGEST_USER, INGEST_PASSWORD, client_id="any-id"))
+
+
+def test_a_field_gateway_publishes_only_its_stations_telemetry(
+    broker: Broker, sessions: list[Session]
+) -> None:
+    """The HJ 212 gateway speaks for its stations, their telemetry only; a station of another
+    protocol, a device of ours and any other channel are dropped by the broker."""
+    mine = sorted(broker.registry.stations_of("hj212").values(), key=lambda d: d.id)[0].id
+    theirs = sorted(broker.registry.stations_of("sl651").values(), key=lambda d: d.id)[0].id
+    river = devices_of(broker.registry, Kind.RIVER, 1)[0]
+    listener = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    sessions.append(listener)
+    listener.subscribe("iot/+/+/+")
+    user = gateway_user("hj212")
+    gateway = Session(broker.port, user, gateway_password(SECRET, "hj212"))
+    sessions.append(gateway)
+    own, last = nonce(), nonce()
+    gateway.publish(f"iot/river/{mine}/telemetry", own)
+    gateway.publish(f"iot/river/{theirs}/telemetry", nonce())  # the SL 651 gateway's station
+    gateway.publish(f"iot/river/{river}/telemetry", nonce())  # a device that speaks MQTT
+    gateway.publish(f"iot/river/{mine}/status", nonce(), retain=True)  # not telemetry
+    gateway.publish(f"iot/river/{mine}/telemetry", last)
+    assert listener.until(last) == [
+        (f"iot/river/{mine}/telemetry", own),
+        (f"iot/river/{mine}/telemetry", last),
+    ]
+    password = gateway_password(SECRET, "hj212")
+    assert _refused(try_connect(broker.port, user, password, client_id=f"{user}-2"))
+    # A field station never speaks MQTT: there is no login in its name.
+    assert _refused(try_connect(broker.port, mine, device_password(SECRET, mine), client_id=mine))
 
 
 def _refused(rc: ReasonCode | None) -> bool:

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.gateway.hj212 import (
+from devices.hj212 import (
     FACTORS,
     MAX_FRAME,
     REASONS,
@@ -290,7 +290,13 @@ def test_named_rejections_of_cp(cp: str, reason: str) -> None:
 def test_ranges_are_the_payload_schema_edges() -> None:
     for cp in ("w01001-Rtd=0", "w01001-Rtd=14", "w01010-Rtd=-5", "w01003-Rtd=10000"):
         accepted(data_frame("2011", cp))
-    rejected(data_frame("2061", "w01001-Avg=7,w01001-Max=14.2"), "out_of_range")
+    rejected(data_frame("2061", "w01001-Avg=14.2"), "out_of_range")
+    # Min and Max are not published, and a value the station flags is not a reading: neither
+    # is held to the range, so the frame's good readings are not lost with them.
+    assert accepted(data_frame("2061", "w01001-Avg=7,w01001-Max=14.2")).readings["ph"].max == 14.2
+    flagged = accepted(data_frame("2011", "w01001-Rtd=19,w01001-Flag=T;w01009-Rtd=6.1"))
+    assert flagged.readings["ph"] == (19.0, "T", None, None, None, None)
+    rejected(data_frame("2011", "w01001-Rtd=19,w01001-Flag=N"), "out_of_range")
     assert set(FACTORS.values()) <= {
         "ph",
         "do_mgl",

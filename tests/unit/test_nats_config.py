@@ -8,7 +8,13 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from devices.credentials import LOCAL_EXAMPLE_DEV_SECRET, device_password, worker_password
+from devices.credentials import (
+    LOCAL_EXAMPLE_DEV_SECRET,
+    device_password,
+    gateway_password,
+    gateway_user,
+    worker_password,
+)
 from devices.partitions import partition_of
 from devices.registry import Registry, load_registry
 from ingest.ops import nats
@@ -40,6 +46,9 @@ def users(registry: Registry) -> dict[str, dict]:  # type: ignore[type-arg]
 def test_each_device_may_publish_only_into_its_own_partition(registry: Registry) -> None:
     found = users(registry)
     for d in registry.devices.values():
+        if getattr(d, "protocol", None) is not None:
+            assert d.id not in found  # a field station never speaks MQTT: no login in its name
+            continue
         perms = found[d.id]["permissions"]
         p = partition_of(d.id, 16)
         assert perms == {
@@ -48,6 +57,19 @@ def test_each_device_may_publish_only_into_its_own_partition(registry: Registry)
         }
         password = device_password(LOCAL_EXAMPLE_DEV_SECRET, d.id).encode()
         assert bcrypt.checkpw(password, found[d.id]["password"].encode())
+
+
+def test_each_field_gateway_may_publish_only_its_stations_telemetry(registry: Registry) -> None:
+    found = users(registry)
+    for protocol in ("hj212", "sl651"):
+        stations = sorted(registry.stations_of(protocol).values(), key=lambda d: d.id)
+        assert stations, protocol
+        user = found[gateway_user(protocol)]
+        allowed = [f"iot.{partition_of(d.id, 16)}.river.{d.id}.telemetry" for d in stations]
+        assert sorted(user["permissions"]["publish"]["allow"]) == sorted(allowed)
+        assert user["permissions"]["subscribe"] == {"deny": [">"]}
+        password = gateway_password(LOCAL_EXAMPLE_DEV_SECRET, protocol).encode()
+        assert bcrypt.checkpw(password, user["password"].encode())
 
 
 def test_the_service_and_grid_workers(registry: Registry) -> None:

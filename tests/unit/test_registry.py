@@ -110,3 +110,48 @@ def test_a_field_named_like_a_kind_is_still_named() -> None:
     # `river` is both the river station's kind tag and one of its fields.
     found = problems({"areas": AREAS, "devices": [{**RIVER, "river": ""}]})
     assert len(found) == 1 and found[0].startswith("city.yaml: devices[0] (id=r1): river: ")
+
+
+HJ212 = {**RIVER, "protocol": "hj212", "mn": "43050310000201", "password": "123456"}
+SL651 = {**RIVER, "protocol": "sl651", "station_address": "0043050301", "password": "12AB"}
+
+
+def test_protocol_identities_load_and_never_show_the_password() -> None:
+    registry = parse_registry(
+        {"areas": AREAS, "devices": [{**HJ212, "id": "h1"}, {**SL651, "id": "s1"}]}, "city.yaml"
+    )
+    assert list(registry.stations_of("hj212")) == ["43050310000201"]
+    assert list(registry.stations_of("sl651")) == ["0043050301"]
+    for device in registry.devices.values():
+        shown = device.model_dump(mode="json")
+        assert "password" not in shown and "123456" not in repr(device) + str(shown)
+        assert "12AB" not in repr(device) + str(shown)
+    assert registry.devices["h1"].model_dump(mode="json")["mn"] == "43050310000201"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({**HJ212, "password": None}, "protocol hj212 needs mn and password"),
+        ({**HJ212, "mn": "MN;PW=1"}, "mn: String should match pattern"),
+        ({**HJ212, "password": "12;34"}, "password is not a hj212 password"),
+        ({**SL651, "password": "12345"}, "password is not a sl651 password"),
+        ({**SL651, "station_address": 43050301}, "station_address: Input should be a valid string"),
+        ({**SL651, "mn": "A1"}, "mn belongs to protocol hj212, not sl651"),
+        ({**RIVER, "password": "123456"}, "password needs a protocol"),
+        ({**RIVER, "protocol": "modbus"}, "protocol: Input should be 'hj212' or 'sl651'"),
+    ],
+)
+def test_bad_identities_are_named(entry: dict[str, Any], expected: str) -> None:
+    found = problems({"areas": AREAS, "devices": [entry]})
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_duplicate_identities_are_refused_naming_both() -> None:
+    devices = [{**HJ212, "id": "h1"}, {**HJ212, "id": "h2"}, {**SL651, "id": "s1"}]
+    devices.append({**SL651, "id": "s2"})
+    found = problems({"areas": AREAS, "devices": devices})
+    assert found == [
+        "city.yaml: devices[1] (id=h2): mn: 43050310000201 is h1's too",
+        "city.yaml: devices[3] (id=s2): station_address: 0043050301 is s1's too",
+    ]

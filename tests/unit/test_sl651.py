@@ -1,4 +1,4 @@
-"""SL 651-2014 HEX/BCD frames (ingest/gateway/sl651.py): published examples, every reason,
+"""SL 651-2014 HEX/BCD frames (devices/sl651.py): published examples, every reason,
 the centre's answer, the stream splitter, and fuzzing (never an exception).
 
 Published frames (up frame and the centre's answer, CRC included) come from the article
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.gateway.sl651 import (
+from devices.sl651 import (
     BEIJING,
     MAX_FRAME,
     FrameSplitter,
@@ -278,6 +278,8 @@ def test_out_of_range(elements: str) -> None:
         ({"elements": "39"}, "no data definition"),
         ({"elements": "3900"}, "zero length"),
         ({"elements": "3812129038121290"}, "twice"),
+        ({"elements": "F460" + "05" * 12 + "F460" + "06" * 12}, "rain series twice"),
+        ({"elements": "F5C0" + "0005" * 12 + "F5C0" + "0006" * 12}, "level series twice"),
         ({"head": "0003251306110016F1F1001234567848F0F02512061100"}, "month 13"),
         ({"head": "0003251206110016F2F2001234567848F0F02512061100"}, "no F1F1"),
         ({"head": "0003251206110016F1F1001234567848F0F12512061100"}, "no F0F0"),

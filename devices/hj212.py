@@ -6,10 +6,16 @@ appendix A) + CR LF. Each way a frame can be wrong is a named ``Rejection``; ``p
 raises. Water data (CN 2011 real-time, 2051 minute, 2061 hourly, 2031 daily) becomes readings
 of our river payload's fields within its ranges; CN 9014 (the centre's data response) parses
 with none. ``FrameSplitter`` cuts a TCP byte stream into frames with a bounded buffer.
+``encode_data`` writes a station's data frame (the simulator's stations, the tests).
+
+Why one module: the frame grammar is one idea read both ways: the encoder writes with the
+parser's own header patterns, factor table and CRC, and a test holds that every frame it
+writes parses back to the values it was given; split, the two would drift apart.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -306,11 +312,13 @@ def _readings(
             raise _Bad("bad_syntax", f"{code} has no {main}")
         name = FACTORS[code]
         values = {sub: float(subs[sub]) for sub in _NUMERIC_SUBS[:5] if sub in subs}
-        for sub in [sub for sub in (main, "Min", "Max") if sub in values]:
+        # Only a value that will be a reading is held to its field's range: one the station
+        # flags (over range, fault, …) is not the river's, and Min/Max are not published.
+        if subs.get("Flag", "N") == "N":
             try:
-                _RANGES[name].validate_python(values[sub])
+                _RANGES[name].validate_python(values[main])
             except ValidationError:
-                detail = f"{code}-{sub}={values[sub]} is outside {name}'s range"
+                detail = f"{code}-{main}={values[main]} is outside {name}'s range"
                 raise _Bad("out_of_range", detail) from None
         sample = subs.get("SampleTime")
         when = _stamp(sample, "SampleTime") if sample is not None else None
@@ -396,3 +404,79 @@ class FrameSplitter:
             self._out.append(Rejection("bad_frame", detail, bytes(self._junk)))
             self._junk.clear()
             self._junk_count = 0
+
+
+# --- writing frames (a station's side: the simulator, the tests) -------------------------
+
+FIELD_FACTORS: Mapping[str, str] = MappingProxyType({name: code for code, name in FACTORS.items()})
+# Decimals written per field: what the analysers resolve and what the simulator rounds to, so
+# a reading survives the frame unchanged (pH 7.52, NH3-N 0.412 mg/L, turbidity 12.5 NTU).
+DECIMALS: Mapping[str, int] = MappingProxyType(
+    {
+        "ph": 2,
+        "do_mgl": 2,
+        "codmn_mgl": 2,
+        "nh3n_mgl": 3,
+        "tp_mgl": 3,
+        "water_temp_c": 2,
+        "turbidity_ntu": 1,
+    }
+)
+# Flag (§6.3.3, table 4): bits 7-2 the version (000001: this standard), bit 1 D (packets),
+# bit 0 A (answer wanted). 5 = HJ 212-2017 asking for CN 9014; 4 = no answer wanted.
+FLAG_2017, FLAG_ANSWER = 4, 1
+
+
+def qn_of(moment: datetime) -> str:
+    """QN, the request number: the moment in Beijing time to the millisecond (17 digits)."""
+    local = _beijing(moment, "qn")
+    return local.strftime("%Y%m%d%H%M%S") + f"{local.microsecond // 1000:03d}"
+
+
+def encode_data(
+    *,
+    mn: str,
+    pw: str,
+    cn: str,
+    values: Mapping[str, float],
+    data_time: datetime,
+    qn: datetime | None = None,
+    flag: int = FLAG_2017 | FLAG_ANSWER,
+    value_flag: str = "N",
+    st: str = "21",
+) -> bytes:
+    """A data frame (CN 2011 real-time: ``-Rtd``; 2051/2061/2031: ``-Avg``) of ``values``
+    keyed by our fields, each with data flag ``value_flag``; ``parse`` reads back every value
+    as written with its field's ``DECIMALS``. Raises ValueError for what ``parse`` would
+    refuse as syntax (an unknown field or CN, a naive time, a separator in PW or MN)."""
+    if cn not in DATA_CNS:
+        raise ValueError(f"CN {cn} is not a water data command ({', '.join(DATA_CNS)})")
+    if value_flag not in FLAGS:
+        raise ValueError(f"data flag {value_flag!r} is not one of {''.join(sorted(FLAGS))}")
+    if not 0 <= flag <= 255:
+        raise ValueError(f"Flag {flag} is not one byte")
+    header = {"ST": st, "CN": cn, "PW": pw, "MN": mn}
+    for key, text in header.items():
+        if not re.fullmatch(_HEADER[key], text) or any(c in text for c in ";,=&"):
+            raise ValueError(f"{key}={text!r} does not fit the standard's grammar")
+    sub = DATA_CNS[cn]
+    groups = [f"DataTime={_beijing(data_time, 'data_time').strftime('%Y%m%d%H%M%S')}"]
+    for name, value in values.items():
+        if name not in FIELD_FACTORS:
+            raise ValueError(f"{name} has no HJ 212 factor ({', '.join(FIELD_FACTORS)})")
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value} is not a finite number")
+        code = FIELD_FACTORS[name]
+        text = f"{value:.{DECIMALS[name]}f}"
+        if float(text) == 0:
+            text = text.lstrip("-")  # -0.001 is "0.00", not "-0.00"
+        groups.append(f"{code}-{sub}={text},{code}-Flag={value_flag}")
+    head = f"QN={qn_of(qn)};" if qn is not None else ""
+    head += f"ST={st};CN={cn};PW={pw};MN={mn};Flag={flag};"
+    return wrap(head + "CP=&&" + ";".join(groups) + "&&")
+
+
+def _beijing(moment: datetime, what: str) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} must be an aware datetime")
+    return moment.astimezone(CHINA)

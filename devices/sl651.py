@@ -18,10 +18,17 @@ counts that byte). ``F4`` (rain in each 5 minutes of the hour: 12 bytes HEX, 0.1
 ``F5`` (relative water level each 5 minutes: 12 × 2 bytes HEX, 0.01 m) are binary, ``FF``
 (``FFFF``) "no data". Times are Beijing time (UTC+8). The centre answers a report with the
 same function, direction 8, body serial + its own time, end marker ESC (stay online) or EOT.
+``encode_report`` writes a station's report (the simulator's stations, the tests).
+
+Why one module: the frame layout is one idea read both ways: the encoder writes the element
+identifiers, data definitions and CRC the parser reads, and a test holds that every report it
+writes parses back to the values it was given; split, the two would drift apart.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -202,7 +209,10 @@ def _report(head: dict[str, object], body: bytes) -> Sl651Frame:
         value = body[at + 2 : at + 2 + size]
         if size == 0 or len(value) != size:
             raise _Bad("bad_syntax", f"element {ident:02X} needs {size} bytes")
-        if ident in elements or (ident == STATUS and status is not None):
+        repeated_series = (ident == RAIN_5MIN and "rainfall_5min_mm" in series) or (
+            ident == LEVEL_5MIN and "relative_level_5min_m" in series
+        )
+        if ident in elements or (ident == STATUS and status is not None) or repeated_series:
             raise _Bad("bad_syntax", f"element {ident:02X} twice")
         if ident == RAIN_5MIN:
             series["rainfall_5min_mm"] = _binary(value, 1, 12, 0.1, ident)
@@ -376,3 +386,99 @@ class FrameSplitter:
             out.append(Rejection("bad_frame", detail, bytes(self._garbage)))
             self._garbage.clear()
             self._skipped = 0
+
+
+# --- writing reports (a station's side: the simulator, the tests) ------------------------
+
+# Our field → (element identifier, bytes of BCD digits, decimals), the standard's data
+# definitions (appendix table): 当前降水量 N(5,1), 瞬时河道水位 N(7,3) written in 4 bytes as
+# RTUs do (the published timed report: 39 23 00010490), 瞬时流量 N(9,3), 瞬时水温 N(3,1),
+# 电源电压 N(4,2). A negative value takes one more byte, the leading FF.
+ELEMENTS: dict[str, tuple[int, int, int]] = {
+    "rainfall_mm": (0x20, 3, 1),
+    "water_level_m": (0x39, 4, 3),
+    "flow_m3s": (0x27, 5, 3),
+    "water_temp_c": (0x03, 2, 1),
+    "battery_v": (0x38, 2, 2),
+}
+STATION_TYPES = {"P": 0x50, "H": 0x48, "K": 0x4B, "Z": 0x5A}  # rain, river, reservoir, gate
+
+
+def encode_report(
+    *,
+    station: str,
+    centre: int,
+    password: str,
+    function: int,
+    serial: int,
+    sent: datetime,
+    observed: datetime,
+    values: Mapping[str, float],
+    station_type: int = STATION_TYPES["H"],
+    end: int = ETX,
+) -> bytes:
+    """An up report (0x30 test, 0x32 timed, 0x33 extra, 0x34 hourly) of ``values`` keyed by
+    our fields (``ELEMENTS``), each rounded to its element's decimals. Times go in Beijing
+    time; the observation time to the minute only, as the frame carries it. ``parse`` reads
+    back every value as written. Raises ValueError for what no frame can say."""
+    if function not in REPORTS:
+        raise ValueError(f"function {function:02X} is not a report (30, 32, 33, 34)")
+    if not (len(station) == 10 and station.isascii() and station.isdigit()):
+        raise ValueError(f"station address {station!r} is not 10 digits")
+    if not (len(password) == 4 and all(c in "0123456789abcdefABCDEF" for c in password)):
+        raise ValueError(f"password {password!r} is not 4 hex digits")
+    for what, number, top in (("centre", centre, 0xFF), ("serial", serial, 0xFFFF)):
+        if not 0 <= number <= top:
+            raise ValueError(f"{what} {number} does not fit {top.bit_length() // 8} byte(s)")
+    if not 0 <= station_type <= 0xFF or end not in END_MARKERS:
+        raise ValueError("station type is one byte; the end marker one of SL 651's")
+    body = (
+        serial.to_bytes(2, "big")
+        + _bcd_time(sent, "%y%m%d%H%M%S", "sent")
+        + b"\xf1\xf1"
+        + bytes.fromhex(station)
+        + bytes([station_type])
+        + b"\xf0\xf0"
+        + _bcd_time(observed, "%y%m%d%H%M", "observed")
+    )
+    for name, value in values.items():
+        if name not in ELEMENTS:
+            raise ValueError(f"{name} has no SL 651 element ({', '.join(ELEMENTS)})")
+        body += _element(name, value)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"a body of {len(body)} bytes does not fit 12 bits")
+    message = (
+        SOH
+        + bytes([centre])
+        + bytes.fromhex(station)
+        + bytes.fromhex(password)
+        + bytes([function])
+        + len(body).to_bytes(2, "big")  # direction nibble 0: up
+        + bytes([STX])
+        + body
+        + bytes([end])
+    )
+    return message + crc16_modbus(message).to_bytes(2, "big")
+
+
+def _element(name: str, value: float) -> bytes:
+    ident, size, decimals = ELEMENTS[name]
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} is not a finite number")
+    # The decimal text, not value * 10**d: 10.49 * 1000 is 10490.000000000002 in floats.
+    digits = f"{abs(value):.{decimals}f}".replace(".", "")
+    if len(digits) > 2 * size:
+        raise ValueError(f"{name}={value} needs more than {2 * size} digits")
+    data = bytes.fromhex(digits.rjust(2 * size, "0"))
+    if value < 0 and int(digits):
+        data = b"\xff" + data  # the sign byte, counted in the length
+    return bytes([ident, (len(data) << 3) | decimals]) + data
+
+
+def _bcd_time(moment: datetime, pattern: str, what: str) -> bytes:
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} must be an aware datetime")
+    local = moment.astimezone(BEIJING)
+    if not 2000 <= local.year <= 2099:
+        raise ValueError(f"{what} {local:%Y} is outside the two-digit years 2000-2099")
+    return bytes.fromhex(local.strftime(pattern))
