@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-scale bench-stages deps test-deps system-deps test-system-deps venv clean stack-up stack-down
+.PHONY: run test lint format bench bench-scale bench-stages bench-gateway deps test-deps system-deps test-system-deps venv clean stack-up stack-down
 
 # What running needs; `make test` adds the test-only packages (VictoriaMetrics, Chromium, a CJK font).
 deps: system-deps venv
@@ -67,3 +67,10 @@ bench-scale: deps
 
 bench-stages: venv
 	$(BIN)/python benchmarks/stage_costs.py
+
+# Issue 20: frames/s one field gateway process parses, publishes (QoS 1, PUBACK) and answers,
+# 200 and 1000 stations per protocol on its own Mosquitto (~2.5 min); bench-gateway-results.json.
+# BENCH_GATEWAY_ARGS="--duration 10 --stations 500", "--profile" (cProfile's top costs).
+BENCH_GATEWAY_ARGS ?=
+bench-gateway: deps
+	$(BIN)/python -m benchmarks.gateway $(BENCH_GATEWAY_ARGS)

@@ -116,7 +116,9 @@ Protocol = Literal["hj212", "sl651"]
 # HJ 212-2017 §6.3.2: MN is up to 24 letters or digits; PW is 6 characters, but analysers
 # accept other lengths, so any printable run that cannot break the frame's grammar.
 _MN = r"^[0-9A-Za-z]{1,24}$"
-_HJ212_PW = r"^[!-%'-+\--:<>-~]{1,32}$"  # printable, none of ; , = & (the separators)
+# Printable, none of ; , = & (the segment's separators) nor # (a frame starts with ##, so a
+# stream split inside one would be cut there, and its password kept in a dead letter).
+_HJ212_PW = r"^[!\x22\x24%'-+\--:<>-~]{1,32}$"
 # SL 651-2014 §6.2.3.2: the station address is 5 bytes BCD (10 digits); §6.2.3.3: the
 # password 2 bytes, written as 4 hex digits.
 _STATION_ADDRESS = r"^[0-9]{10}$"
@@ -162,9 +164,9 @@ class RiverDevice(_DeviceBase):
             return self
         if getattr(self, wanted) is None or self.password is None:
             raise ValueError(f"protocol {self.protocol} needs {wanted} and password")
-        pattern = _HJ212_PW if self.protocol == "hj212" else _SL651_PASSWORD
+        pattern, rule = _PASSWORDS[str(self.protocol)]  # set: wanted is not None
         if not re.fullmatch(pattern, self.password.get_secret_value()):
-            raise ValueError(f"password is not a {self.protocol} password ({pattern})")
+            raise ValueError(f"password is not a {self.protocol} password: {rule}")
         return self
 
     @property
@@ -174,6 +176,10 @@ class RiverDevice(_DeviceBase):
 
 
 _OWNER = {"mn": "hj212", "station_address": "sl651"}
+_PASSWORDS = {
+    "hj212": (_HJ212_PW, "1-32 printable characters, none of # & , ; ="),
+    "sl651": (_SL651_PASSWORD, "4 hex digits"),
+}
 
 
 class RoadDevice(_DeviceBase):

@@ -247,7 +247,8 @@ _MISSING: Any = object()
 @lru_cache(maxsize=4096)
 def _steps(path: str) -> tuple[tuple[str, int | None], ...]:
     """Each key of a dotted path, with its list index when it is all digits."""
-    return tuple((s, int(s) if s.isdigit() else None) for s in path.split("."))
+    # isascii: "²".isdigit() is True, and int("²") raises
+    return tuple((s, int(s) if s.isascii() and s.isdigit() else None) for s in path.split("."))
 
 
 def lookup(document: Any, path: str) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.credentials import (
     INGEST_USER,
@@ -58,9 +59,13 @@ def known_registry() -> Registry:
     return Registry(areas.values(), [*city.devices.values(), *synthetic.devices.values()])
 
 
-def broker_files(out_dir: Path, port: int, tls_port: int) -> BrokerFiles:
-    """Generate the test broker's files (the generator of `citysense broker-config`)."""
-    registry = known_registry()
+def broker_files(
+    out_dir: Path, port: int, tls_port: int, registry: Registry | None = None
+) -> BrokerFiles:
+    """Generate the test broker's files (the generator of `citysense broker-config`), for
+    ``registry`` (default: ``known_registry()``; ``make bench-gateway`` passes its own
+    thousands of stations, which must include the example city the workers file names)."""
+    registry = registry if registry is not None else known_registry()
     city = load_registry(REPO / "config" / "registry.yaml")
     return write_broker_files(
         out_dir,
@@ -80,7 +85,7 @@ def broker_files(out_dir: Path, port: int, tls_port: int) -> BrokerFiles:
 def clear_retained_statuses(port: int, registry: Registry) -> None:
     """Delete the retained statuses of ``registry``'s devices (an empty retained message),
     so a later test's service is not handed another test's device statuses on subscribe."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"clr-{secrets.token_hex(4)}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"clr-{secrets.token_hex(4)}")
     client.username_pw_set(GATEWAY.username, GATEWAY.password)
     client.connect("127.0.0.1", port)
     client.loop_start()

@@ -54,13 +54,13 @@ def is_answer(protocol: str, sent: bytes, item: object) -> bool:
             and got.cn == hj212.RESPONSE_CN
             and got.qn == asked.qn
         )
-    asked = sl651.parse(sent)
+    report = sl651.parse(sent)
     return (
         isinstance(item, sl651.Sl651Frame)
-        and isinstance(asked, sl651.Sl651Frame)
+        and isinstance(report, sl651.Sl651Frame)
         and item.direction == "down"
-        and item.serial == asked.serial
-        and item.function == asked.function
+        and item.serial == report.serial
+        and item.function == report.function
     )
 
 

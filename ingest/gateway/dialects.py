@@ -41,6 +41,9 @@ class Dialect:
     splitter: Callable[[], Splitter]
     read: Callable[[object, datetime], Outcome]
     stations: int  # how many registry stations speak it
+    # A refused frame as its dead letter's payload: HJ 212 is ASCII; SL 651's bytes are kept
+    # as hex text, since dead letters are listed as text.
+    kept: Callable[[bytes], bytes] = bytes
 
 
 def dialect(
@@ -54,6 +57,7 @@ def dialect(
     stations = registry.stations_of(protocol)
     ignore = frozenset(skip)
     if protocol == "hj212":
+        finest: dict[str, int] = {}  # per MN, see from_hj212; ≤ one entry per station
 
         def read_hj212(item: object, now: datetime) -> Outcome:
             if isinstance(item, hj212.Rejection):
@@ -62,7 +66,7 @@ def dialect(
             frame = hj212.parse(item, ignore=ignore)
             if isinstance(frame, hj212.Rejection):
                 return Refused(frame.reason, frame.detail, hj212_masked(item))
-            return from_hj212(frame, item, stations, partitions)
+            return from_hj212(frame, item, stations, partitions, finest)
 
         return Dialect(protocol, hj212.FrameSplitter, read_hj212, len(stations))  # type: ignore[arg-type]
     if protocol == "sl651":
@@ -73,5 +77,11 @@ def dialect(
             assert isinstance(item, sl651.Sl651Frame)
             return from_sl651(item, stations, partitions, now)
 
-        return Dialect(protocol, sl651.FrameSplitter, read_sl651, len(stations))  # type: ignore[arg-type]
+        return Dialect(
+            protocol,
+            sl651.FrameSplitter,  # type: ignore[arg-type]
+            read_sl651,
+            len(stations),
+            lambda raw: raw.hex().upper().encode(),
+        )
     raise ValueError(f"no gateway speaks {protocol!r} (only {', '.join(PROTOCOLS)})")

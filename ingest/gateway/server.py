@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ingest.gateway.dialects import Dialect
+from ingest.gateway.guesses import PasswordGuesses
 from ingest.gateway.publisher import GatewayPublisher
 from ingest.gateway.translate import Accepted, Refused
 from ingest.settings import Settings
@@ -37,6 +38,7 @@ MAX_REFUSALS = 32  # refusals in a row on one connection, with nothing accepted 
 # soon as it connects, and idle sockets that never identify themselves would otherwise hold
 # the gateway's connection slots for gateway_idle_s each.
 FIRST_FRAME_S = 60.0
+ANSWER_S = 30.0  # how long an answer may wait for the station to read it
 MAX_WAITING_DEAD_LETTERS = 10_000  # beyond: counted and dropped (a junk flood, memory bound)
 
 
@@ -66,6 +68,8 @@ class GatewayServer:
         self._dead_letters = dead_letters
         self._clock = clock
         self._connections: set[asyncio.Task[None]] = set()
+        self._guesses = PasswordGuesses()
+        self._stopping = False
         self.counts: Counter[str] = Counter()
 
     async def serve(self, port: int, stop: asyncio.Event, on_ready: Callable[[int], None]) -> None:
@@ -75,6 +79,7 @@ class GatewayServer:
             self._settings.gateway_bind,
             port,
             ssl=self._tls(),
+            ssl_handshake_timeout=10.0 if self._settings.gateway_tls_cert_file else None,
             limit=READ_BYTES,
         )
         bound = server.sockets[0].getsockname()[1]
@@ -89,6 +94,7 @@ class GatewayServer:
         try:
             await stop.wait()
         finally:
+            self._stopping = True  # a connection accepted from here on is closed at once
             server.close()
             for task in list(self._connections):
                 task.cancel()
@@ -108,25 +114,39 @@ class GatewayServer:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
-        if len(self._connections) >= self._settings.gateway_max_stations:
-            self.counts["connections_refused"] += 1
+        host = str(peer[0]) if isinstance(peer, tuple) else "?"
+        where = f"{host}:{peer[1]}" if isinstance(peer, tuple) else "?"
+        refused = self._refused_at_connect(host)
+        if refused:
+            self.counts[refused] += 1
             writer.close()
             return
         self._connections.add(task)
         self.counts["connections"] += 1
         try:
-            await self._station(reader, writer, where)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as e:
+            await self._station(reader, writer, host, where)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError) as e:
             log.debug("station %s: connection ended: %s", where, e)
+        except asyncio.CancelledError:
+            pass  # the gateway stops: this task is its own (start_server's), it ends here
         finally:
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _refused_at_connect(self, host: str) -> str | None:
+        """Why a new connection from ``host`` is closed at once, if it is."""
+        if self._stopping:
+            return "connections_refused_stopping"
+        if len(self._connections) >= self._settings.gateway_max_stations:
+            return "connections_refused"
+        if self._guesses.shut_out(host):
+            return "connections_refused_guessing"
+        return None
+
     async def _station(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, where: str
     ) -> None:
         splitter = self._dialect.splitter()
         refusals = 0
@@ -146,6 +166,9 @@ class GatewayServer:
                 outcome = self._dialect.read(item, self._clock())
                 if isinstance(outcome, Refused):
                     self._refuse(outcome, where)
+                    if outcome.reason == "bad_password" and self._guesses.wrong(host):
+                        log.warning("peer %s: too many wrong passwords; shut out", host)
+                        return
                     refusals += 1
                     if refusals >= MAX_REFUSALS:
                         log.warning("station %s: %d refusals in a row; closing", where, refusals)
@@ -167,7 +190,8 @@ class GatewayServer:
         self.counts["messages"] += len(outcome.messages)
         if outcome.answer is not None:
             writer.write(outcome.answer)
-            await writer.drain()
+            async with asyncio.timeout(ANSWER_S):  # a peer that never reads is let go
+                await writer.drain()
             self.counts["answered"] += 1
 
     def _refuse(self, refused: Refused, where: str) -> None:
@@ -181,15 +205,20 @@ class GatewayServer:
             NewDeadLetter(
                 received_ms=int(time.time() * 1000),
                 topic=f"gateway/{self._dialect.protocol}/{who}",
-                reason=refused.reason,
+                # Under the protocol's own name: a flood of refused frames, which anyone who
+                # reaches the port can send, prunes only its own kind, never the service's
+                # dead letters of the same reason (out_of_range) from devices.
+                reason=f"{self._dialect.protocol}.{refused.reason}",
                 detail=refused.detail,
-                payload=refused.raw,
+                payload=self._dialect.kept(refused.raw),
                 size=len(refused.raw),
             )
         )
 
-    def status(self) -> str:
+    def status(self, *, stopped: bool = False) -> str:
         """One log line of what has happened so far."""
         parts = [f"{k}={v}" for k, v in sorted(self.counts.items())]
-        state = "up" if self._publisher.connected else "DOWN"
-        return f"gateway {self._dialect.protocol}: broker {state}, " + " ".join(parts)
+        state = (
+            "stopped" if stopped else "broker up" if self._publisher.connected else "broker DOWN"
+        )
+        return f"gateway {self._dialect.protocol}: {state}, " + " ".join(parts)

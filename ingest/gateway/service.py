@@ -58,7 +58,7 @@ async def run_gateway(
             status.cancel()
     finally:
         store.close()
-    log.info("%s", server.status())
+    log.info("%s", server.status(stopped=True))
     return server
 
 

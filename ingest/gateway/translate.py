@@ -13,13 +13,16 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, replace
 from datetime import datetime
+
+from pydantic import ValidationError
 
 from devices import hj212, sl651
 from devices.kinds import Channel, Kind
 from devices.partitions import partition_of
+from devices.payloads import RiverTelemetry
 from devices.registry import RiverDevice
 from devices.topics import device_topic
 
@@ -32,10 +35,6 @@ HJ212_IGNORED = ("w00000", "w01014", "w01018", "w21001")
 # analyser was stopped, in maintenance, set by hand, faulty, calibrating, over its range or
 # out of touch (HJ 212-2017 table 8). They are counted and left out.
 VALID_FLAGS = frozenset({"N", None})
-# HJ 212 daily data (CN 2031) is a mean of what the station measured: we compute our own
-# daily means (/quality) from its real-time or hourly data, where a stored mean would weigh
-# twice. Answered, counted, not published.
-HJ212_PUBLISHED_CNS = frozenset({"2011", "2051", "2061"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +68,15 @@ def topic_for(device_id: str, partitions: int | None) -> str:
     return topic.replace("iot/", f"iot/{partition_of(device_id, partitions)}/", 1)
 
 
-def _payload(ts: datetime, values: Mapping[str, float]) -> bytes:
+def _payload(ts: datetime, values: Mapping[str, float]) -> bytes | Refused:
+    """The JSON the service will read, checked by the service's own schema first: a frame the
+    service would refuse (a time before 2000, say) is refused here, so it is not answered."""
     body: dict[str, float | int] = {"ts": int(ts.timestamp() * 1000), **values}
+    try:
+        RiverTelemetry.model_validate(body)
+    except ValidationError as error:
+        where = ", ".join(str(e["loc"][0]) for e in error.errors() if e["loc"]) or "the values"
+        return Refused("out_of_range", f"outside the payload's range: {where}", b"")
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -81,19 +87,36 @@ def _password_ok(device: RiverDevice, given: str, *, hex_digits: bool = False) -
     return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
 
 
-_HJ212_PW = re.compile(rb"PW=[^;]*;")
+# Every PW=… of the bytes, whatever its case: a run of junk may hold several frames' worth.
+_HJ212_PW = re.compile(rb"(?i)PW=[^;&]*")
 
 
 def hj212_masked(raw: bytes) -> bytes:
-    """The frame with its password written ``PW=******``: dead letters are read by operators,
-    and a refused frame (out of range, say) may carry the station's true password."""
-    return _HJ212_PW.sub(b"PW=******;", raw, count=1)
+    """The bytes with every password written ``PW=******``: dead letters are read by
+    operators, and a refused frame (out of range, say) may carry the station's true password."""
+    return _HJ212_PW.sub(b"PW=******", raw)
+
+
+# The data published, finest first: real-time, minute means, hourly means. HJ 212 daily data
+# (CN 2031) is a mean of what the station measured: we compute our own daily means (/quality)
+# from its real-time or hourly data, where a stored mean would weigh twice. Answered, counted,
+# not published.
+_FINENESS = {"2011": 0, "2051": 1, "2061": 2}
 
 
 def from_hj212(
-    frame: hj212.Hj212Frame, raw: bytes, stations: Mapping[str, RiverDevice], partitions: int | None
+    frame: hj212.Hj212Frame,
+    raw: bytes,
+    stations: Mapping[str, RiverDevice],
+    partitions: int | None,
+    finest: MutableMapping[str, int] | None = None,
 ) -> Outcome:
-    """An HJ 212 data frame → the station's telemetry and the data response it asks for."""
+    """An HJ 212 data frame → the station's telemetry and the data response it asks for.
+
+    ``finest`` (kept by the caller, per MN) is the finest kind of data each station has sent:
+    coarser data from it is answered and left out, since a real-time reading and an hourly
+    mean with one DataTime would be one point of the same fields, the later one winning.
+    """
     device = stations.get(frame.mn)
     masked = hj212_masked(raw)
     if device is None:
@@ -104,19 +127,35 @@ def from_hj212(
         detail = f"CN {frame.cn} is not data upload"
         return Refused("unsupported_cn", detail, masked, device.id)
     answer = hj212.data_response(frame) if frame.needs_answer else None
-    if frame.cn not in HJ212_PUBLISHED_CNS:
+    fineness = _FINENESS.get(frame.cn)
+    if fineness is None:
         return Accepted(device.id, (), answer, len(frame.readings))
+    if finest is not None:
+        if fineness > finest.get(frame.mn, fineness):
+            return Accepted(device.id, (), answer, len(frame.readings))
+        finest[frame.mn] = fineness
     values = {n: r.value for n, r in frame.readings.items() if r.flag in VALID_FLAGS}
     left_out = len(frame.readings) - len(values)
-    messages = ((topic_for(device.id, partitions), _payload(frame.data_time, values)),)
-    return Accepted(device.id, messages if values else (), answer, left_out)
+    if not values:
+        return Accepted(device.id, (), answer, left_out)
+    payload = _payload(frame.data_time, values)
+    if isinstance(payload, Refused):
+        return replace(payload, raw=masked, device_id=device.id)
+    return Accepted(device.id, ((topic_for(device.id, partitions), payload),), answer, left_out)
 
 
 def sl651_masked(raw: bytes) -> bytes:
-    """The frame with its password bytes (header bytes 8-9) zeroed, as ``hj212_masked``, in
-    hex: dead letters are listed as text, and a HEX-mode frame is bytes."""
-    kept = raw[:8] + b"\x00\x00" + raw[10:] if len(raw) >= 10 else raw
-    return kept.hex().upper().encode()
+    """The bytes with every password zeroed, as ``hj212_masked``: the two bytes after the
+    addresses of each ``7E 7E`` (HEX mode), and the four characters after an ASCII-mode
+    frame's addresses (it starts with SOH, 01; read as junk, kept all the same)."""
+    kept = bytearray(raw)
+    at = kept.find(sl651.SOH)
+    while at >= 0:
+        kept[at + 8 : at + 10] = b"\x00\x00"[: max(0, min(2, len(kept) - at - 8))]
+        at = kept.find(sl651.SOH, at + 2)
+    if kept[:1] == b"\x01" and len(kept) >= 17:
+        kept[13:17] = b"0000"
+    return bytes(kept)
 
 
 def from_sl651(
@@ -144,5 +183,7 @@ def from_sl651(
         return Accepted(device.id, (), answer)
     # An hourly report's 5-minute series: its rain is in rainfall_mm already (the parser sums
     # it); its levels are relative (相对水位) and the registry has no base to make them ours.
-    message = (topic_for(device.id, partitions), _payload(frame.observed, frame.readings))
-    return Accepted(device.id, (message,), answer)
+    payload = _payload(frame.observed, frame.readings)
+    if isinstance(payload, Refused):
+        return replace(payload, raw=masked, device_id=device.id)
+    return Accepted(device.id, ((topic_for(device.id, partitions), payload),), answer)

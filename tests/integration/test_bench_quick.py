@@ -56,3 +56,25 @@ def test_quick_bench_scale_runs_on_both_brokers_and_loses_nothing(tmp_path: Path
         ("nats", 2),
     ]
     assert all(r["lost"] == 0 and r["k"] == 5000 and r["msg_per_s"] > 0 for r in runs)
+
+
+def test_quick_bench_gateway_answers_every_frame_of_both_protocols(tmp_path: Path) -> None:
+    """`make bench-gateway` in miniature: a real Mosquitto, each protocol's gateway as a
+    process, 20 stations sending back to back from another process for 2 s."""
+    out = tmp_path / "gateway.json"
+    run_bench("benchmarks.gateway", ["--quick", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["unanswered"] == 0
+    runs = {r["protocol"]: r for r in results["runs"]}
+    assert set(runs) == {"hj212", "sl651"}
+    for protocol, run in runs.items():
+        assert run["connected"] == run["stations"] > 0, protocol
+        assert run["answered"] > 0 and run["frames_per_s"] > 0, protocol
+        assert run["unanswered"] == 0 and run["wrong_answers"] == 0, protocol
+        assert run["gateway_counts"]["answered"] == run["answered"], protocol
+        for key in ("p50", "p99", "max"):
+            assert run["latency_ms"][key] > 0, (protocol, key)
+        assert run["gateway_cpu_pct"] > 0 and run["gateway_peak_rss_mb"] > 0, protocol
+        assert run["broker_cpu_pct"] >= 0 and run["load_cpu_pct"] >= 0, protocol
+        reference = results["reference_frames_per_s"][protocol]
+        assert reference["parse"] > 0 and reference["pure_path"] > 0, protocol

@@ -10,6 +10,8 @@ broker dropped them rather than that the test did not wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import pwd
@@ -21,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -36,8 +39,11 @@ from devices.credentials import (
     worker_password,
 )
 from devices.kinds import Kind, Level
-from devices.registry import Registry
+from devices.registry import Registry, RiverDevice
 from ingest.alerts.outbox import MqttOutbox
+from ingest.gateway.dialects import dialect
+from ingest.gateway.publisher import GatewayPublisher
+from ingest.gateway.server import GatewayServer
 from ingest.mqtt.session import MqttConsumer
 from ingest.mqtt.tls import mqtt_tls_context
 from ingest.ops.brokerconfig import BrokerFiles, write_broker_files
@@ -52,6 +58,8 @@ from ingest.ops.processes import (
 from ingest.ops.tls import ensure_local_tls
 from ingest.people import Person, load_workers
 from ingest.settings import Settings
+from tests.fakes.gateway import Letters
+from tests.fieldframes import hj212_frame
 from tests.serviceproc import service_env, spawn_service
 from tests.services import influx_query, new_database
 
@@ -749,3 +757,86 @@ def test_citysense_serve_stores_over_tls(
     finally:
         service.terminate()
         service.wait(30)
+
+
+# --- the field gateway: what its answer promises --------------------------------------
+
+GATEWAY_NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def test_a_station_the_broker_acl_does_not_know_gets_no_answer(
+    broker: Broker, tmp_path: object
+) -> None:
+    """A station added to the registry (gateway restarted) before `broker-config` was re-run:
+    the broker drops the publish its ACL denies. Over MQTT 3.1.1 it would still PUBACK it and
+    the station be answered for data nobody stores; over MQTT 5 the PUBACK says "Not
+    authorized", so the station is not answered and sends the frame again."""
+    registry = broker.registry
+    mqtt_river = next(
+        d
+        for d in registry.devices.values()
+        if isinstance(d, RiverDevice) and d.kind is Kind.RIVER and d.protocol is None
+    )
+    data = mqtt_river.model_dump(mode="json")
+    data |= {"protocol": "hj212", "mn": "NEWSTATION0001", "password": "123456"}
+    newcomer = RiverDevice.model_validate(data)
+    known = sorted(registry.stations_of("hj212").values(), key=lambda d: d.id)[0]
+    gateway_registry = Registry(
+        registry.areas.values(),
+        [*(d for d in registry.devices.values() if d.id != newcomer.id), newcomer],
+    )
+    listener = Session(broker.port, INGEST_USER, INGEST_PASSWORD)
+    listener.subscribe("iot/#")
+    settings = Settings(
+        mqtt_host="127.0.0.1",
+        mqtt_port=broker.port,
+        dev_secret=SECRET.decode(),
+        gateway_bind="127.0.0.1",
+        gateway_idle_s=30,
+    )
+    publisher = GatewayPublisher(settings, "hj212", timeout_s=3)
+    server = GatewayServer(settings, dialect("hj212", gateway_registry, None), publisher, Letters())
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    broker_task = asyncio.create_task(publisher.run())
+    serve_task = asyncio.create_task(server.serve(0, stop, ready.set_result))
+    try:
+        port = await ready
+        await asyncio.wait_for(publisher.wait_connected(), 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answers = []
+        for station, ph in ((newcomer, "7.11"), (known, "7.22")):  # the known one: a control
+            writer.write(hj212_frame(station, GATEWAY_NOW, {"ph": ph}))
+            await writer.drain()
+            try:
+                answers.append(await asyncio.wait_for(reader.readuntil(b"\r\n"), 5))
+            except TimeoutError:
+                answers.append(b"")
+        writer.close()
+        control = json.dumps(
+            {"ts": int(GATEWAY_NOW.timestamp() * 1000), "ph": 7.22}, separators=(",", ":")
+        )
+        got = await asyncio.to_thread(listener.until, control.encode())
+        stored = [t for t, _ in got if newcomer.id in t]
+        assert answers[1], "the control station was not answered"
+        assert not stored and not answers[0], (answers, got)
+        assert publisher.refused == 1 and server.counts["unanswered"] == 1
+    finally:
+        listener.close()
+        stop.set()
+        await serve_task
+        broker_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await broker_task
+
+
+def test_a_device_cannot_take_the_gateways_client_id(broker: Broker) -> None:
+    """The gateway's client id is bound to its account: a device logging in with it (which
+    would kick the gateway off, every frame then unanswered) is refused."""
+    device = next(
+        d.id for d in broker.registry.devices.values() if getattr(d, "protocol", None) is None
+    )
+    rc = try_connect(
+        broker.port, device, device_password(SECRET, device), client_id=gateway_user("hj212")
+    )
+    assert rc is None or rc.is_failure, rc

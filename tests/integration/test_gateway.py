@@ -182,7 +182,7 @@ async def test_hj212_station_is_stored_as_sent_and_refusals_are_kept(
         for at, v in sent
     ]
     kept = dead_letters(tmp_path)
-    assert set(kept) == {"bad_password", "bad_crc", "unknown_station"}, kept
+    assert set(kept) == {"hj212.bad_password", "hj212.bad_crc", "hj212.unknown_station"}, kept
     assert all(b"PW=******;" in raw for raws in kept.values() for raw in raws)
     assert not any(
         b"654321" in raw or b"PW=123456" in raw for raws in kept.values() for raw in raws

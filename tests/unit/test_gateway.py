@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,13 @@ from typing import Any
 import pytest
 
 from devices import hj212, sl651
-from devices.registry import Registry, RiverDevice, load_registry
+from devices.registry import Registry, load_registry
 from ingest.gateway.dialects import dialect
 from ingest.gateway.server import MAX_REFUSALS, GatewayServer
 from ingest.gateway.translate import Accepted, Refused, from_hj212, from_sl651, topic_for
 from ingest.ops.tls import ensure_local_tls
 from ingest.settings import Settings
-from ingest.sinks.deadletters import NewDeadLetter
+from tests.fakes.gateway import FakePublisher, Letters, first_station
 from tests.fieldframes import hj212_frame, sl651_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +31,6 @@ def city() -> Registry:
     return load_registry(REPO / "config" / "registry.yaml")
 
 
-def first(city: Registry, protocol: str) -> RiverDevice:
-    return sorted(city.stations_of(protocol).values(), key=lambda d: d.id)[0]
-
-
 def hj212_outcome(city: Registry, frame: bytes) -> Accepted | Refused:
     parsed = hj212.parse(frame)
     assert isinstance(parsed, hj212.Hj212Frame), parsed
@@ -43,7 +38,7 @@ def hj212_outcome(city: Registry, frame: bytes) -> Accepted | Refused:
 
 
 def test_hj212_data_becomes_the_stations_telemetry_and_its_answer(city: Registry) -> None:
-    device = first(city, "hj212")
+    device = first_station(city, "hj212")
     frame = hj212_frame(device, NOW, {"ph": "7.25", "do_mgl": "6.8"})
     got = hj212_outcome(city, frame)
     assert isinstance(got, Accepted)
@@ -56,7 +51,7 @@ def test_hj212_data_becomes_the_stations_telemetry_and_its_answer(city: Registry
 
 
 def test_hj212_flagged_values_are_left_out_and_daily_means_not_stored(city: Registry) -> None:
-    device = first(city, "hj212")
+    device = first_station(city, "hj212")
     frame = hj212_frame(device, NOW, {"ph": "7.2", "do_mgl": "6.1"}).replace(
         b"w01009-Flag=N", b"w01009-Flag=D"
     )
@@ -70,14 +65,14 @@ def test_hj212_flagged_values_are_left_out_and_daily_means_not_stored(city: Regi
 
 
 def test_hj212_without_the_a_bit_gets_no_answer(city: Registry) -> None:
-    device = first(city, "hj212")
+    device = first_station(city, "hj212")
     segment = hj212_frame(device, NOW, {"ph": "7.2"})[6:-6].decode().replace("Flag=5", "Flag=4")
     got = hj212_outcome(city, hj212.wrap(segment))
     assert isinstance(got, Accepted) and got.answer is None and len(got.messages) == 1
 
 
 def test_hj212_refusals_are_named_and_mask_the_password(city: Registry) -> None:
-    device = first(city, "hj212")
+    device = first_station(city, "hj212")
     wrong = hj212_outcome(city, hj212_frame(device, NOW, {"ph": "7"}, pw="999999"))
     assert isinstance(wrong, Refused) and wrong.reason == "bad_password"
     assert b"999999" not in wrong.raw and b"PW=******;" in wrong.raw
@@ -88,7 +83,7 @@ def test_hj212_refusals_are_named_and_mask_the_password(city: Registry) -> None:
 
 
 def test_sl651_report_becomes_telemetry_at_its_observation_time(city: Registry) -> None:
-    device = first(city, "sl651")
+    device = first_station(city, "sl651")
     frame = sl651.parse(sl651_frame(device, 7, NOW, 20840))
     assert isinstance(frame, sl651.Sl651Frame)
     got = from_sl651(frame, city.stations_of("sl651"), 4, NOW)
@@ -105,14 +100,14 @@ def test_sl651_report_becomes_telemetry_at_its_observation_time(city: Registry) 
 
 
 def test_sl651_wrong_password_and_unknown_address_are_refused(city: Registry) -> None:
-    device = first(city, "sl651")
+    device = first_station(city, "sl651")
     stations = city.stations_of("sl651")
     bad = device.model_copy(update={"password": device.password.__class__("ABCD")})
     frame = sl651.parse(sl651_frame(bad, 1, NOW, 20840))
     assert isinstance(frame, sl651.Sl651Frame)
     got = from_sl651(frame, stations, None, NOW)
     assert isinstance(got, Refused) and got.reason == "bad_password"
-    assert bytes.fromhex(got.raw.decode())[8:10] == b"\x00\x00"  # kept in hex, masked
+    assert got.raw[8:10] == b"\x00\x00" and got.raw[10:] == sl651_frame(bad, 1, NOW, 20840)[10:]
     down = sl651.parse(sl651.answer(frame, NOW))  # a centre's frame, sent up by a station
     assert isinstance(down, sl651.Sl651Frame)
     got = from_sl651(down, {**stations, frame.station: bad}, None, NOW)
@@ -125,35 +120,6 @@ def test_sl651_wrong_password_and_unknown_address_are_refused(city: Registry) ->
 
 
 # --- the server, with a publisher that does what the test says ------------------------------
-
-
-class FakePublisher:
-    """Records what it was asked to publish; ``ok`` decides the broker's answer."""
-
-    connected = True
-
-    def __init__(self) -> None:
-        self.ok = True
-        self.calls: list[Sequence[tuple[str, bytes]]] = []
-        self.release = asyncio.Event()
-        self.release.set()
-
-    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> bool:
-        await self.release.wait()
-        self.calls.append(messages)
-        return self.ok
-
-
-class Letters:
-    def __init__(self) -> None:
-        self.rows: list[NewDeadLetter] = []
-
-    def add(self, row: NewDeadLetter) -> None:
-        self.rows.append(row)
-
-    @property
-    def pending(self) -> int:
-        return 0
 
 
 async def serving(city: Registry, protocol: str, **settings_: Any) -> tuple[Any, ...]:
@@ -172,7 +138,7 @@ async def serving(city: Registry, protocol: str, **settings_: Any) -> tuple[Any,
 
 async def test_the_answer_comes_only_after_the_broker_has_it(city: Registry) -> None:
     server, publisher, _letters, stop, task, reader, writer = await serving(city, "hj212")
-    device = first(city, "hj212")
+    device = first_station(city, "hj212")
     publisher.release.clear()  # the broker is slow
     writer.write(hj212_frame(device, NOW, {"ph": "7.1"}))
     await writer.drain()
@@ -194,7 +160,7 @@ async def test_the_answer_comes_only_after_the_broker_has_it(city: Registry) -> 
 
 async def test_junk_is_kept_and_a_junk_only_connection_is_closed(city: Registry) -> None:
     server, publisher, letters, stop, task, reader, writer = await serving(city, "sl651")
-    device = first(city, "sl651")
+    device = first_station(city, "sl651")
     frame = bytearray(sl651_frame(device, 1, NOW, 20840))
     frame[-1] ^= 0xFF  # bad CRC
     writer.write(bytes(frame))
@@ -202,7 +168,7 @@ async def test_junk_is_kept_and_a_junk_only_connection_is_closed(city: Registry)
     await writer.drain()
     answer = sl651.parse(await asyncio.wait_for(reader.read(1000), 5))
     assert isinstance(answer, sl651.Sl651Frame) and answer.serial == 2
-    assert [r.reason for r in letters.rows] == ["bad_crc"]
+    assert [r.reason for r in letters.rows] == ["sl651.bad_crc"]
     assert letters.rows[0].topic == "gateway/sl651/" + letters.rows[0].topic.split("/")[-1]
     kept = bytes.fromhex(letters.rows[0].payload.decode())
     assert kept[8:10] == b"\x00\x00" and kept[10:] == bytes(frame)[10:]  # all but the password
@@ -240,7 +206,7 @@ async def test_stations_may_connect_over_tls(city: Registry, tmp_path: Path) -> 
         gateway_tls_key_file=tls.server_key,
         client_tls=client,
     )
-    writer.write(sl651_frame(first(city, "sl651"), 5, NOW, 20840))
+    writer.write(sl651_frame(first_station(city, "sl651"), 5, NOW, 20840))
     await writer.drain()
     answer = sl651.parse(await asyncio.wait_for(reader.read(1000), 5))
     assert isinstance(answer, sl651.Sl651Frame) and answer.serial == 5

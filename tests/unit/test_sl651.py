@@ -117,6 +117,22 @@ def test_crc_check_value() -> None:
     assert crc16_modbus(b"123456789") == 0x4B37  # CRC-16/MODBUS catalogue check value
 
 
+def bitwise_modbus(data: bytes) -> int:
+    """CRC-16/MODBUS by its definition, a bit at a time."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_table_crc_is_the_bitwise_definition(data: bytes) -> None:
+    assert crc16_modbus(data) == bitwise_modbus(data)
+
+
 def test_published_test_report() -> None:
     got = ok(TEST_UP)
     assert (got.centre, got.station, got.password, got.function) == (1, "0012345678", "1234", 0x30)
