@@ -32,8 +32,11 @@ $(STAMP): pyproject.toml
 run: deps
 	$(BIN)/citysense run
 
+# The unit tests on both cores (CPU-bound, independent); the integration tests one at a
+# time, as their real services and timings expect.
 test: test-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

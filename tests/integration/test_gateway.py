@@ -221,7 +221,7 @@ async def test_no_answer_until_the_broker_has_it(
     gateway.start(broker_up=False)
     try:
         link = Station("hj212", gateway.port)
-        assert not await link.send(hj212_frame(device, recent(3), {"ph": "7.2"}), timeout_s=4)
+        assert not await link.send(hj212_frame(device, recent(3), {"ph": "7.2"}), timeout_s=2)
         await link.close()
     finally:
         gateway.stop()
