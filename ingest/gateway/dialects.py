@@ -21,6 +21,7 @@ from ingest.gateway.translate import (
     from_hj212,
     from_sl651,
     hj212_masked,
+    hj212_masked_detail,
     sl651_masked,
 )
 
@@ -61,11 +62,12 @@ def dialect(
 
         def read_hj212(item: object, now: datetime) -> Outcome:
             if isinstance(item, hj212.Rejection):
-                return Refused(item.reason, item.detail, hj212_masked(item.raw))
+                detail = hj212_masked_detail(item.detail)
+                return Refused(item.reason, detail, hj212_masked(item.raw))
             assert isinstance(item, bytes)
             frame = hj212.parse(item, ignore=ignore)
             if isinstance(frame, hj212.Rejection):
-                return Refused(frame.reason, frame.detail, hj212_masked(item))
+                return Refused(frame.reason, hj212_masked_detail(frame.detail), hj212_masked(item))
             return from_hj212(frame, item, stations, partitions, finest)
 
         return Dialect(protocol, hj212.FrameSplitter, read_hj212, len(stations))  # type: ignore[arg-type]

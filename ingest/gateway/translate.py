@@ -97,6 +97,12 @@ def hj212_masked(raw: bytes) -> bytes:
     return _HJ212_PW.sub(b"PW=******", raw)
 
 
+def hj212_masked_detail(detail: str) -> str:
+    """A parser's detail with any password in it masked: it may quote a malformed ``PW=``
+    field (``'Pw=123456'``, ``PW='123456,'``), and it goes to the log and the dead letter."""
+    return hj212_masked(detail.encode()).decode()
+
+
 # The data published, finest first: real-time, minute means, hourly means. HJ 212 daily data
 # (CN 2031) is a mean of what the station measured: we compute our own daily means (/quality)
 # from its real-time or hourly data, where a stored mean would weigh twice. Answered, counted,
@@ -130,10 +136,8 @@ def from_hj212(
     fineness = _FINENESS.get(frame.cn)
     if fineness is None:
         return Accepted(device.id, (), answer, len(frame.readings))
-    if finest is not None:
-        if fineness > finest.get(frame.mn, fineness):
-            return Accepted(device.id, (), answer, len(frame.readings))
-        finest[frame.mn] = fineness
+    if finest is not None and fineness > finest.get(frame.mn, fineness):
+        return Accepted(device.id, (), answer, len(frame.readings))
     values = {n: r.value for n, r in frame.readings.items() if r.flag in VALID_FLAGS}
     left_out = len(frame.readings) - len(values)
     if not values:
@@ -141,6 +145,8 @@ def from_hj212(
     payload = _payload(frame.data_time, values)
     if isinstance(payload, Refused):
         return replace(payload, raw=masked, device_id=device.id)
+    if finest is not None:  # only data that is stored makes the station's finest
+        finest[frame.mn] = fineness
     return Accepted(device.id, ((topic_for(device.id, partitions), payload),), answer, left_out)
 
 
@@ -153,9 +159,12 @@ def sl651_masked(raw: bytes) -> bytes:
     while at >= 0:
         kept[at + 8 : at + 10] = b"\x00\x00"[: max(0, min(2, len(kept) - at - 8))]
         at = kept.find(sl651.SOH, at + 2)
-    if kept[:1] == b"\x01" and len(kept) >= 17:
-        kept[13:17] = b"0000"
-    return bytes(kept)
+    return _SL651_ASCII_PASSWORD.sub(rb"\g<1>0000", bytes(kept))
+
+
+# An ASCII-mode header wherever it is in the bytes: SOH, the centre's address (2 hex
+# characters) and the station's (10), then the password (4).
+_SL651_ASCII_PASSWORD = re.compile(rb"(\x01[0-9A-Fa-f]{12})[0-9A-Fa-f]{4}")
 
 
 def from_sl651(
