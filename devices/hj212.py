@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
+from devices import crc16 as crc16_of
 from devices.payloads import RiverTelemetry
 
 CHINA = timezone(timedelta(hours=8), "UTC+08:00")  # DataTime, SampleTime, QN: Beijing time
@@ -100,21 +101,9 @@ class Hj212Frame:
         return self.flag is not None and bool(self.flag & 1)
 
 
-def _shifted(reg: int) -> int:
-    for _ in range(8):
-        reg = (reg >> 1) ^ 0xA001 if reg & 1 else reg >> 1
-    return reg
-
-
-_CRC_TABLE = tuple(_shifted(value) for value in range(256))
-
-
 def crc16(data: bytes) -> int:
-    """HJ 212-2017 appendix A's CRC (not CRC-16/MODBUS); (reg >> 8) ^ byte < 256: a table."""
-    reg = 0xFFFF
-    for byte in data:
-        reg = _CRC_TABLE[(reg >> 8) ^ byte]
-    return reg
+    """HJ 212-2017 appendix A's CRC (not CRC-16/MODBUS): ``devices/crc16.py``."""
+    return crc16_of.hj212(data)
 
 
 def wrap(segment: str) -> bytes:
